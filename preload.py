@@ -1,0 +1,15 @@
+"""Command-line flags SDFix adds to the WebUI (the WebUI calls ``preload(parser)`` before parsing)."""
+
+
+def preload(parser):
+    parser.add_argument(
+        "--sdfix-disable",
+        action="store_true",
+        help="SDFix: load the extension but apply no fix and patch nothing",
+    )
+    parser.add_argument(
+        "--sdfix-decode-dtype",
+        choices=["fp32", "auto"],
+        default=None,
+        help="SDFix: VAE dtype during decode/encode (fp32, or auto = leave the WebUI's); overrides the setting",
+    )

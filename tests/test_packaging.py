@@ -1,0 +1,55 @@
+"""Extension layout, install.py policy, preload flags, lazy imports and the standalone check."""
+import argparse
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_webui_extension_layout():
+    for path in ["install.py", "preload.py", "scripts", "lib_sdfix", "javascript", "README.md", "tests"]:
+        assert (ROOT / path).exists(), path
+
+
+def test_core_never_imports_webui_modules():
+    for path in (ROOT / "lib_sdfix").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            assert not any(n == "modules" or n.startswith("modules.") for n in names), (path, names)
+
+
+def test_install_py_never_installs_pinned_packages():
+    namespace = {"__name__": "sdfix_install_under_test"}
+    exec(compile((ROOT / "install.py").read_text(), "install.py", "exec"), namespace)
+    for name, spec in namespace["REQUIREMENTS"]:
+        base = spec.split("=")[0].split("<")[0].split(">")[0].strip().lower()
+        assert base not in namespace["NEVER_INSTALL"], spec
+    fake = [("sdfix_missing_pkg", "sdfix-missing-pkg==1.0"), ("os", "os")]
+    assert namespace["missing"](fake) == [("sdfix_missing_pkg", "sdfix-missing-pkg==1.0")]
+
+
+def test_preload_flags():
+    namespace = {}
+    exec((ROOT / "preload.py").read_text(), namespace)
+    parser = argparse.ArgumentParser()
+    namespace["preload"](parser)
+    args = parser.parse_args(["--sdfix-disable", "--sdfix-decode-dtype", "auto"])
+    assert args.sdfix_disable is True and args.sdfix_decode_dtype == "auto"
+    assert parser.parse_args([]).sdfix_decode_dtype is None
+
+
+def test_importing_the_package_is_light():
+    code = "import sys, lib_sdfix, lib_sdfix.settings; print(sorted(m for m in ('torch','skimage','diffusers','scipy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_standalone_check_passes():
+    proc = subprocess.run([sys.executable, "-m", "lib_sdfix", "check"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all checks passed" in proc.stdout and "[FAIL]" not in proc.stdout

@@ -1,0 +1,89 @@
+"""The settings model: strict parsing of positional and named args, infotext round trip."""
+import pytest
+
+from lib_sdfix.settings import FIELDS, UI_ARG_ORDER, SDFixSettings, SettingsError
+
+
+def test_defaults_match_field_declarations():
+    s = SDFixSettings()
+    assert s.as_dict() == {f.name: f.default for f in FIELDS}
+
+
+def test_positional_args_in_ui_order_and_inverse():
+    s = SDFixSettings(enabled=True, precision_guard=False, resize_filter="BOX", latent_denoise_warning=0.25)
+    assert SDFixSettings.from_args(s.as_args()) == s
+    assert list(UI_ARG_ORDER[:2]) == ["enabled", "precision_guard"]
+
+
+def test_short_positional_list_takes_the_rest_from_base():
+    base = SDFixSettings(hires_parity=False)
+    s = SDFixSettings.from_args([True, False], base)
+    assert s.precision_guard is False and s.hires_parity is False
+
+
+def test_named_dict_missing_keys_take_the_base():
+    base = SDFixSettings(resize_filter="BICUBIC")
+    s = SDFixSettings.from_args([{"precision_guard": False, "hires_parity": False}], base)
+    assert (s.precision_guard, s.hires_parity, s.resize_filter, s.enabled) == (False, False, "BICUBIC", True)
+
+
+@pytest.mark.parametrize("args,field,text", [
+    ([{"precision_guard": "yes"}], "precision_guard", "expected true or false"),
+    ([{"precision_guard": 1}], "precision_guard", "expected true or false"),
+    ([{"resize_filter": "BILINEAR"}], "resize_filter", "must be one of"),
+    ([{"resize_filter": 3}], "resize_filter", "got int"),
+    ([{"latent_denoise_warning": 1.5}], "latent_denoise_warning", "between 0 and 1"),
+    ([{"latent_denoise_warning": "0.5"}], "latent_denoise_warning", "expected a number"),
+    ([{"latent_denoise_warning": float("nan")}], "latent_denoise_warning", "between"),
+    ([{"precison_guard": True}], "precison_guard", "unknown option"),
+    ([True, "no"], "precision_guard", "expected true or false"),
+    ([True] * 20, "args", "at most"),
+    ([True, {"enabled": True}], "args", "only argument"),
+])
+def test_bad_input_names_the_field(args, field, text):
+    with pytest.raises(SettingsError) as err:
+        SDFixSettings.from_args(args)
+    assert field in err.value.problems
+    assert text in err.value.problems[field]
+    assert field in str(err.value)
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(SettingsError) as err:
+        SDFixSettings.from_mapping({"enabled": "on", "decode_dtype": "fp8"})
+    assert set(err.value.fields) == {"enabled", "decode_dtype"}
+
+
+def test_non_mapping_is_rejected():
+    with pytest.raises(SettingsError, match="args"):
+        SDFixSettings.from_mapping(["enabled"])
+
+
+@pytest.mark.parametrize("settings", [
+    SDFixSettings(),
+    SDFixSettings(enabled=False, precision_guard=False, guard_encode=False, hires_parity=False, post_resize=False,
+                  resize_filter="BOX", decode_dtype="auto", guard_previews=True, latent_denoise_warning=0.0),
+    SDFixSettings(latent_denoise_warning=0.3333333333333333, resize_filter="BICUBIC"),
+])
+def test_infotext_round_trip_is_lossless(settings):
+    text = settings.to_infotext()
+    assert "," not in text and ":" not in text  # written unquoted by the WebUI
+    assert SDFixSettings.from_infotext(text) == settings
+    assert SDFixSettings.from_infotext(f'"{text}"') == settings  # quoted by another tool
+
+
+def test_infotext_parsing_is_strict():
+    with pytest.raises(SettingsError) as err:
+        SDFixSettings.from_infotext("on=1 guard=maybe bogus=1")
+    assert set(err.value.fields) == {"precision_guard", "bogus"}
+
+
+def test_infotext_missing_keys_take_the_base():
+    s = SDFixSettings.from_infotext("guard=0", SDFixSettings(hires_parity=False))
+    assert s.precision_guard is False and s.hires_parity is False
+
+
+def test_changed_validates():
+    assert SDFixSettings().changed(post_resize=False).post_resize is False
+    with pytest.raises(SettingsError):
+        SDFixSettings().changed(post_resize="off")
