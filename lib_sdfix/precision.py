@@ -34,6 +34,7 @@ __all__ = [
     "read_flags",
     "flag_api",
     "guard_depth",
+    "vae_weight_dtype",
 ]
 
 _REDUCED = ("tf32", "bf16")
@@ -265,12 +266,26 @@ def precision_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 _UPCAST_LOCK = threading.RLock()
 _UPCAST_COUNT: Dict[int, int] = {}
-_UPCAST_ORIGINAL: Dict[int, List[Tuple[torch.Tensor, torch.dtype]]] = {}
+_UPCAST_ORIGINAL: Dict[int, Tuple[List[Tuple[torch.Tensor, torch.dtype]], List[Tuple[Any, Any]]]] = {}
 
 
 def _low_precision_tensors(module: torch.nn.Module) -> List[Tuple[torch.Tensor, torch.dtype]]:
     tensors = list(module.parameters()) + list(module.buffers())
     return [(t, t.dtype) for t in tensors if t.is_floating_point() and t.dtype != torch.float32]
+
+
+def _cached_dtypes(module: torch.nn.Module) -> List[Tuple[Any, Any]]:
+    """Modules that cache their dtype (PyTorch Lightning's ``_dtype``, behind ``.dtype``; the ldm VAE
+    is one): code inside the VAE reads it to cast its inputs, so it must follow the weights."""
+    return [(m, m._dtype) for m in module.modules() if isinstance(getattr(m, "_dtype", None), torch.dtype)]
+
+
+def vae_weight_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype the VAE's weights have right now (a cached ``.dtype`` can lag behind in-place casts)."""
+    for tensor in module.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
 
 
 @contextlib.contextmanager
@@ -288,10 +303,13 @@ def vae_in_fp32(module: Optional[torch.nn.Module]) -> Iterator[None]:
     with _UPCAST_LOCK:
         count = _UPCAST_COUNT.get(key, 0)
         if count == 0:
-            originals = _low_precision_tensors(module)
-            for tensor, _ in originals:
+            tensors, cached = _low_precision_tensors(module), _cached_dtypes(module)
+            for tensor, _ in tensors:
                 tensor.data = tensor.data.to(torch.float32)
-            _UPCAST_ORIGINAL[key] = originals
+            if tensors:
+                for owner, _ in cached:
+                    owner._dtype = torch.float32
+            _UPCAST_ORIGINAL[key] = (tensors, cached if tensors else [])
         _UPCAST_COUNT[key] = count + 1
     try:
         yield
@@ -300,8 +318,11 @@ def vae_in_fp32(module: Optional[torch.nn.Module]) -> Iterator[None]:
             _UPCAST_COUNT[key] -= 1
             if _UPCAST_COUNT[key] == 0:
                 del _UPCAST_COUNT[key]
-                for tensor, dtype in _UPCAST_ORIGINAL.pop(key, []):
+                tensors, cached = _UPCAST_ORIGINAL.pop(key, ([], []))
+                for tensor, dtype in tensors:
                     tensor.data = tensor.data.to(dtype)
+                for owner, dtype in cached:
+                    owner._dtype = dtype
 
 
 @contextlib.contextmanager

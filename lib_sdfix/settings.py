@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "Field",
@@ -17,9 +17,14 @@ __all__ = [
     "SDFixSettings",
     "SettingsError",
     "INFOTEXT_KEY",
+    "NOTES_INFOTEXT_KEY",
+    "PANEL_FIELDS",
+    "OPTION_PREFIX",
+    "defaults_from_options",
 ]
 
 INFOTEXT_KEY = "SDFix"
+NOTES_INFOTEXT_KEY = "SDFix notes"
 
 
 class SettingsError(ValueError):
@@ -125,6 +130,19 @@ FIELDS: Tuple[Field, ...] = (
     ),
 )
 
+#: Options that exist only in the WebUI's Settings panel (not per generation, not in the API args).
+PANEL_FIELDS: Tuple[Field, ...] = (
+    Field(
+        "add_infotext", bool, True, "Add SDFix info to infotext",
+        "Write what SDFix applied (and anything it could not apply) into the image's generation "
+        "parameters, so pasting them restores the toggles.",
+        "",
+    ),
+)
+
+#: Settings-panel option key of a field: ``sdfix_<name>``.
+OPTION_PREFIX = "sdfix_"
+
 _BY_NAME: Dict[str, Field] = {f.name: f for f in FIELDS}
 _BY_INFOTEXT: Dict[str, Field] = {f.infotext: f for f in FIELDS}
 
@@ -176,16 +194,17 @@ class SDFixSettings:
         """Script args as the WebUI passes them.
 
         Accepts the positional list the UI sends (in :data:`UI_ARG_ORDER`, a shorter list takes
-        the rest from ``base``), or a list holding a single dict of named options (what API
-        clients send: ``[{"precision_guard": true}]``).
+        the rest from ``base``), or a list whose first item is a dict of named options (what API
+        clients send: ``[{"precision_guard": true}]``; the WebUI pads the list with UI defaults,
+        which are ignored).
         """
         args = list(args)
-        if len(args) == 1 and isinstance(args[0], Mapping):
+        if args and isinstance(args[0], Mapping):
+            # The WebUI API fills the slots after the dict with the UI defaults: they are not the client's.
             return cls.from_mapping(args[0], base)
         if len(args) > len(UI_ARG_ORDER):
             raise SettingsError({"args": f"expected at most {len(UI_ARG_ORDER)} positional values {list(UI_ARG_ORDER)}, got {len(args)}"})
-        dict_positions = [i for i, a in enumerate(args) if isinstance(a, Mapping)]
-        if dict_positions:
+        if any(isinstance(a, Mapping) for a in args):
             raise SettingsError({"args": "pass named options as the only argument: [{\"name\": value, ...}]"})
         return replace(base or cls(), **dict(zip(UI_ARG_ORDER, args)))
 
@@ -252,6 +271,19 @@ def _parse_infotext_value(field: Field, raw: str) -> Any:
         except ValueError:
             raise ValueError(f"expected a number, got {raw!r}") from None
     return raw
+
+
+def defaults_from_options(read: Callable[[str, Any], Any]) -> SDFixSettings:
+    """The Settings-panel defaults: ``read(option_key, default)`` for every generation field.
+
+    A stored value that no longer validates (edited config.json, older version) raises
+    :class:`SettingsError` naming the option.
+    """
+    values = {f.name: read(OPTION_PREFIX + f.name, f.default) for f in FIELDS}
+    try:
+        return SDFixSettings.from_mapping(values)
+    except SettingsError as err:
+        raise SettingsError({OPTION_PREFIX + k: v for k, v in err.problems.items()}) from None
 
 
 def field(name: str) -> Field:

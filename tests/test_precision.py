@@ -300,3 +300,17 @@ def test_shared_vae_stays_fp32_until_the_last_thread_leaves():
         t.join()
     assert not problems
     assert {p.dtype for p in vae.parameters()} == {torch.float16}
+
+
+def test_cached_module_dtype_follows_the_upcast():
+    """PyTorch Lightning modules (the ldm VAE) cache their dtype behind .dtype; code inside reads it."""
+    vae = _conv(torch.float16)
+    vae._dtype = torch.float16
+    with vae_in_fp32(vae):
+        assert vae._dtype == torch.float32
+        assert precision.vae_weight_dtype(vae) == torch.float32
+    assert vae._dtype == torch.float16 and precision.vae_weight_dtype(vae) == torch.float16
+    fp32 = _conv(torch.float32)
+    fp32._dtype = torch.float32
+    with vae_in_fp32(fp32):
+        assert fp32._dtype == torch.float32

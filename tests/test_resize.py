@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_sdfix import resize as resize_mod
 from lib_sdfix.resize import RESIZE_FILTERS, resize_after_upscale, upscaler_passes
 
 

@@ -39,6 +39,7 @@ def test_named_dict_missing_keys_take_the_base():
     ([True, "no"], "precision_guard", "expected true or false"),
     ([True] * 20, "args", "at most"),
     ([True, {"enabled": True}], "args", "only argument"),
+    ([{"bogus": 1}, True, True], "bogus", "unknown option"),
 ])
 def test_bad_input_names_the_field(args, field, text):
     with pytest.raises(SettingsError) as err:
@@ -87,3 +88,19 @@ def test_changed_validates():
     assert SDFixSettings().changed(post_resize=False).post_resize is False
     with pytest.raises(SettingsError):
         SDFixSettings().changed(post_resize="off")
+
+
+def test_api_padded_dict_args_ignore_the_padding():
+    """The WebUI API puts the client's dict in slot 0 and UI defaults after it."""
+    s = SDFixSettings.from_args([{"hires_parity": False}, True, True, True, True, True, "LANCZOS", "fp32", False, 0.5])
+    assert s.hires_parity is False and s.enabled is True
+
+
+def test_defaults_from_options():
+    from lib_sdfix.settings import defaults_from_options
+    stored = {"sdfix_resize_filter": "BOX", "sdfix_hires_parity": False}
+    s = defaults_from_options(lambda key, default: stored.get(key, default))
+    assert (s.resize_filter, s.hires_parity, s.precision_guard) == ("BOX", False, True)
+    with pytest.raises(SettingsError) as err:
+        defaults_from_options(lambda key, default: "nope" if key == "sdfix_enabled" else default)
+    assert err.value.fields == ["sdfix_enabled"]

@@ -1,0 +1,87 @@
+"""SDFix's cost inside a real running WebUI: generation time off vs on, and import time at start.
+
+Alternates the same request with SDFix off and on (order flipped every pair) and prints the median
+of the per-pair time ratios, for txt2img 64x64 and Hires.fix 64->128 (Latent).  Then reads the
+WebUI's own startup profile (/internal/profile-startup) for the time spent importing
+``scripts/sdfix.py`` (goal <= 50 ms).
+
+    SDFIX_E2E_URL=http://127.0.0.1:7860 python bench/webui_overhead.py [--pairs 3] [--steps 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+import urllib.request
+
+
+def call(url: str, path: str, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, method="POST" if body is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=1800) as response:
+        return json.loads(response.read())
+
+
+def timed(url: str, body) -> float:
+    start = time.perf_counter()
+    call(url, "/sdapi/v1/txt2img", body)
+    return time.perf_counter() - start
+
+
+def compare(url: str, label: str, base: dict, pairs: int) -> None:
+    off = dict(base, alwayson_scripts={"sdfix": {"args": [{"enabled": False}]}})
+    on = dict(base, alwayson_scripts={"sdfix": {"args": [{"enabled": True}]}})
+    timed(url, on)  # warm-up
+    ratios, t_off, t_on = [], [], []
+    for i in range(pairs):
+        order = [("off", off), ("on", on)] if i % 2 == 0 else [("on", on), ("off", off)]
+        times = {name: timed(url, body) for name, body in order}
+        t_off.append(times["off"])
+        t_on.append(times["on"])
+        ratios.append(times["on"] / times["off"])
+    print(f"{label:28s} off {statistics.median(t_off):7.2f} s   on {statistics.median(t_on):7.2f} s   "
+          f"ratio on/off {statistics.median(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}]")
+
+
+def import_time(url: str) -> None:
+    try:
+        profile = call(url, "/internal/profile-startup")
+    except Exception as exc:  # noqa: BLE001
+        print(f"startup profile not available: {exc}")
+        return
+    found = []
+
+    def walk(node, path=""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, (int, float)) and "sdfix" in path.lower() and "observer" not in path.lower():
+            found.append((path, float(node)))
+
+    walk(profile)
+    for path, seconds in found:
+        print(f"import {path}: {seconds * 1000:.1f} ms (goal <= 50 ms)")
+    if not found:
+        print("no SDFix entry in the startup profile")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("SDFIX_E2E_URL", "http://127.0.0.1:7860"))
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+    base = {"prompt": "a portrait", "seed": 1, "steps": args.steps, "width": 64, "height": 64,
+            "sampler_name": "Euler", "send_images": False, "save_images": False}
+    print(f"WebUI {args.url}, {args.pairs} pairs, {args.steps} steps")
+    compare(args.url, "txt2img 64x64", base, args.pairs)
+    compare(args.url, "Hires 64->128 (Latent)", dict(base, enable_hr=True, hr_upscaler="Latent", hr_scale=2,
+                                                     denoising_strength=0.6, hr_second_pass_steps=args.steps), args.pairs)
+    import_time(args.url)
+
+
+if __name__ == "__main__":
+    main()

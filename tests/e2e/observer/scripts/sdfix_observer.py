@@ -1,0 +1,274 @@
+"""SDFix e2e observer: a test-only WebUI extension that watches generations from the inside.
+
+Install it beside SDFix in the WebUI under test (symlink ``tests/e2e/observer`` into the WebUI's
+``extensions/sdfix-observer``).  It never changes a generation; it records:
+
+* every VAE encoder/decoder forward (forward pre-hooks): input dtype, weight dtype, and the torch
+  flags of both APIs at the moment the VAE runs;
+* the sampler and schedule each sampling pass really uses (first pass, Hires pass) and its sigmas;
+* every PIL resize (source size, target size, filter, caller);
+* whether the WebUI functions SDFix may patch are the WebUI's own objects again after a generation.
+
+Routes (under ``/sdfix-observer``): GET ``/records``, POST ``/reset``, GET ``/flags``,
+GET ``/functions``, GET ``/xyz-axes``, POST ``/hide-sdfix`` ({"hide": bool}), POST
+``/inject-failure`` ({"target": "decode"|"none"}).
+
+With ``SDFIX_OBSERVER_TF32=1`` it sets the TF32/benchmark flags at start exactly as
+``modules/devices.py: enable_tf32`` does on an Ampere+ GPU, so a CPU run reproduces a GPU user's flags.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import traceback
+
+import torch
+from PIL import Image
+
+import modules.scripts as scripts
+from modules import script_callbacks, shared
+
+if os.environ.get("SDFIX_OBSERVER_TF32") == "1":
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+_LOCK = threading.Lock()
+_RECORDS = {"vae": [], "sampling": [], "resize": [], "errors": []}
+
+
+def _record(kind, entry):
+    with _LOCK:
+        _RECORDS[kind].append(entry)
+
+
+def read_flags():
+    """Every flag through plain attribute access, as any extension would; '<raised: ...>' if torch raises."""
+    reads = {
+        "cuda.matmul.allow_tf32": lambda: torch.backends.cuda.matmul.allow_tf32,
+        "cudnn.allow_tf32": lambda: torch.backends.cudnn.allow_tf32,
+        "cudnn.benchmark": lambda: torch.backends.cudnn.benchmark,
+        "float32_matmul_precision": torch.get_float32_matmul_precision,
+        "fp32_precision": lambda: torch.backends.fp32_precision,
+        "cuda.matmul.fp32_precision": lambda: torch.backends.cuda.matmul.fp32_precision,
+        "cudnn.conv.fp32_precision": lambda: torch.backends.cudnn.conv.fp32_precision,
+        "cudnn.rnn.fp32_precision": lambda: torch.backends.cudnn.rnn.fp32_precision,
+    }
+    out = {}
+    for name, read in reads.items():
+        try:
+            out[name] = read()
+        except AttributeError:
+            continue  # this torch has no such flag
+        except Exception as exc:  # noqa: BLE001
+            out[name] = f"<raised: {exc}>"[:120]
+    return out
+
+
+# --- VAE -----------------------------------------------------------------------------------------
+
+_HOOKED = set()
+
+
+def _vae_pre_hook(part):
+    def hook(module, args):
+        from modules import devices
+
+        tensor = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        weight = next(module.parameters())
+        _record("vae", {
+            "part": part,
+            "input_dtype": str(tensor.dtype) if tensor is not None else None,
+            "weight_dtype": str(weight.dtype),
+            "dtype_vae": str(devices.dtype_vae),
+            "autocast_cpu": torch.is_autocast_cpu_enabled() if hasattr(torch, "is_autocast_cpu_enabled") else None,
+            "flags": read_flags(),
+            "thread": threading.current_thread().name,
+        })
+
+    return hook
+
+
+def hook_vae(sd_model):
+    vae = getattr(sd_model, "first_stage_model", None)
+    if vae is None or id(vae) in _HOOKED:
+        return
+    _HOOKED.add(id(vae))
+    vae.decoder.register_forward_pre_hook(_vae_pre_hook("decoder"))
+    vae.encoder.register_forward_pre_hook(_vae_pre_hook("encoder"))
+
+
+script_callbacks.on_model_loaded(hook_vae)
+if getattr(shared, "sd_model", None) is not None and hasattr(shared.sd_model, "first_stage_model"):
+    hook_vae(shared.sd_model)
+
+
+# --- PIL resize ----------------------------------------------------------------------------------
+
+_ORIGINAL_RESIZE = Image.Image.resize
+if not getattr(_ORIGINAL_RESIZE, "_sdfix_observer", False):
+
+    def observed_resize(self, size, resample=None, *args, **kwargs):
+        frame = sys._getframe(1)
+        callers = []
+        while frame is not None and len(callers) < 4:
+            callers.append(f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_code.co_name}")
+            frame = frame.f_back
+        _record("resize", {"from": list(self.size), "to": [int(size[0]), int(size[1])],
+                           "resample": None if resample is None else int(resample),
+                           "box": kwargs.get("box") is not None or bool(args[:1] and args[0] is not None),
+                           "mode": self.mode, "callers": callers})
+        return _ORIGINAL_RESIZE(self, size, resample, *args, **kwargs)
+
+    observed_resize._sdfix_observer = True
+    Image.Image.resize = observed_resize
+
+
+# --- sampling ------------------------------------------------------------------------------------
+
+
+class SDFixObserverScript(scripts.Script):
+    """Records the sampler and schedule of every sampling pass."""
+
+    def title(self):
+        return "SDFix observer"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        sampler = p.sampler
+        entry = {
+            "is_hr_pass": bool(getattr(p, "is_hr_pass", False)),
+            "sampler": getattr(getattr(sampler, "config", None), "name", None),
+            "scheduler_field": p.hr_scheduler if getattr(p, "is_hr_pass", False) else p.scheduler,
+            "sigmas": None,
+        }
+        _record("sampling", entry)
+        original = getattr(sampler, "get_sigmas", None)
+        if original is None:
+            return
+
+        def get_sigmas(p_, steps):
+            sigmas = original(p_, steps)
+            entry["sigmas"] = [round(float(s), 5) for s in sigmas]
+            return sigmas
+
+        sampler.get_sigmas = get_sigmas
+
+
+# --- functions SDFix may patch ------------------------------------------------------------------
+
+
+def _patch_targets():
+    from modules import images, processing, sd_samplers_common, upscaler
+
+    return {
+        "processing.decode_first_stage": (processing, "decode_first_stage"),
+        "processing.images_tensor_to_samples": (processing, "images_tensor_to_samples"),
+        "sd_samplers_common.decode_first_stage": (sd_samplers_common, "decode_first_stage"),
+        "sd_samplers_common.samples_to_images_tensor": (sd_samplers_common, "samples_to_images_tensor"),
+        "sd_samplers_common.images_tensor_to_samples": (sd_samplers_common, "images_tensor_to_samples"),
+        "images.resize_image": (images, "resize_image"),
+        "upscaler.Upscaler.upscale": (upscaler.Upscaler, "upscale"),
+    }
+
+
+_ORIGINAL_FUNCTIONS = {name: getattr(owner, attr) for name, (owner, attr) in _patch_targets().items()}
+
+
+def functions_state():
+    state = {}
+    for name, (owner, attr) in _patch_targets().items():
+        current = getattr(owner, attr)
+        state[name] = {"original": current is _ORIGINAL_FUNCTIONS[name],
+                       "module": getattr(current, "__module__", None)}
+    return state
+
+
+# --- routes --------------------------------------------------------------------------------------
+
+_HIDDEN = {}
+
+
+def _runners():
+    return [scripts.scripts_txt2img, scripts.scripts_img2img]
+
+
+def hide_sdfix(hide):
+    """Take SDFix out of the AlwaysOn lists (a WebUI without SDFix, for the bit-identical baseline)."""
+    for runner in _runners():
+        if hide and id(runner) not in _HIDDEN:
+            ours = [s for s in runner.alwayson_scripts if s.title() == "SDFix"]
+            _HIDDEN[id(runner)] = (runner, ours)
+            runner.alwayson_scripts[:] = [s for s in runner.alwayson_scripts if s not in ours]
+            runner.callback_map.clear()
+        elif not hide and id(runner) in _HIDDEN:
+            runner, ours = _HIDDEN.pop(id(runner))
+            runner.alwayson_scripts.extend(ours)
+            runner.callback_map.clear()
+    return sorted(s.title() for s in scripts.scripts_txt2img.alwayson_scripts)
+
+
+_INJECTED = {}
+
+
+def inject_failure(target):
+    precision = sys.modules.get("lib_sdfix.precision")
+    if precision is None:
+        import lib_sdfix.precision as precision  # noqa: F401 -- SDFix's own core, loaded by SDFix
+    if "guarded_vae_call" in _INJECTED:
+        precision.guarded_vae_call = _INJECTED.pop("guarded_vae_call")
+    if target == "decode":
+        original = precision.guarded_vae_call
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("injected by the SDFix e2e observer")
+
+        _INJECTED["guarded_vae_call"] = original
+        precision.guarded_vae_call = broken
+    return target
+
+
+def on_app_started(demo, app):
+    from fastapi import Body
+
+    @app.get("/sdfix-observer/records")
+    def records():
+        with _LOCK:
+            return {k: list(v) for k, v in _RECORDS.items()}
+
+    @app.post("/sdfix-observer/reset")
+    def reset():
+        with _LOCK:
+            for v in _RECORDS.values():
+                v.clear()
+        return {"ok": True}
+
+    @app.get("/sdfix-observer/flags")
+    def flags():
+        return read_flags()
+
+    @app.get("/sdfix-observer/functions")
+    def functions():
+        return functions_state()
+
+    @app.get("/sdfix-observer/xyz-axes")
+    def xyz_axes():
+        xyz = next((d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"), None)
+        return [o.label for o in getattr(xyz, "axis_options", [])]
+
+    @app.post("/sdfix-observer/hide-sdfix")
+    def hide(body: dict = Body(...)):
+        return {"alwayson": hide_sdfix(bool(body.get("hide")))}
+
+    @app.post("/sdfix-observer/inject-failure")
+    def inject(body: dict = Body(...)):
+        try:
+            return {"target": inject_failure(body.get("target", "none"))}
+        except Exception:  # noqa: BLE001
+            return {"error": traceback.format_exc()}
+
+
+script_callbacks.on_app_started(on_app_started)
