@@ -347,3 +347,13 @@
         else watch();
     }
 })();
+
+// Run button of the "SDFix A/B" tab: registers the job id so the WebUI's own progress bar (and its
+// Interrupt) follow the comparison, as the txt2img tab's submit() does.
+function sdfixABSubmit() {
+    var id = randomId();
+    requestProgress(id, gradioApp().getElementById("sdfix_ab_results"), gradioApp().getElementById("sdfix_ab_gallery"), function () {});
+    var args = create_submit_args(arguments);
+    args[0] = id;
+    return args;
+}

@@ -6,9 +6,10 @@ resize) -- only while a generation that wants them runs, restored right after.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import modules.scripts as scripts
 from modules import script_callbacks, shared
@@ -302,12 +303,18 @@ def _drop_stale_sessions() -> None:
             _finish(session)
 
 
-def _start(p: Any, session: GenerationSession) -> None:
-    session.owner = p
+def _open(session: GenerationSession) -> None:
+    """Install the session's patches and bind it to this thread."""
     session.patches = _patch_targets(session.settings) if session.settings.enabled else []
     for owner, attr, factory in session.patches:
         _PATCHES.acquire(owner, attr, factory)
     push_session(session)
+
+
+def _start(p: Any, session: GenerationSession) -> None:
+    """Open the session for generation ``p``; closing ``p`` (the WebUI always does) finishes it."""
+    session.owner = p
+    _open(session)
     setattr(p, _SESSION_ATTR, session)
     original_close = p.close
 
@@ -318,6 +325,17 @@ def _start(p: Any, session: GenerationSession) -> None:
             original_close()
 
     p.close = close
+
+
+@contextlib.contextmanager
+def _session_scope(settings: SDFixSettings) -> Iterator[GenerationSession]:
+    """A session for work outside a generation (the A/B tab's extra decodes)."""
+    session = GenerationSession(settings)
+    _open(session)
+    try:
+        yield session
+    finally:
+        _finish(session)
 
 
 def _finish(session: GenerationSession) -> None:
@@ -370,6 +388,26 @@ def _write_infotext(p: Any, session: Optional[GenerationSession]) -> None:
     p.extra_generation_params = params
 
 
+def apply_settings(p: Any, settings: SDFixSettings) -> Optional[GenerationSession]:
+    """Apply SDFix to generation ``p`` (before ``p.init``): the AlwaysOn script and the A/B tab."""
+    if not settings.enabled:
+        if INFOTEXT_KEY in p.extra_generation_params or NOTES_INFOTEXT_KEY in p.extra_generation_params:
+            _write_infotext(p, None)
+        return None
+    session = GenerationSession(settings)
+    try:
+        _start(p, session)
+        if getattr(p, "enable_hr", False):
+            if settings.hires_parity:
+                session.report.run(FIX_PARITY, _resolve_parity, lambda *a: None, p, session)
+            _latent_note(p, session)
+    except Exception as exc:  # noqa: BLE001 -- never break a generation
+        log_once("process", f"SDFix could not set up this generation: {exc}", exc)
+        session.report.mark_failed("setup", exc)
+    _write_infotext(p, session)
+    return session
+
+
 # --- the AlwaysOn script ------------------------------------------------------------------------
 
 
@@ -408,26 +446,350 @@ class SDFixScript(scripts.Script):
         except SettingsError as err:
             _fail_generation(p, err)
             return
-        if not settings.enabled:
-            if INFOTEXT_KEY in p.extra_generation_params or NOTES_INFOTEXT_KEY in p.extra_generation_params:
-                _write_infotext(p, None)
-            return
-        session = GenerationSession(settings)
-        try:
-            _start(p, session)
-            if getattr(p, "enable_hr", False):
-                if settings.hires_parity:
-                    session.report.run(FIX_PARITY, _resolve_parity, lambda *a: None, p, session)
-                _latent_note(p, session)
-        except Exception as exc:  # noqa: BLE001 -- never break a generation
-            log_once("process", f"SDFix could not set up this generation: {exc}", exc)
-            session.report.mark_failed("setup", exc)
-        _write_infotext(p, session)
+        apply_settings(p, settings)
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
         session = getattr(p, _SESSION_ATTR, None)
         if session is not None:
             _finish(session)
+
+
+# --- A/B comparison ----------------------------------------------------------------------------
+
+_PAYLOAD_DROPPED = ("script_name", "script_args", "alwayson_scripts", "infotext", "send_images", "save_images",
+                    "force_task_id", "sampler_index")
+
+
+def _txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """The payload checked by the WebUI's own txt2img API model; SettingsError naming bad fields."""
+    from pydantic import ValidationError
+
+    from modules import sd_samplers
+    from modules.api import models
+
+    try:
+        request = models.StableDiffusionTxt2ImgProcessingAPI(**payload)
+    except ValidationError as err:
+        raise SettingsError({"payload." + ".".join(str(x) for x in e["loc"]): e["msg"] for e in err.errors()}) from None
+    except TypeError as err:
+        raise SettingsError({"payload": str(err)}) from None
+    sampler, scheduler = sd_samplers.get_sampler_and_scheduler(request.sampler_name or request.sampler_index,
+                                                               request.scheduler)
+    if sampler not in sd_samplers.all_samplers_map:
+        raise SettingsError({"payload.sampler_name": f"sampler not found: {request.sampler_name!r}"})
+    fields = {k: v for k, v in vars(request).items() if k not in _PAYLOAD_DROPPED}
+    fields["sampler_name"] = sampler
+    if not fields.get("scheduler") and scheduler != "Automatic":
+        fields["scheduler"] = scheduler
+    if fields.get("n_iter", 1) != 1 or fields.get("batch_size", 1) != 1:
+        raise SettingsError({"payload.batch_size": "A/B compares one image: batch_size and n_iter must be 1"})
+    return fields
+
+
+def _new_txt2img(fields: Dict[str, Any]) -> Any:
+    from modules import processing
+
+    p = processing.StableDiffusionProcessingTxt2Img(sd_model=shared.sd_model, **fields)
+    p.outpath_samples = shared.opts.outdir_txt2img_samples
+    p.outpath_grids = shared.opts.outdir_txt2img_grids
+    p.do_not_save_samples = p.do_not_save_grid = True
+    p.scripts = None  # a comparison renders SDFix's variants only, nothing of other extensions
+    return p
+
+
+def _latents_to_image(decoded: Any) -> Any:
+    """What process_images does between its decode and the PIL image (no face restore etc.)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    x = torch.stack(list(decoded)).float()
+    x = torch.clamp((x + 1.0) / 2.0, min=0.0, max=1.0)[0]
+    return Image.fromarray((255.0 * np.moveaxis(x.cpu().numpy(), 0, 2)).astype(np.uint8))
+
+
+def _decode_again(latent: Any, settings: SDFixSettings) -> Any:
+    """Decode a captured final latent the way a generation with ``settings`` would."""
+    from modules import devices, processing
+
+    decode = lambda: processing.decode_latent_batch(shared.sd_model, latent, target_device=devices.cpu,  # noqa: E731
+                                                    check_for_nans=True)
+    if not settings.enabled or not settings.precision_guard:
+        return _latents_to_image(decode())
+    only_decode = settings.changed(guard_encode=False, hires_parity=False, post_resize=False)
+    with _session_scope(only_decode):
+        return _latents_to_image(decode())
+
+
+def _retag_infotext(infotext: str, settings: SDFixSettings) -> str:
+    """The infotext of one generation, re-labelled with another variant's SDFix settings."""
+    import re
+
+    text = re.sub(r", SDFix notes: (\"(?:\\.|[^\\\"])*\"|[^,\n]*)", "", infotext)
+    text = re.sub(r", SDFix: [^,\n]*", "", text)
+    if settings.enabled and _add_infotext():
+        text += f", {INFOTEXT_KEY}: {settings.to_infotext()}"
+    return text
+
+
+def run_comparison(request: Any) -> Dict[str, Any]:
+    """Render every variant of an A/B request with the least work; images, infotexts, metrics, notes.
+
+    Runs on the caller's thread; the caller holds the WebUI's queue lock and job state.
+    """
+    import time
+
+    from lib_sdfix import ab
+    from modules import processing
+
+    request = request.with_resolved_seed()
+    fields = _txt2img_fields(request.payload)
+    hires = bool(fields.get("enable_hr"))
+    upscaler = fields.get("hr_upscaler")
+    latent_upscaler = upscaler is None or upscaler in shared.latent_upscale_modes
+    groups = ab.sampling_groups(request.variants, hires=hires, latent_upscaler=latent_upscaler)
+    runs = [(g, g.decodes[0]) for g in groups] if not hires else [(g, d) for g in groups for d in g.decodes]
+    shared.state.job_count = len(runs) * (2 if hires else 1)
+
+    images: Dict[str, Any] = {}
+    infotexts: Dict[str, str] = {}
+    times: Dict[str, float] = {}
+    for group, decode in runs:
+        if shared.state.interrupted:
+            break
+        settings = group.variants_for(decode)[0].settings
+        p = _new_txt2img(fields)
+        apply_settings(p, settings)
+        captured: List[Any] = []
+        if not hires:
+            original_sample = p.sample
+
+            def capturing_sample(*args: Any, _sample: Callable = original_sample, **kwargs: Any) -> Any:
+                samples = _sample(*args, **kwargs)
+                captured.append(samples)
+                return samples
+
+            p.sample = capturing_sample
+        start = time.perf_counter()
+        with contextlib.closing(p):
+            processed = processing.process_images(p)
+        elapsed = time.perf_counter() - start
+        if not processed.images:
+            break
+        for variant in group.variants_for(decode):
+            images[variant.name], times[variant.name] = processed.images[0], elapsed
+            infotexts[variant.name] = _retag_infotext(processed.infotexts[0], variant.settings)
+        for other in group.decodes if not hires else ():
+            if other == decode or not captured or shared.state.interrupted:
+                continue
+            start = time.perf_counter()
+            image = _decode_again(captured[0], group.variants_for(other)[0].settings)
+            elapsed = time.perf_counter() - start
+            for variant in group.variants_for(other):
+                images[variant.name], times[variant.name] = image, elapsed
+                infotexts[variant.name] = _retag_infotext(processed.infotexts[0], variant.settings)
+
+    done = [v for v in request.variants if v.name in images]
+    reference = request.reference
+    result: Dict[str, Any] = {
+        "seed": fields.get("seed"), "complete": len(done) == len(request.variants),
+        "variants": [{"name": v.name, "label": v.label, "settings": v.settings.as_dict()} for v in done],
+        "images": images, "infotexts": infotexts, "times": times, "runs": len(runs),
+        "metrics": [], "notes": [], "heatmap": None, "saved": None,
+    }
+    if reference.name not in images or len(done) < 2:
+        return result
+    context = ab.RunContext(hires=hires, upscaler=upscaler, first_sampler=fields.get("sampler_name"),
+                            first_scheduler=fields.get("scheduler"), hires_sampler=fields.get("hr_sampler_name"),
+                            hires_scheduler=fields.get("hr_scheduler"))
+    rows = ab.metrics_table({v.name: images[v.name] for v in done}, times, reference.name,
+                            labels={v.name: v.label for v in done})
+    result["metrics"] = rows
+    result["notes"] = ab.effect_notes(done, images, context)
+    result["heatmap"] = ab.heatmap(images[reference.name], images[done[-1].name], request.heatmap_gain)
+    if request.save:
+        result["saved"] = _save_comparison(fields, done, images, infotexts, rows, result["notes"])
+    return result
+
+
+def _save_comparison(fields: Dict[str, Any], variants: List[Any], images: Dict[str, Any],
+                     infotexts: Dict[str, str], rows: List[Dict[str, Any]], notes: List[str]) -> Dict[str, Any]:
+    """Under <outputs>/sdfix-ab, named with the WebUI's filename pattern and sequence number."""
+    import os
+
+    from lib_sdfix import ab
+    from modules import images as webui_images
+    from modules import paths_internal
+
+    out_dir = os.path.join(shared.opts.outdir_samples or paths_internal.default_output_dir, "sdfix-ab")
+    os.makedirs(out_dir, exist_ok=True)
+    p = _new_txt2img(fields)
+    first = images[variants[0].name]
+    pattern = shared.opts.samples_filename_pattern or "[seed]-[prompt_spaces]"
+    name = webui_images.FilenameGenerator(p, fields.get("seed"), fields.get("prompt", ""), first).apply(pattern)
+    basename = f"{webui_images.get_next_sequence_number(out_dir, ''):05}-{name}"
+    paths = ab.save_comparison(out_dir, basename, variants, images, infotexts,
+                               ab.metrics_json(rows, reference_name=variants[0].name, notes=notes))
+    return {"images": {k: str(v) for k, v in paths["images"].items()}, "grid": str(paths["grid"]),
+            "metrics": str(paths["metrics"])}
+
+
+def _environment_audit() -> Dict[str, Any]:
+    """What /sdfix/v1/status reports: versions, flags, VAE precision, settings that break parity."""
+    import torch
+
+    from lib_sdfix.precision import flag_api, read_flags
+    from modules import devices
+
+    gpu = None
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        gpu = {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}",
+               "tf32_capable": major >= 8}
+    vae = getattr(getattr(shared, "sd_model", None), "first_stage_model", None)
+    return {
+        "torch": torch.__version__, "flag_api": flag_api(), "gpu": gpu,
+        "flags": {k: str(v) if not isinstance(v, (bool, str)) else v for k, v in read_flags().items()},
+        "vae_dtype": str(devices.dtype_vae), "vae_weights_dtype": str(next(vae.parameters()).dtype) if vae is not None else None,
+        "no_half_vae": bool(_cmd_opt("no_half_vae", False)), "no_half": bool(_cmd_opt("no_half", False)),
+        "upcast_sampling": bool(_cmd_opt("upcast_sampling", False)), "precision": _cmd_opt("precision"),
+        "hires_sampler_selection_shown": bool(getattr(shared.opts, "hires_fix_show_sampler", False)),
+        "sd_vae_decode_method": getattr(shared.opts, "sd_vae_decode_method", None),
+        "sd_vae_encode_method": getattr(shared.opts, "sd_vae_encode_method", None),
+        "patched_now": _PATCHES.active(),
+    }
+
+
+def _api_response(result: Dict[str, Any]) -> Dict[str, Any]:
+    from lib_sdfix import ab
+
+    out = {k: v for k, v in result.items() if k not in ("images", "heatmap", "metrics")}
+    out["images"] = {name: ab.png_base64(image) for name, image in result["images"].items()}
+    out["heatmap"] = ab.png_base64(result["heatmap"]) if result["heatmap"] is not None else None
+    out["metrics"] = ab.metrics_json(result["metrics"], notes=result["notes"]) if result["metrics"] else None
+    return out
+
+
+def _auth_dependencies() -> List[Any]:
+    """The WebUI's --api-auth check, for SDFix's routes too (it only guards /sdapi routes itself)."""
+    auth = _cmd_opt("api_auth")
+    if not auth:
+        return []
+    from secrets import compare_digest
+
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+    credentials = dict(item.split(":", 1) for item in auth.split(",") if ":" in item)
+
+    def check(given=Depends(HTTPBasic())) -> bool:
+        expected = credentials.get(given.username)
+        if expected is not None and compare_digest(given.password, expected):
+            return True
+        raise HTTPException(status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+    # A real class, not the string this module's postponed annotations would give FastAPI.
+    check.__annotations__ = {"given": HTTPBasicCredentials, "return": bool}
+    return [Depends(check)]
+
+
+def on_app_started(demo: Any, app: Any) -> None:
+    """GET /sdfix/v1/status and POST /sdfix/v1/ab, behind --api-auth like /sdapi/v1/*."""
+    from fastapi import Body, HTTPException
+
+    from lib_sdfix import ab
+    from modules import call_queue
+
+    def status():
+        return {"version": __version__, "disabled": _disabled_by_flag(), "settings": _settings_defaults().as_dict(),
+                "environment": _environment_audit()}
+
+    def compare(body=Body(...)):
+        try:
+            request = ab.ab_request_from_body(body, _settings_defaults())
+        except SettingsError as err:
+            raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
+        with call_queue.queue_lock:
+            shared.state.begin(job="sdfix_ab")
+            try:
+                result = run_comparison(request)
+            except SettingsError as err:
+                raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
+            finally:
+                shared.state.end()
+        return _api_response(result)
+
+    dependencies = _auth_dependencies()
+    app.add_api_route("/sdfix/v1/status", status, methods=["GET"], dependencies=dependencies)
+    app.add_api_route("/sdfix/v1/ab", compare, methods=["POST"], dependencies=dependencies)
+
+
+def _tab_outputs(result: Dict[str, Any]) -> List[Any]:
+    """Run results -> [seed, compare HTML, gallery, heatmap, metrics, notes, info]."""
+    from lib_sdfix import ab
+
+    variants = result["variants"]
+    if len(variants) < 2:
+        message = "Interrupted before two variants were ready." if not result["complete"] else "Nothing to compare."
+        return [result["seed"], "", [], None, None, message, ""]
+    images = result["images"]
+    reference, last = variants[0], variants[-1]
+    compare = ab.compare_html(ab.png_base64(images[reference["name"]]), ab.png_base64(images[last["name"]]),
+                              (reference["label"], last["label"]))
+    gallery = [(images[v["name"]], v["label"]) for v in variants]
+    headers, rows = ab.metrics_display(result["metrics"])
+    notes = [f"- {note}" for note in result["notes"]]
+    notes.append(f"- {result['runs']} sampling run(s) for {len(variants)} variants, seed {result['seed']}")
+    if not result["complete"]:
+        notes.append("- interrupted: only the variants shown were rendered")
+    if result["saved"]:
+        notes.append(f"- saved: `{result['saved']['grid']}`")
+    return [result["seed"], compare, gallery, result["heatmap"], {"headers": headers, "data": rows},
+            "\n".join(notes), ""]
+
+
+def on_ui_tabs() -> List[Any]:
+    """The "SDFix A/B" tab."""
+    import os
+
+    import gradio as gr
+
+    from lib_sdfix import ab
+    from lib_sdfix.ab_ui import MODE_CHOICES, TabCallbacks, build_ab_tab, payload_from_form
+    from modules import call_queue, infotext_utils, paths, sd_samplers, sd_schedulers
+
+    def payload_from_text(text: str) -> Dict[str, Any]:
+        if not text.strip():
+            return {}
+        try:
+            return ab.payload_from_infotext(infotext_utils.parse_generation_parameters(text))
+        except SettingsError as err:
+            gr.Warning(f"SDFix: {err}")
+            return {}
+
+    def last_generation() -> Dict[str, Any]:
+        path = os.path.join(paths.data_path, "params.txt")
+        if not os.path.isfile(path):
+            gr.Warning("SDFix: no txt2img generation yet")
+            return {}
+        with open(path, encoding="utf8") as file:
+            return payload_from_text(file.read())
+
+    def run(id_task: str, mode: str, gain: float, save: bool, *form: Any) -> List[Any]:
+        body = {"payload": payload_from_form(form), "variants": MODE_CHOICES.get(mode, "ab"),
+                "heatmap_gain": gain, "save": bool(save)}
+        return _tab_outputs(run_comparison(ab.ab_request_from_body(body, _settings_defaults())))
+
+    callbacks = TabCallbacks(
+        samplers=sd_samplers.visible_sampler_names,
+        schedulers=lambda: [s.label for s in sd_schedulers.schedulers],
+        upscalers=lambda: [*shared.latent_upscale_modes, *[x.name for x in shared.sd_upscalers]],
+        last_generation=last_generation,
+        payload_from_text=payload_from_text,
+        run=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[gr.update(), "", [], None, None, ""]),
+        interrupt=lambda: shared.state.interrupt(),
+    )
+    return [(build_ab_tab(callbacks), "SDFix A/B", "sdfix_ab")]
 
 
 # --- Settings panel, X/Y/Z axes, unload ----------------------------------------------------------
@@ -479,6 +841,8 @@ if not _disabled_by_flag():
     script_callbacks.on_ui_settings(on_ui_settings)
     script_callbacks.on_before_ui(add_xyz_axes)
     script_callbacks.on_script_unloaded(on_script_unloaded)
+    script_callbacks.on_app_started(on_app_started)
+    script_callbacks.on_ui_tabs(on_ui_tabs)
     try:
         add_xyz_axes()  # --nowebui builds the UI before on_before_ui fires
     except Exception as exc:  # noqa: BLE001

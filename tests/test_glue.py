@@ -300,3 +300,24 @@ def test_no_infotext_when_the_panel_option_is_off(webui):
     run(webui, p)
     assert "SDFix" not in p.extra_generation_params
     p.close()
+
+
+@pytest.mark.parametrize("auth", [None, "sdfix:secret"])
+def test_routes_status_bad_body_and_auth(webui, auth):
+    fastapi = pytest.importorskip("fastapi")
+    testclient = pytest.importorskip("fastapi.testclient")
+    webui.shared.cmd_opts.api_auth = auth
+    app = fastapi.FastAPI()
+    webui.glue.on_app_started(None, app)
+    client = testclient.TestClient(app)
+    creds = ("sdfix", "secret") if auth else None
+    if auth:
+        assert client.get("/sdfix/v1/status").status_code == 401
+        assert client.get("/sdfix/v1/status", auth=("sdfix", "wrong")).status_code == 401
+        assert client.post("/sdfix/v1/ab", json={"payload": {}}).status_code == 401
+    status = client.get("/sdfix/v1/status", auth=creds)
+    assert status.status_code == 200
+    body = status.json()
+    assert body["settings"] == SDFixSettings().as_dict() and body["environment"]["patched_now"] == []
+    bad = client.post("/sdfix/v1/ab", json={"payload": {"prompt": "x"}, "heatmap_gain": 0}, auth=creds)
+    assert bad.status_code == 422 and "heatmap_gain" in bad.json()["detail"]

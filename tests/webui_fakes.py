@@ -215,6 +215,15 @@ def build(dtype: torch.dtype = torch.float16) -> Dict[str, types.ModuleType]:
     for name, label in (("automatic", "Automatic"), ("karras", "Karras"), ("uniform", "Uniform")):
         sd_schedulers.schedulers_map[name] = sd_schedulers.schedulers_map[label] = Namespace(name=name, label=label)
 
+    call_queue = module("call_queue")
+    import threading as _threading
+
+    call_queue.queue_lock = _threading.Lock()
+    shared.state.begin = lambda job=None: None
+    shared.state.end = lambda: None
+    shared.opts.hires_fix_show_sampler = False
+    shared.cmd_opts.api_auth = None
+
     lowvram = module("lowvram")
     lowvram.is_enabled = lambda model: False
 

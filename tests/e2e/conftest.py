@@ -23,6 +23,8 @@ URLS = {
     "fp16": os.environ.get("SDFIX_E2E_URL_FP16", "").rstrip("/"),
 }
 TIMEOUT = float(os.environ.get("SDFIX_E2E_TIMEOUT", "900"))
+# "user:password" when the WebUI runs with --api-auth (sent with every request unless auth=False)
+AUTH = os.environ.get("SDFIX_E2E_AUTH", "")
 MODES = [mode for mode, url in URLS.items() if url] or ["fp32"]
 
 
@@ -33,10 +35,12 @@ class WebUI:
     mode: str
     url: str
 
-    def call(self, method: str, path: str, body: Optional[Any] = None) -> Tuple[int, Any]:
+    def call(self, method: str, path: str, body: Optional[Any] = None, auth: Optional[bool] = None) -> Tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if AUTH and auth is not False:
+            headers["Authorization"] = "Basic " + base64.b64encode(AUTH.encode()).decode()
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
                 status, raw = response.status, response.read()

@@ -6,7 +6,7 @@ from PIL import Image
 
 from lib_sdfix.settings import SDFixSettings
 
-from .conftest import encode_png
+from .conftest import AUTH, encode_png
 
 GUARDED = {"cuda.matmul.allow_tf32": False, "cudnn.allow_tf32": False, "cudnn.benchmark": False,
            "float32_matmul_precision": "highest"}
@@ -210,6 +210,8 @@ def test_webuiapi_client_with_named_args(webui):
     webuiapi = pytest.importorskip("webuiapi")
     host, port = webui.url.split("//")[1].split(":")
     api = webuiapi.WebUIApi(host=host, port=int(port))
+    if AUTH:
+        api.set_auth(*AUTH.split(":", 1))
     result = api.txt2img(prompt="a face", seed=1, steps=2, width=64, height=64, sampler_name="Euler",
                          alwayson_scripts={"sdfix": {"args": [{"hires_parity": False}]}})
     assert "SDFix: on=1 guard=1 encode=1 parity=0" in result.info["infotexts"][0]

@@ -4,7 +4,7 @@ Install it beside SDFix in the WebUI under test (symlink ``tests/e2e/observer`` 
 ``extensions/sdfix-observer``).  It never changes a generation; it records:
 
 * every VAE encoder/decoder forward (forward pre-hooks): input dtype, weight dtype, and the torch
-  flags of both APIs at the moment the VAE runs;
+  flags of both APIs at the moment the VAE runs; every UNet forward (to count samplings);
 * the sampler and schedule each sampling pass really uses (first pass, Hires pass) and its sigmas;
 * every PIL resize (source size, target size, filter, caller);
 * whether the WebUI functions SDFix may patch are the WebUI's own objects again after a generation.
@@ -35,7 +35,7 @@ if os.environ.get("SDFIX_OBSERVER_TF32") == "1":
     torch.backends.cudnn.benchmark = True
 
 _LOCK = threading.Lock()
-_RECORDS = {"vae": [], "sampling": [], "resize": [], "errors": []}
+_RECORDS = {"vae": [], "sampling": [], "resize": [], "unet": [], "errors": []}
 
 
 def _record(kind, entry):
@@ -97,6 +97,10 @@ def hook_vae(sd_model):
     _HOOKED.add(id(vae))
     vae.decoder.register_forward_pre_hook(_vae_pre_hook("decoder"))
     vae.encoder.register_forward_pre_hook(_vae_pre_hook("encoder"))
+    unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+    if unet is not None:
+        unet.register_forward_pre_hook(lambda module, args: _record("unet", {
+            "shape": list(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None}))
 
 
 script_callbacks.on_model_loaded(hook_vae)

@@ -1,0 +1,155 @@
+"""The "SDFix A/B" tab (gradio 3.41), built from callbacks the WebUI glue provides.
+
+WebUI-free: the glue passes the sampler/scheduler/upscaler choices and the functions that run the
+comparison, so this module only lays out components and wires events.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+__all__ = ["TabCallbacks", "FORM_FIELDS", "build_ab_tab", "payload_from_form", "form_from_payload", "MODE_CHOICES"]
+
+MODE_CHOICES = {"A = SDFix off, B = SDFix on": "ab", "Ablation: baseline, each fix alone, all fixes": "ablation"}
+
+#: The form's fields in order: (payload key, label, default).
+FORM_FIELDS: Tuple[Tuple[str, str, Any], ...] = (
+    ("prompt", "Prompt", ""),
+    ("negative_prompt", "Negative prompt", ""),
+    ("seed", "Seed (-1: random, resolved once)", -1),
+    ("steps", "Steps", 20),
+    ("cfg_scale", "CFG scale", 7.0),
+    ("width", "Width", 512),
+    ("height", "Height", 512),
+    ("sampler_name", "Sampler", "Euler a"),
+    ("scheduler", "Schedule type", "Automatic"),
+    ("enable_hr", "Hires.fix", False),
+    ("hr_upscaler", "Hires upscaler", "Latent"),
+    ("hr_scale", "Upscale by", 2.0),
+    ("denoising_strength", "Denoising strength", 0.5),
+    ("hr_second_pass_steps", "Hires steps (0: same)", 0),
+    ("hr_sampler_name", "Hires sampler", "Use same sampler"),
+    ("hr_scheduler", "Hires schedule type", "Use same scheduler"),
+)
+_INT_FIELDS = {"seed", "steps", "width", "height", "hr_second_pass_steps"}
+_SAME = {"Use same sampler", "Use same scheduler", ""}
+
+
+@dataclass(frozen=True)
+class TabCallbacks:
+    """What the glue provides: choices, and the functions behind the buttons."""
+
+    samplers: Callable[[], List[str]]
+    schedulers: Callable[[], List[str]]
+    upscalers: Callable[[], List[str]]
+    last_generation: Callable[[], Dict[str, Any]]  # -> payload of the last txt2img (params.txt)
+    payload_from_text: Callable[[str], Dict[str, Any]]  # infotext -> payload
+    run: Callable[..., Any]  # wrapped for the WebUI queue: (id_task, mode, gain, save, *form) -> outputs
+    interrupt: Callable[[], None]
+
+
+def payload_from_form(values: Sequence[Any]) -> Dict[str, Any]:
+    """Form values (in :data:`FORM_FIELDS` order) -> a txt2img payload; "same" choices left out."""
+    payload: Dict[str, Any] = {}
+    for (key, _, _), value in zip(FORM_FIELDS, values):
+        if key in ("hr_sampler_name", "hr_scheduler") and (value is None or value in _SAME):
+            continue
+        if key in _INT_FIELDS and value is not None:
+            value = int(value)
+        payload[key] = value
+    if not payload.get("enable_hr"):
+        for key in ("hr_upscaler", "hr_scale", "denoising_strength", "hr_second_pass_steps"):
+            payload.pop(key, None)
+    return payload
+
+
+def form_from_payload(payload: Dict[str, Any]) -> List[Any]:
+    """A payload -> one gradio update per form field (fields the payload lacks keep their value)."""
+    import gradio as gr
+
+    updates = []
+    for key, _, _ in FORM_FIELDS:
+        if key in payload:
+            updates.append(gr.update(value=payload[key]))
+        elif key in ("hr_sampler_name", "hr_scheduler") and "enable_hr" in payload:
+            updates.append(gr.update(value="Use same sampler" if key == "hr_sampler_name" else "Use same scheduler"))
+        else:
+            updates.append(gr.update())
+    return updates
+
+
+def build_ab_tab(callbacks: TabCallbacks) -> Any:
+    """The tab's gr.Blocks.  Element ids start with ``sdfix_ab_`` (the JS submit hook uses them)."""
+    import gradio as gr
+
+    with gr.Blocks(analytics_enabled=False) as tab:
+        gr.Markdown("Same seed, with and without SDFix. **Use last txt2img**, paste generation parameters "
+                    "or a PNG, or type a prompt; then **Run**.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                with gr.Row():
+                    use_last = gr.Button("Use last txt2img", elem_id="sdfix_ab_use_last")
+                    paste = gr.Button("Paste parameters", elem_id="sdfix_ab_paste")
+                pasted = gr.Textbox(label="Generation parameters (infotext)", lines=2, elem_id="sdfix_ab_infotext")
+                png = gr.Image(label="…or a PNG with parameters", type="pil", elem_id="sdfix_ab_png")
+                form = _form(gr, callbacks)
+                mode = gr.Radio(list(MODE_CHOICES), value=list(MODE_CHOICES)[0], label="Comparison",
+                                elem_id="sdfix_ab_mode")
+                with gr.Row():
+                    gain = gr.Slider(1, 64, value=4, step=1, label="Heatmap amplification", elem_id="sdfix_ab_gain")
+                    save = gr.Checkbox(value=True, label="Save to outputs/sdfix-ab", elem_id="sdfix_ab_save")
+                with gr.Row():
+                    run = gr.Button("Run", variant="primary", elem_id="sdfix_ab_run")
+                    interrupt = gr.Button("Interrupt", elem_id="sdfix_ab_interrupt")
+            with gr.Column(scale=2, elem_id="sdfix_ab_results"):
+                compare = gr.HTML(elem_id="sdfix_ab_compare")
+                gallery = gr.Gallery(label="Variants", elem_id="sdfix_ab_gallery", columns=4, height="auto")
+                heat = gr.Image(label="Difference heatmap (A vs last variant)", type="pil", elem_id="sdfix_ab_heatmap")
+                metrics = gr.Dataframe(label="Metrics", elem_id="sdfix_ab_metrics", interactive=False, wrap=True)
+                notes = gr.Markdown(elem_id="sdfix_ab_notes")
+                info = gr.HTML(elem_id="sdfix_ab_info")
+        id_task = gr.Textbox(visible=False, elem_id="sdfix_ab_id_task")
+        seed = form[[k for k, _, _ in FORM_FIELDS].index("seed")]
+
+        use_last.click(lambda: form_from_payload(callbacks.last_generation()), inputs=[], outputs=form)
+        paste.click(lambda text: form_from_payload(callbacks.payload_from_text(text or "")), inputs=[pasted], outputs=form)
+        png.upload(lambda image: form_from_payload(callbacks.payload_from_text(
+            (getattr(image, "info", None) or {}).get("parameters", ""))), inputs=[png], outputs=form)
+        run.click(callbacks.run, _js="sdfixABSubmit", inputs=[id_task, mode, gain, save, *form],
+                  outputs=[seed, compare, gallery, heat, metrics, notes, info])
+        interrupt.click(callbacks.interrupt, inputs=[], outputs=[])
+    return tab
+
+
+def _form(gr: Any, callbacks: TabCallbacks) -> List[Any]:
+    components: Dict[str, Any] = {}
+    labels = {key: (label, default) for key, label, default in FORM_FIELDS}
+
+    def make(key: str, factory: Callable[..., Any], **kwargs: Any) -> None:
+        label, default = labels[key]
+        components[key] = factory(label=label, value=default, elem_id=f"sdfix_ab_{key}", **kwargs)
+
+    make("prompt", gr.Textbox, lines=2)
+    make("negative_prompt", gr.Textbox, lines=1)
+    with gr.Row():
+        make("seed", gr.Number, precision=0)
+        make("steps", gr.Slider, minimum=1, maximum=150, step=1)
+        make("cfg_scale", gr.Slider, minimum=1.0, maximum=30.0, step=0.5)
+    with gr.Row():
+        make("width", gr.Slider, minimum=64, maximum=2048, step=8)
+        make("height", gr.Slider, minimum=64, maximum=2048, step=8)
+    with gr.Row():
+        make("sampler_name", gr.Dropdown, choices=callbacks.samplers())
+        make("scheduler", gr.Dropdown, choices=callbacks.schedulers())
+    with gr.Accordion("Hires.fix", open=False):
+        make("enable_hr", gr.Checkbox)
+        with gr.Row():
+            make("hr_upscaler", gr.Dropdown, choices=callbacks.upscalers())
+            make("hr_scale", gr.Slider, minimum=1.0, maximum=4.0, step=0.05)
+        with gr.Row():
+            make("denoising_strength", gr.Slider, minimum=0.0, maximum=1.0, step=0.01)
+            make("hr_second_pass_steps", gr.Slider, minimum=0, maximum=150, step=1)
+        with gr.Row():
+            make("hr_sampler_name", gr.Dropdown, choices=["Use same sampler", *callbacks.samplers()])
+            make("hr_scheduler", gr.Dropdown, choices=["Use same scheduler", *callbacks.schedulers()])
+    return [components[key] for key, _, _ in FORM_FIELDS]
