@@ -578,7 +578,8 @@ def run_comparison(request: Any) -> Dict[str, Any]:
             break
         for variant in group.variants_for(decode):
             images[variant.name], times[variant.name] = processed.images[0], elapsed
-            infotexts[variant.name] = _retag_infotext(processed.infotexts[0], variant.settings)
+            same = variant.settings == settings
+            infotexts[variant.name] = processed.infotexts[0] if same else _retag_infotext(processed.infotexts[0], variant.settings)
         for other in group.decodes if not hires else ():
             if other == decode or not captured or shared.state.interrupted:
                 continue
