@@ -32,6 +32,7 @@ __all__ = [
     "vae_in_fp32",
     "guarded_vae_call",
     "read_flags",
+    "restore_flags",
     "flag_api",
     "guard_depth",
     "vae_weight_dtype",
@@ -118,6 +119,25 @@ def read_flags() -> Dict[str, Any]:
         value = _read(flag)
         out[flag.name] = "<unreadable>" if value is _UNREADABLE else value
     return out
+
+
+def restore_flags(snapshot: Dict[str, Any]) -> None:
+    """Set every flag back to a :func:`read_flags` snapshot: legacy booleans first, then the
+    fp32_precision strings wherever torch keeps the legacy reads clean (as the guard restores).
+
+    For code that changes the process's flags on purpose for a while (the A/B run emulates a
+    service that turns TF32 on) and must leave them as it found them.
+    """
+    values = {f.name: (_UNREADABLE if snapshot.get(f.name) == "<unreadable>" else snapshot.get(f.name, _MISSING)) for f in _FLAGS}
+    with _STATE.lock:
+        legacy_readable = all(values[f.name] not in (_UNREADABLE, _MISSING) for f in _by_family("legacy"))
+        families = ("common", "legacy") if legacy_readable else ("common", "new")
+        for family in families:
+            for flag in _by_family(family):
+                if values[flag.name] not in (_UNREADABLE, _MISSING) and _read(flag) != values[flag.name]:
+                    flag.setter(values[flag.name])
+        if legacy_readable:
+            _restore_new_strings_exactly(values)
 
 
 def flag_api() -> str:
@@ -304,8 +324,16 @@ def vae_in_fp32(module: Optional[torch.nn.Module]) -> Iterator[None]:
         count = _UPCAST_COUNT.get(key, 0)
         if count == 0:
             tensors, cached = _low_precision_tensors(module), _cached_dtypes(module)
-            for tensor, _ in tensors:
-                tensor.data = tensor.data.to(torch.float32)
+            done = 0
+            try:
+                for tensor, _ in tensors:
+                    tensor.data = tensor.data.to(torch.float32)
+                    done += 1
+            except BaseException:
+                # Out of memory half-way (a big VAE on a full GPU): never leave a half-cast VAE behind.
+                for tensor, dtype in tensors[:done]:
+                    tensor.data = tensor.data.to(dtype)
+                raise
             if tensors:
                 for owner, _ in cached:
                     owner._dtype = torch.float32

@@ -49,6 +49,14 @@ def test_importing_the_package_is_light():
     assert out.strip() == "[]"
 
 
+def test_diffusers_front_imports_nothing_heavy_until_used():
+    heavy = ("torch", "diffusers", "transformers", "accelerate", "spandrel", "realesrgan", "basicsr", "torchvision", "scipy")
+    code = ("import sys, lib_sdfix.diffusers, lib_sdfix.diffusers_ab, lib_sdfix.report, lib_sdfix.__main__; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_standalone_check_passes():
     proc = subprocess.run([sys.executable, "-m", "lib_sdfix", "check"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
