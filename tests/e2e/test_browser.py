@@ -46,7 +46,7 @@ def test_ab_tab_use_last_run_slider_zoom(page, tmp_path, webui):
         pytest.skip("the UI itself is not behind --api-auth; run this against a WebUI without it")
     webui.txt2img(prompt="browser test portrait", seed=777)  # becomes "the last txt2img" (params.txt)
     page.goto(page.sdfix_url, timeout=120_000)
-    page.get_by_role("tab", name="SDFix A/B").click(timeout=120_000)
+    page.locator("#tabs > .tab-nav button", has_text="SDFix A/B").click(timeout=120_000)  # gradio 3 tab buttons
     page.locator("#sdfix_ab_use_last").click()
     page.wait_for_function("() => document.querySelector('#sdfix_ab_prompt textarea').value.includes('browser test')",
                            timeout=60_000)
