@@ -532,6 +532,39 @@ def _retag_infotext(infotext: str, settings: SDFixSettings) -> str:
     return text
 
 
+def _capture_first_pass(p: Any, store: List[Any]) -> None:
+    """Keep the first pass's latent of ``p`` (what sample() hands to its Hires pass)."""
+    original = p.sample_hr_pass
+
+    def sample_hr_pass(samples: Any, *args: Any, **kwargs: Any) -> Any:
+        store.append(samples.clone())
+        return original(samples, *args, **kwargs)
+
+    p.sample_hr_pass = sample_hr_pass
+
+
+def _hires_from_first_pass(p: Any, latent: Any) -> Callable:
+    """``p.sample`` that skips the first pass and starts the Hires pass from a shared first-pass
+    latent: the tail of the WebUI's txt2img sample() (no fix touches the first pass, and the Hires
+    pass draws its own noise from the seeds, so the result equals a full run)."""
+    import torch
+
+    from modules import devices, processing, sd_models, sd_samplers
+
+    def sample(conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+        p.sampler = sd_samplers.create_sampler(p.sampler_name, p.sd_model)
+        samples = latent.clone()
+        decoded = None
+        if p.latent_scale_mode is None:
+            decoded = torch.stack(processing.decode_latent_batch(p.sd_model, samples, target_device=devices.cpu,
+                                                                 check_for_nans=True)).to(dtype=torch.float32)
+        with sd_models.SkipWritingToConfig():
+            sd_models.reload_model_weights(info=p.hr_checkpoint_info)
+        return p.sample_hr_pass(samples, decoded, seeds, subseeds, subseed_strength, prompts)
+
+    return sample
+
+
 def run_comparison(request: Any) -> Dict[str, Any]:
     """Render every variant of an A/B request with the least work; images, infotexts, metrics, notes.
 
@@ -549,11 +582,12 @@ def run_comparison(request: Any) -> Dict[str, Any]:
     latent_upscaler = upscaler is None or upscaler in shared.latent_upscale_modes
     groups = ab.sampling_groups(request.variants, hires=hires, latent_upscaler=latent_upscaler)
     runs = [(g, g.decodes[0]) for g in groups] if not hires else [(g, d) for g in groups for d in g.decodes]
-    shared.state.job_count = len(runs) * (2 if hires else 1)
+    shared.state.job_count = len(runs) + 1 if hires else len(runs)
 
     images: Dict[str, Any] = {}
     infotexts: Dict[str, str] = {}
     times: Dict[str, float] = {}
+    first_pass: List[Any] = []  # the first-pass latent, shared by every Hires run
     for group, decode in runs:
         if shared.state.interrupted:
             break
@@ -570,6 +604,10 @@ def run_comparison(request: Any) -> Dict[str, Any]:
                 return samples
 
             p.sample = capturing_sample
+        elif first_pass:
+            p.sample = _hires_from_first_pass(p, first_pass[0])
+        else:
+            _capture_first_pass(p, first_pass)
         start = time.perf_counter()
         with contextlib.closing(p):
             processed = processing.process_images(p)
@@ -595,7 +633,8 @@ def run_comparison(request: Any) -> Dict[str, Any]:
     result: Dict[str, Any] = {
         "seed": fields.get("seed"), "complete": len(done) == len(request.variants),
         "variants": [{"name": v.name, "label": v.label, "settings": v.settings.as_dict()} for v in done],
-        "images": images, "infotexts": infotexts, "times": times, "runs": len(runs),
+        "images": images, "infotexts": infotexts, "times": times,
+        "runs": len(runs) + 1 if hires else len(runs),  # sampling passes: one shared first pass with Hires
         "metrics": [], "notes": [], "heatmap": None, "saved": None,
     }
     if reference.name not in images or len(done) < 2:

@@ -68,15 +68,28 @@ def test_ablation_and_saving(webui):
         assert "SDFix: on=1" in image.info["parameters"]
 
 
-def test_hires_comparison_shares_nothing_it_cannot(webui):
+def test_hires_comparison_shares_the_first_pass(webui):
     if webui.mode == "fp16":
         pytest.skip("a Hires pass in fp16 on this CPU takes 10+ minutes")
     payload = dict(PAYLOAD, enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.6,
                    hr_second_pass_steps=1, hr_sampler_name="DPM++ 2M")
+    webui.ok("POST", "/sdfix-observer/reset")
     result = webui.ok("POST", "/sdfix/v1/ab", {"payload": payload, "variants": "ab"})
-    assert result["complete"] and result["runs"] == 2
+    unet = webui.ok("GET", "/sdfix-observer/records")["unet"]
+    assert result["complete"] and result["runs"] == 3  # one first pass + one Hires pass per variant
     assert "Hires sampler DPM++ 2M -> Euler" in result["infotexts"]["B"]
     assert "Hires sampler: DPM++ 2M" in result["infotexts"]["A"]
+
+    plain_off = webui.txt2img([{"enabled": False}], **payload)
+    plain_on = webui.txt2img([{"enabled": True}], **payload)
+    assert pixels(result["images"]["A"]) == plain_off.pixels()
+    assert pixels(result["images"]["B"]) == plain_on.pixels()
+
+    def first_pass_calls(calls):
+        return [c for c in calls if c["shape"][-1] == PAYLOAD["width"] // 8]
+
+    assert len(first_pass_calls(unet)) == len(first_pass_calls(plain_off.records["unet"])) > 0  # sampled once
+    assert len(unet) == len(plain_off.records["unet"]) + len(plain_on.records["unet"]) - len(first_pass_calls(unet))
 
 
 @pytest.mark.parametrize("body,field", [
