@@ -219,11 +219,6 @@ def latent_upscale_note(upscaler: Optional[str], latent_mode: Optional[dict], de
             f"{threshold:g} it blurs detail (use an upscaler model or more denoising)")
 
 
-def effective_settings(base: SDFixSettings, overrides: Optional[dict]) -> SDFixSettings:
-    """Settings for one generation: the script args, with X/Y/Z axis overrides applied on top."""
-    return base.changed(**overrides) if overrides else base
-
-
 def split_fixes(settings: SDFixSettings) -> List[Tuple[str, bool]]:
     """(fix, on) pairs in display order, for status lines and the A/B tab."""
     on = settings.enabled

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "Field",
@@ -289,10 +289,6 @@ def defaults_from_options(read: Callable[[str, Any], Any]) -> SDFixSettings:
 def field(name: str) -> Field:
     """The declaration of option ``name``."""
     return _BY_NAME[name]
-
-
-def option_names() -> Iterable[str]:
-    return UI_ARG_ORDER
 
 
 assert tuple(f.name for f in fields(SDFixSettings)) == UI_ARG_ORDER, "FIELDS and SDFixSettings disagree"

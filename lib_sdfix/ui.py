@@ -16,6 +16,7 @@ from lib_sdfix.settings import (
     Field,
     SDFixSettings,
     SettingsError,
+    field,
 )
 
 __all__ = ["OptionSpec", "settings_panel_options", "build_script_controls", "infotext_paste_value", "XYZ_AXES"]
@@ -46,10 +47,10 @@ def _component_of(field: Field) -> Tuple[str, Optional[Dict[str, Any]]]:
 def settings_panel_options() -> List[OptionSpec]:
     """Defaults for every per-generation toggle, then the panel-only options."""
     specs = []
-    for field in FIELDS + PANEL_FIELDS:
-        component, args = _component_of(field)
-        label = field.label if field in PANEL_FIELDS else f"Default: {field.label}"
-        specs.append(OptionSpec(OPTION_PREFIX + field.name, field.default, label, component, args, field.help))
+    for spec in FIELDS + PANEL_FIELDS:
+        component, args = _component_of(spec)
+        label = spec.label if spec in PANEL_FIELDS else f"Default: {spec.label}"
+        specs.append(OptionSpec(OPTION_PREFIX + spec.name, spec.default, label, component, args, spec.help))
     return specs
 
 
@@ -108,16 +109,16 @@ XYZ_AXES: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
     ("SDFix: guard encode", "guard_encode", ("on", "off")),
     ("SDFix: Hires parity", "hires_parity", ("on", "off")),
     ("SDFix: post-resize", "post_resize", ("on", "off")),
-    ("SDFix: resize filter", "resize_filter", tuple(next(f for f in FIELDS if f.name == "resize_filter").choices)),
-    ("SDFix: decode dtype", "decode_dtype", tuple(next(f for f in FIELDS if f.name == "decode_dtype").choices)),
+    ("SDFix: resize filter", "resize_filter", field("resize_filter").choices),
+    ("SDFix: decode dtype", "decode_dtype", field("decode_dtype").choices),
 )
 
 
 def parse_axis_value(option: str, raw: str) -> Any:
     """An X/Y/Z cell value as the option's type; raises SettingsError naming the option."""
-    field = next(f for f in FIELDS if f.name == option)
+    spec = field(option)
     text = str(raw).strip()
-    if field.kind is bool:
+    if spec.kind is bool:
         lowered = text.lower()
         if lowered in ("on", "true", "1", "yes"):
             return True
@@ -125,6 +126,6 @@ def parse_axis_value(option: str, raw: str) -> Any:
             return False
         raise SettingsError({option: f"expected on or off, got {raw!r}"})
     try:
-        return field.validate(text) if field.kind is str else field.validate(float(text))
+        return spec.validate(text) if spec.kind is str else spec.validate(float(text))
     except ValueError as err:
         raise SettingsError({option: str(err)}) from None
