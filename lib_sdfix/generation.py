@@ -41,6 +41,9 @@ class GenerationSession:
     def __init__(self, settings: SDFixSettings) -> None:
         self.settings = settings
         self.report = FixReport()
+        self.owner: Any = None  # the host's generation object (the WebUI's ``p``), when there is one
+        self.patches: List[Tuple[Any, str, Any]] = []  # (owner, attribute, factory) the host installed
+        self.finished = False
 
     @property
     def upcast(self) -> bool:

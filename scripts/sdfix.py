@@ -298,8 +298,7 @@ def _drop_stale_sessions() -> None:
     (e.g. an X/Y/Z cell): none of them may apply to the generation starting now."""
     running = {id(p) for p in _running_generations()}
     for session in thread_sessions():
-        owner = getattr(session, "owner", None)
-        if owner is None or id(owner) not in running:
+        if session.owner is None or id(session.owner) not in running:
             _finish(session)
 
 
@@ -340,11 +339,11 @@ def _session_scope(settings: SDFixSettings) -> Iterator[GenerationSession]:
 
 def _finish(session: GenerationSession) -> None:
     """Unbind the session and drop its patches; idempotent."""
-    if getattr(session, "finished", False):
+    if session.finished:
         return
     session.finished = True
     pop_session(session)
-    for owner, attr, _ in reversed(getattr(session, "patches", [])):
+    for owner, attr, _ in reversed(session.patches):
         _PATCHES.release(owner, attr)
 
 
