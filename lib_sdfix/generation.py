@@ -2,13 +2,17 @@
 
 A :class:`GenerationSession` holds one generation's validated settings and its :class:`FixReport`.
 It is bound to the thread that runs the generation, so a decode running elsewhere (a live preview
-served by another request thread, a second generation) is never affected by it.  The functions here
-take the host's functions as arguments, so they are tested without a WebUI; ``scripts/sdfix.py`` only
-plugs the WebUI's functions in.
+served by another request thread, a second generation) is never affected by it.  A session lives
+only while the generation object that owns it is still in use on that thread: a generation that
+raised where nothing closed it (an X/Y/Z cell whose exception the plot swallows) leaves a session
+whose owner no frame holds any more; it is finished the next time anything looks for a session, so
+no fix of a dead job ever applies to later work.  The functions here take the host's functions as
+arguments, so they are tested without a WebUI.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
@@ -22,10 +26,10 @@ __all__ = [
     "push_session",
     "pop_session",
     "bound_session",
-    "guarded_decode",
-    "guarded_encode",
+    "referenced_on_stack",
     "upscale_natively",
     "resize_image_one_pass",
+    "resize_sizes",
     "latent_upscale_note",
 ]
 
@@ -38,12 +42,13 @@ FIX_RESIZE = "resize"
 class GenerationSession:
     """One generation's SDFix settings and what happened to each fix."""
 
-    def __init__(self, settings: SDFixSettings) -> None:
+    def __init__(self, settings: SDFixSettings, owner: Any = None) -> None:
         self.settings = settings
         self.report = FixReport()
-        self.owner: Any = None  # the host's generation object (the WebUI's ``p``), when there is one
+        self.owner: Any = owner  # the host's generation object (the WebUI's ``p``); None: a scoped session
         self.patches: List[Tuple[Any, str, Any]] = []  # (owner, attribute, factory) the host installed
         self.finished = False
+        self.on_finish: List[Callable[["GenerationSession"], None]] = []
 
     @property
     def upcast(self) -> bool:
@@ -64,30 +69,70 @@ class GenerationSession:
         """The "SDFix notes" infotext value, or None when there is nothing to say."""
         return self.report.summary() or None
 
+    def finish(self) -> None:
+        """Unbind from this thread and run the finish callbacks (the host drops its patches); idempotent."""
+        if self.finished:
+            return
+        self.finished = True
+        pop_session(self)
+        for callback in self.on_finish:
+            callback(self)
+
 
 _LOCAL = threading.local()
 
 
-def current_session() -> Optional[GenerationSession]:
-    """The session bound to this thread, if a generation with SDFix on is running here."""
+def _stack() -> List[GenerationSession]:
     stack = getattr(_LOCAL, "stack", None)
-    return stack[-1] if stack else None
+    if stack is None:
+        stack = _LOCAL.stack = []
+    return stack
+
+
+def referenced_on_stack(obj: Any, start: int = 2) -> bool:
+    """Whether any frame on this thread's stack holds ``obj`` in a local variable."""
+    frame = sys._getframe(start)
+    while frame is not None:
+        if any(value is obj for value in frame.f_locals.values()):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _alive(session: GenerationSession) -> bool:
+    return not session.finished and (session.owner is None or referenced_on_stack(session.owner, 3))
+
+
+def current_session() -> Optional[GenerationSession]:
+    """The innermost live session bound to this thread; stale ones found on the way are finished."""
+    stack = getattr(_LOCAL, "stack", None)
+    while stack:
+        session = stack[-1]
+        if _alive(session):
+            return session
+        session.finish()
+    return None
+
+
+def drop_stale_sessions() -> None:
+    """Finish every session of this thread whose generation is no longer in use."""
+    for session in list(getattr(_LOCAL, "stack", [])):
+        if not _alive(session):
+            session.finish()
 
 
 @contextlib.contextmanager
 def bound_session(session: GenerationSession) -> Iterator[GenerationSession]:
-    """Bind ``session`` to the current thread for the block."""
+    """Bind ``session`` to the current thread for the block; finished afterwards."""
     push_session(session)
     try:
         yield session
     finally:
-        pop_session(session)
+        session.finish()
 
 
 def push_session(session: GenerationSession) -> None:
-    if not hasattr(_LOCAL, "stack"):
-        _LOCAL.stack = []
-    _LOCAL.stack.append(session)
+    _stack().append(session)
 
 
 def thread_sessions() -> List[GenerationSession]:
@@ -104,51 +149,25 @@ def pop_session(session: GenerationSession) -> bool:
     return False
 
 
-# --- VAE ------------------------------------------------------------------------------------------
-
-
-def guarded_decode(session: GenerationSession, full_decode: Callable[[Any], Any], vae: Any, latent: Any,
-                   fallback: Callable[[Any], Any]) -> Any:
-    """Full-VAE decode of ``latent`` under the precision guard (fp32 VAE unless decode dtype is "auto").
-
-    ``full_decode(latent)`` is the host's decode without any dtype cast of its own; ``fallback`` is
-    the host's untouched path, used if the guarded decode raises.
-    """
-    from lib_sdfix.precision import guarded_vae_call
-
-    return session.report.run(
-        FIX_DECODE,
-        lambda z: guarded_vae_call(full_decode, vae, z, upcast=session.upcast),
-        fallback,
-        latent,
-    )
-
-
-def guarded_encode(session: GenerationSession, full_encode: Callable[[Any], Any], vae: Any, image: Any,
-                   fallback: Callable[[Any], Any], result_dtype: Any = None) -> Any:
-    """Full-VAE encode under the precision guard; the latent is returned in ``result_dtype`` (what the
-    host's own encode returns, so the sampler sees the dtype it expects)."""
-    from lib_sdfix.precision import guarded_vae_call
-
-    def encode(img: Any) -> Any:
-        latent = guarded_vae_call(full_encode, vae, img, upcast=session.upcast)
-        return latent if result_dtype is None else latent.to(result_dtype)
-
-    return session.report.run(FIX_ENCODE, encode, fallback, image)
-
-
 # --- upscale + resize ---------------------------------------------------------------------------
 
 
 def upscale_natively(image: Any, scale: float, do_upscale: Callable[[Any], Any],
-                     interrupted: Callable[[], bool] = lambda: False) -> Any:
-    """Run an upscaler model as the WebUI's ``Upscaler.upscale`` does -- up to three passes until the
+                     interrupted: Callable[[], bool] = lambda: False,
+                     stop: Optional[Callable[[Any, int, int, int], bool]] = None) -> Any:
+    """Run an upscaler model as the host's ``Upscaler.upscale`` does -- up to three passes until the
     image reaches ``scale`` x its size (floored to a multiple of 8) -- but without its final resize:
-    the caller resizes the native output once, straight to the real target."""
+    the caller resizes the native output once, straight to the real target.
+
+    ``stop(image, dest_w, dest_h, pass_index)`` decides before each pass whether the image is big
+    enough (hosts differ; the default is AUTOMATIC1111's rule).
+    """
     dest_w = int((image.width * scale) // 8 * 8)
     dest_h = int((image.height * scale) // 8 * 8)
+    if stop is None:
+        stop = lambda im, w, h, i: im.width >= w and im.height >= h and (i > 0 or scale != 1)  # noqa: E731
     for i in range(3):
-        if image.width >= dest_w and image.height >= dest_h and (i > 0 or scale != 1):
+        if stop(image, dest_w, dest_h, i):
             break
         if interrupted():
             break
@@ -159,12 +178,27 @@ def upscale_natively(image: Any, scale: float, do_upscale: Callable[[Any], Any],
     return image
 
 
+def resize_sizes(resize_mode: int, image_size: Tuple[int, int], width: int, height: int) -> Tuple[int, int]:
+    """The size the host's ``resize_image`` resizes the main image to (before cropping or filling)."""
+    if resize_mode == 0:
+        return width, height
+    im_w, im_h = image_size
+    ratio, src_ratio = width / height, im_w / im_h
+    if resize_mode == 1:
+        return (width if ratio > src_ratio else im_w * height // im_h,
+                height if ratio <= src_ratio else im_h * width // im_w)
+    return (width if ratio < src_ratio else im_w * height // im_h,
+            height if ratio >= src_ratio else im_h * width // im_w)
+
+
 def resize_image_one_pass(resize_mode: int, image: Any, width: int, height: int,
                           upscale: Optional[Callable[[Any, float], Any]], filter_name: str) -> Any:
-    """The WebUI's ``images.resize_image`` (modes 0 just resize, 1 crop and resize, 2 resize and fill)
-    with every main-image resample done once, from the upscaler's native output, with ``filter_name``.
+    """The host's ``images.resize_image`` (modes 0 just resize, 1 crop and resize, 2 resize and fill)
+    with the main image resampled once, from the upscaler's native output, with ``filter_name``.
 
     ``upscale(image, scale)`` returns the upscaler's native output, or None to use no upscaler.
+    Where no upscaler runs (no upscaler, a mask, a downscale) the host's own LANCZOS resize is used:
+    the filter choice only concerns what follows an upscaler.
     """
     from PIL import Image
 
@@ -173,28 +207,19 @@ def resize_image_one_pass(resize_mode: int, image: Any, width: int, height: int,
     def resize(im: Any, w: int, h: int) -> Any:
         scale = max(w / im.width, h / im.height)
         if upscale is not None and im.mode != "L" and scale > 1.0:
-            im = upscale(im, scale)
-        return resize_after_upscale(im, (w, h), filter_name)
+            return resize_after_upscale(upscale(im, scale), (w, h), filter_name)
+        return im if im.size == (w, h) else im.resize((w, h), resample=Image.LANCZOS)
 
+    src_w, src_h = resize_sizes(resize_mode, image.size, width, height)
     if resize_mode == 0:
         return resize(image, width, height)
-
-    ratio = width / height
-    src_ratio = image.width / image.height
-    if resize_mode == 1:
-        src_w = width if ratio > src_ratio else image.width * height // image.height
-        src_h = height if ratio <= src_ratio else image.height * width // image.width
-        resized = resize(image, src_w, src_h)
-        result = Image.new("RGB", (width, height))
-        result.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
-        return result
-
-    src_w = width if ratio < src_ratio else image.width * height // image.height
-    src_h = height if ratio >= src_ratio else image.height * width // image.width
     resized = resize(image, src_w, src_h)
     result = Image.new("RGB", (width, height))
     result.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+    if resize_mode == 1:
+        return result
     # The fill strips stretch the outermost row/column of the resized image, as the WebUI does.
+    ratio, src_ratio = width / height, image.width / image.height
     if ratio < src_ratio:
         fill_height = height // 2 - src_h // 2
         if fill_height > 0:

@@ -39,7 +39,9 @@ class FixReport:
         self._lock = threading.Lock()
         self.applied: Dict[str, int] = {}
         self.failed: Dict[str, str] = {}
+        self.skipped: Dict[str, str] = {}
         self.notes: List[str] = []
+        self.facts: Dict[str, str] = {}  # what an applied fix ran with, e.g. {"weights": "exact"}
 
     def mark_applied(self, fix: str) -> None:
         with self._lock:
@@ -48,6 +50,15 @@ class FixReport:
     def mark_failed(self, fix: str, exc: BaseException) -> None:
         with self._lock:
             self.failed.setdefault(fix, f"{type(exc).__name__}: {exc}")
+
+    def mark_skipped(self, fix: str, why: str) -> None:
+        """The fix was on but had nothing it could apply to (e.g. an approximate decode method)."""
+        with self._lock:
+            self.skipped.setdefault(fix, why)
+
+    def fact(self, key: str, value: str) -> None:
+        with self._lock:
+            self.facts[key] = value
 
     def note(self, text: str) -> None:
         with self._lock:
@@ -69,10 +80,14 @@ class FixReport:
         return result
 
     def summary(self) -> str:
-        """Human-readable: ``not applied: guard (RuntimeError: ...); <notes>``, or "" when all is well."""
+        """Human-readable: ``not applied: guard (RuntimeError: ...); skipped: encode (...); <notes>``,
+        or "" when all is well."""
         parts: List[str] = []
         if self.failed:
             parts.append("not applied: " + "; ".join(f"{k} ({v})" for k, v in self.failed.items()))
+        skipped = {k: v for k, v in self.skipped.items() if k not in self.failed}
+        if skipped:
+            parts.append("skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
         parts.extend(self.notes)
         return "; ".join(parts)
 

@@ -117,12 +117,6 @@ FIELDS: Tuple[Field, ...] = (
         "dtype", choices=("fp32", "auto"),
     ),
     Field(
-        "guard_previews", bool, False, "Also guard live previews",
-        "Apply the guard to live-preview decodes too. Off by default: previews are throw-away and "
-        "should stay fast.",
-        "previews",
-    ),
-    Field(
         "latent_denoise_warning", float, 0.5, "Warn below this denoising with a Latent upscaler",
         "A Latent (bilinear) Hires upscaler with denoising strength below this value is a known blur "
         "source; SDFix notes it in the infotext (it never changes it silently). 0 turns the note off.",
@@ -146,6 +140,15 @@ OPTION_PREFIX = "sdfix_"
 _BY_NAME: Dict[str, Field] = {f.name: f for f in FIELDS}
 _BY_INFOTEXT: Dict[str, Field] = {f.infotext: f for f in FIELDS}
 
+#: Options that existed once: refused by name with the reason (an API client gets told, not ignored).
+REMOVED_OPTIONS = {
+    "guard_previews": "removed: live previews decode on another thread while the generation samples, and "
+                      "guarding them would change the process-wide TF32 flags under that sampling",
+}
+#: Infotext entries that are not settings: what a generation ran with (``weights``) or removed
+#: options (``previews``) -- read past, so older images still paste.
+INFOTEXT_RESULT_KEYS = ("weights", "previews")
+
 #: Order of the positional script args the UI sends (the WebUI passes component values in order).
 UI_ARG_ORDER: Tuple[str, ...] = tuple(f.name for f in FIELDS)
 
@@ -161,7 +164,6 @@ class SDFixSettings:
     post_resize: bool = True
     resize_filter: str = "LANCZOS"
     decode_dtype: str = "fp32"
-    guard_previews: bool = False
     latent_denoise_warning: float = 0.5
 
     def __post_init__(self) -> None:
@@ -183,7 +185,9 @@ class SDFixSettings:
             raise SettingsError({"args": f"expected an object of named options, got {type(values).__name__}"})
         problems = {}
         for key in values:
-            if key not in _BY_NAME:
+            if key in REMOVED_OPTIONS:
+                problems[str(key)] = REMOVED_OPTIONS[key]
+            elif key not in _BY_NAME:
                 problems[str(key)] = f"unknown option; known options are {list(UI_ARG_ORDER)}"
         if problems:
             raise SettingsError(problems)
@@ -247,6 +251,8 @@ class SDFixSettings:
         problems: Dict[str, str] = {}
         for token in text.strip().strip('"').split():
             key, sep, raw = token.partition("=")
+            if sep and key in INFOTEXT_RESULT_KEYS:
+                continue
             field = _BY_INFOTEXT.get(key)
             if not sep or field is None:
                 problems[key or token] = f"unknown SDFix infotext entry {token!r}"

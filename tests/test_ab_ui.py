@@ -1,7 +1,7 @@
 """The A/B tab's form mapping and layout (gradio 3.41, as the WebUI pins it)."""
 import pytest
 
-from lib_sdfix.ab_ui import FORM_FIELDS, MODE_CHOICES, TabCallbacks, build_ab_tab, form_from_payload, payload_from_form
+from lib_sdfix.webui.tab import FORM_FIELDS, MODE_CHOICES, TabCallbacks, build_ab_tab, form_from_payload, payload_from_form
 
 
 def _values(**overrides):

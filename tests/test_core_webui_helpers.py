@@ -113,11 +113,12 @@ def test_resize_modes_do_one_main_resample_from_native(monkeypatch, mode, expect
     assert [(c[1], c[2]) for c in main] == [(expected_main, Image.LANCZOS)]
 
 
-def test_no_upscaler_and_grayscale_resize_directly(monkeypatch):
+def test_without_an_upscaler_the_hosts_lanczos_is_kept(monkeypatch):
+    """The filter choice only concerns the resize after an upscaler; masks and plain resizes stay LANCZOS."""
     calls = _resize_log(monkeypatch)
     resize_image_one_pass(0, _img(64, 64), 100, 100, None, "BICUBIC")
     resize_image_one_pass(0, _img(64, 64, "L"), 100, 100, lambda im, s: pytest.fail("no upscaler for L"), "BOX")
-    assert [(c[0], c[1], c[2]) for c in calls] == [((64, 64), (100, 100), Image.BICUBIC), ((64, 64), (100, 100), Image.BOX)]
+    assert [(c[0], c[1], c[2]) for c in calls] == [((64, 64), (100, 100), Image.LANCZOS)] * 2
 
 
 def test_downscale_never_runs_the_upscaler():
@@ -137,7 +138,7 @@ def test_latent_note():
 def test_ui_controls_build_with_the_webui_gradio():
     gr = pytest.importorskip("gradio")
     from lib_sdfix.settings import UI_ARG_ORDER
-    from lib_sdfix.ui import build_script_controls
+    from lib_sdfix.webui.controls import build_script_controls
 
     with gr.Blocks():
         controls = build_script_controls(SDFixSettings(resize_filter="BOX"), lambda item: f"sdfix_{item}")
@@ -149,12 +150,15 @@ def test_ui_controls_build_with_the_webui_gradio():
 
 def test_paste_and_axis_parsing():
     from lib_sdfix.settings import SettingsError
-    from lib_sdfix.ui import infotext_paste_value, parse_axis_value, settings_panel_options
+    from lib_sdfix.webui.controls import infotext_paste_value
+    from lib_sdfix.webui.panel import settings_panel_options
+    from lib_sdfix.webui.xyz import parse_axis_value
 
     text = SDFixSettings(hires_parity=False).to_infotext()
     assert infotext_paste_value({"SDFix": text}, "hires_parity") is False
     assert infotext_paste_value({"Steps": "20"}, "hires_parity") is None
     assert infotext_paste_value({"SDFix": "garbage=1"}, "enabled") is None
+    assert infotext_paste_value({"SDFix": text + " weights=exact previews=0"}, "hires_parity") is False
     assert parse_axis_value("enabled", "Off") is False and parse_axis_value("resize_filter", "BOX") == "BOX"
     assert parse_axis_value("latent_denoise_warning", "0.3") == 0.3
     with pytest.raises(SettingsError, match="resize_filter"):

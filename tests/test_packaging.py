@@ -13,14 +13,33 @@ def test_webui_extension_layout():
         assert (ROOT / path).exists(), path
 
 
-def test_core_never_imports_webui_modules():
+HOST_PACKAGES = ("modules", "backend", "ldm_patched", "modules_forge")
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module or ""
+
+
+def test_only_lib_sdfix_webui_imports_the_host():
+    """The core (and the diffusers front) import no host module and nothing of lib_sdfix.webui."""
     for path in (ROOT / "lib_sdfix").rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            assert not any(n == "modules" or n.startswith("modules.") for n in names), (path, names)
+        in_webui = (ROOT / "lib_sdfix" / "webui") in path.parents
+        for name in _imports(path):
+            root = name.split(".")[0]
+            if not in_webui:
+                assert root not in HOST_PACKAGES, (path, name)
+                assert not name.startswith("lib_sdfix.webui"), (path, name)
+
+
+def test_scripts_only_define_the_script_and_register():
+    source = (ROOT / "scripts" / "sdfix.py").read_text()
+    assert len(source.splitlines()) <= 200
+    roots = {name.split(".")[0] for name in _imports(ROOT / "scripts" / "sdfix.py")}
+    assert roots <= {"__future__", "typing", "modules", "lib_sdfix"}
 
 
 def test_install_py_never_installs_pinned_packages():

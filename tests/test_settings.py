@@ -63,7 +63,7 @@ def test_non_mapping_is_rejected():
 @pytest.mark.parametrize("settings", [
     SDFixSettings(),
     SDFixSettings(enabled=False, precision_guard=False, guard_encode=False, hires_parity=False, post_resize=False,
-                  resize_filter="BOX", decode_dtype="auto", guard_previews=True, latent_denoise_warning=0.0),
+                  resize_filter="BOX", decode_dtype="auto", latent_denoise_warning=0.0),
     SDFixSettings(latent_denoise_warning=0.3333333333333333, resize_filter="BICUBIC"),
 ])
 def test_infotext_round_trip_is_lossless(settings):

@@ -82,6 +82,7 @@ def _vae_pre_hook(part):
             "input_dtype": str(tensor.dtype) if tensor is not None else None,
             "weight_dtype": str(weight.dtype),
             "dtype_vae": str(devices.dtype_vae),
+            "wrapper_dtype": _vae_wrapper_dtype(),
             "autocast_cpu": torch.is_autocast_cpu_enabled() if hasattr(torch, "is_autocast_cpu_enabled") else None,
             "flags": read_flags(),
             "thread": threading.current_thread().name,
@@ -90,22 +91,42 @@ def _vae_pre_hook(part):
     return hook
 
 
+def _vae_module(sd_model):
+    """The VAE module that runs: AUTOMATIC1111/reForge ``first_stage_model``; Forge keeps it in
+    ``forge_objects.vae`` (its ``first_stage_model`` is None)."""
+    wrapper = getattr(getattr(sd_model, "forge_objects", None), "vae", None)
+    module = getattr(wrapper, "first_stage_model", None)
+    return module if module is not None else getattr(sd_model, "first_stage_model", None)
+
+
+def _vae_wrapper_dtype():
+    wrapper = getattr(getattr(shared.sd_model, "forge_objects", None), "vae", None)
+    dtype = getattr(wrapper, "vae_dtype", None)
+    return None if dtype is None else str(dtype)
+
+
 def hook_vae(sd_model):
-    vae = getattr(sd_model, "first_stage_model", None)
+    vae = _vae_module(sd_model)
     if vae is None or id(vae) in _HOOKED:
         return
     _HOOKED.add(id(vae))
     vae.decoder.register_forward_pre_hook(_vae_pre_hook("decoder"))
     vae.encoder.register_forward_pre_hook(_vae_pre_hook("encoder"))
     unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+    if unet is None:  # Forge / reForge: the UNet sits in forge_objects.unet.model
+        unet = getattr(getattr(getattr(getattr(sd_model, "forge_objects", None), "unet", None), "model", None),
+                       "diffusion_model", None)
     if unet is not None:
         unet.register_forward_pre_hook(lambda module, args: _record("unet", {
             "shape": list(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None}))
 
 
 script_callbacks.on_model_loaded(hook_vae)
-if getattr(shared, "sd_model", None) is not None and hasattr(shared.sd_model, "first_stage_model"):
-    hook_vae(shared.sd_model)
+if getattr(shared, "sd_model", None) is not None:
+    try:
+        hook_vae(shared.sd_model)
+    except Exception:  # noqa: BLE001 -- Forge loads the model lazily; on_model_loaded hooks it then
+        pass
 
 
 # --- PIL resize ----------------------------------------------------------------------------------
@@ -166,9 +187,9 @@ class SDFixObserverScript(scripts.Script):
 
 
 def _patch_targets():
-    from modules import images, processing, sd_samplers_common, upscaler
+    from modules import images, processing, sd_samplers, sd_samplers_common, upscaler
 
-    return {
+    targets = {
         "processing.decode_first_stage": (processing, "decode_first_stage"),
         "processing.images_tensor_to_samples": (processing, "images_tensor_to_samples"),
         "sd_samplers_common.decode_first_stage": (sd_samplers_common, "decode_first_stage"),
@@ -176,16 +197,33 @@ def _patch_targets():
         "sd_samplers_common.images_tensor_to_samples": (sd_samplers_common, "images_tensor_to_samples"),
         "images.resize_image": (images, "resize_image"),
         "upscaler.Upscaler.upscale": (upscaler.Upscaler, "upscale"),
+        "sd_samplers.create_sampler": (sd_samplers, "create_sampler"),
     }
+    try:  # Forge
+        from backend.patcher import vae as forge_vae
+
+        targets["VAE.decode_inner"] = (forge_vae.VAE, "decode_inner")
+        targets["VAE.encode_inner"] = (forge_vae.VAE, "encode_inner")
+    except ImportError:
+        pass
+    try:  # reForge
+        from ldm_patched.modules import sd as reforge_sd
+
+        targets["VAE.decode"] = (reforge_sd.VAE, "decode")
+        targets["VAE.encode"] = (reforge_sd.VAE, "encode")
+    except ImportError:
+        pass
+    return targets
 
 
-_ORIGINAL_FUNCTIONS = {name: getattr(owner, attr) for name, (owner, attr) in _patch_targets().items()}
+_ORIGINAL_FUNCTIONS = {name: vars(owner).get(attr) if isinstance(owner, type) else getattr(owner, attr)
+                       for name, (owner, attr) in _patch_targets().items()}
 
 
 def functions_state():
     state = {}
     for name, (owner, attr) in _patch_targets().items():
-        current = getattr(owner, attr)
+        current = vars(owner).get(attr) if isinstance(owner, type) else getattr(owner, attr)
         state[name] = {"original": current is _ORIGINAL_FUNCTIONS[name],
                        "module": getattr(current, "__module__", None)}
     return state
@@ -219,19 +257,20 @@ _INJECTED = {}
 
 
 def inject_failure(target):
-    precision = sys.modules.get("lib_sdfix.precision")
-    if precision is None:
-        import lib_sdfix.precision as precision  # noqa: F401 -- SDFix's own core, loaded by SDFix
-    if "guarded_vae_call" in _INJECTED:
-        precision.guarded_vae_call = _INJECTED.pop("guarded_vae_call")
+    """Make SDFix's fp32 VAE context raise on entry ("decode"), or undo that ("none")."""
+    fp32_vae = sys.modules.get("lib_sdfix.fp32_vae")
+    if fp32_vae is None:
+        import lib_sdfix.fp32_vae as fp32_vae  # noqa: F401 -- SDFix's own core, loaded by SDFix
+    if "fp32_vae" in _INJECTED:
+        fp32_vae.fp32_vae = _INJECTED.pop("fp32_vae")
     if target == "decode":
-        original = precision.guarded_vae_call
+        original = fp32_vae.fp32_vae
 
         def broken(*args, **kwargs):
             raise RuntimeError("injected by the SDFix e2e observer")
 
-        _INJECTED["guarded_vae_call"] = original
-        precision.guarded_vae_call = broken
+        _INJECTED["fp32_vae"] = original
+        fp32_vae.fp32_vae = broken
     return target
 
 

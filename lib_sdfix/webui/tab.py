@@ -1,14 +1,12 @@
-"""The "SDFix A/B" tab (gradio 3.41), built from callbacks the WebUI glue provides.
-
-WebUI-free: the glue passes the sampler/scheduler/upscaler choices and the functions that run the
-comparison, so this module only lays out components and wires events.
-"""
+"""The "SDFix A/B" tab: its layout (built from callbacks, so it is tested without a WebUI) and the
+host callbacks behind it (``on_ui_tabs``).  The tab works whether or not the WebUI serves its API."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-__all__ = ["TabCallbacks", "FORM_FIELDS", "build_ab_tab", "payload_from_form", "form_from_payload", "MODE_CHOICES"]
+__all__ = ["TabCallbacks", "FORM_FIELDS", "build_ab_tab", "payload_from_form", "form_from_payload", "MODE_CHOICES",
+           "on_ui_tabs", "tab_outputs", "api_response"]
 
 MODE_CHOICES = {"A = SDFix off, B = SDFix on": "ab", "Ablation: baseline, each fix alone, all fixes": "ablation"}
 
@@ -153,3 +151,94 @@ def _form(gr: Any, callbacks: TabCallbacks) -> List[Any]:
             make("hr_sampler_name", gr.Dropdown, choices=["Use same sampler", *callbacks.samplers()])
             make("hr_scheduler", gr.Dropdown, choices=["Use same scheduler", *callbacks.schedulers()])
     return [components[key] for key, _, _ in FORM_FIELDS]
+
+
+# --- host side -----------------------------------------------------------------------------------------
+
+
+def api_response(result: Dict[str, Any]) -> Dict[str, Any]:
+    """A comparison result as JSON: images as base64 PNG, metrics as strict JSON."""
+    from lib_sdfix import ab
+
+    out = {k: v for k, v in result.items() if k not in ("images", "heatmap", "metrics")}
+    out["images"] = {name: ab.png_base64(image) for name, image in result["images"].items()}
+    out["heatmap"] = ab.png_base64(result["heatmap"]) if result["heatmap"] is not None else None
+    out["metrics"] = ab.metrics_json(result["metrics"], notes=result["notes"]) if result["metrics"] else None
+    return out
+
+
+def tab_outputs(result: Dict[str, Any]) -> List[Any]:
+    """Run results -> [seed, compare HTML, gallery, heatmap, metrics, notes, info]."""
+    from lib_sdfix import ab
+
+    variants = result["variants"]
+    if len(variants) < 2:
+        message = "Interrupted before two variants were ready." if not result["complete"] else "Nothing to compare."
+        return [result["seed"], "", [], None, None, message, ""]
+    images = result["images"]
+    reference, last = variants[0], variants[-1]
+    compare = ab.compare_html(ab.png_base64(images[reference["name"]]), ab.png_base64(images[last["name"]]),
+                              (reference["label"], last["label"]))
+    gallery = [(images[v["name"]], v["label"]) for v in variants]
+    headers, rows = ab.metrics_display(result["metrics"])
+    notes = [f"- {note}" for note in result["notes"]]
+    notes.append(f"- {result['runs']} sampling run(s) for {len(variants)} variants, seed {result['seed']}")
+    if not result["complete"]:
+        notes.append("- interrupted: only the variants shown were rendered")
+    if result["saved"]:
+        notes.append(f"- saved: `{result['saved']['grid']}`")
+    return [result["seed"], compare, gallery, result["heatmap"], {"headers": headers, "data": rows},
+            "\n".join(notes), ""]
+
+
+def on_ui_tabs() -> List[Any]:
+    """The "SDFix A/B" tab."""
+    import os
+
+    import gradio as gr
+
+    from lib_sdfix import ab
+    from lib_sdfix.settings import SettingsError
+    from lib_sdfix.webui.apply import settings_defaults
+    from lib_sdfix.webui.comparison import run_comparison
+    from lib_sdfix.webui.host import current
+    from modules import call_queue, infotext_utils, paths, sd_samplers, sd_schedulers
+
+    shared = current().shared
+
+    def payload_from_text(text: str) -> Dict[str, Any]:
+        if not text.strip():
+            return {}
+        try:
+            return ab.payload_from_infotext(infotext_utils.parse_generation_parameters(text))
+        except SettingsError as err:
+            gr.Warning(f"SDFix: {err}")
+            return {}
+
+    def last_generation() -> Dict[str, Any]:
+        path = os.path.join(paths.data_path, "params.txt")
+        if not os.path.isfile(path):
+            gr.Warning("SDFix: no txt2img generation yet")
+            return {}
+        with open(path, encoding="utf8") as file:
+            return payload_from_text(file.read())
+
+    def run(id_task: str, mode: str, gain: float, save: bool, *form: Any) -> List[Any]:
+        body = {"payload": payload_from_form(form), "variants": MODE_CHOICES.get(mode, "ab"),
+                "heatmap_gain": gain, "save": bool(save)}
+        try:
+            request = ab.ab_request_from_body(body, settings_defaults())
+            return tab_outputs(run_comparison(request))
+        except SettingsError as err:
+            return [gr.update(), "", [], None, None, f"**SDFix:** {err}", ""]
+
+    callbacks = TabCallbacks(
+        samplers=sd_samplers.visible_sampler_names,
+        schedulers=lambda: [s.label for s in sd_schedulers.schedulers],
+        upscalers=lambda: [*shared.latent_upscale_modes, *[x.name for x in shared.sd_upscalers]],
+        last_generation=last_generation,
+        payload_from_text=payload_from_text,
+        run=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[gr.update(), "", [], None, None, ""]),
+        interrupt=lambda: shared.state.interrupt(),
+    )
+    return [(build_ab_tab(callbacks), "SDFix A/B", "sdfix_ab")]

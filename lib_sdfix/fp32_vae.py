@@ -1,0 +1,304 @@
+"""Run a VAE in fp32 for one call and leave it exactly as it was: weights, dtype attributes, devices.
+
+Why: a half-precision VAE rounds every activation, and hosts decide the dtype the VAE runs in from
+attributes beside the weights (AUTOMATIC1111's ``devices.dtype_vae``, Forge's and reForge's
+``VAE.vae_dtype``, PyTorch Lightning's cached ``_dtype``), casting the input to it inside their own
+decode.  So an fp32 call needs both: fp32 weights and every such attribute saying fp32, for the
+duration of the host's own decode, then everything back.
+
+* Weights: each floating parameter keeps its Parameter object; only its ``.data`` is swapped for an
+  fp32 tensor and the original tensor object is put back afterwards (bit-identical, same storage).
+  If the host moved or re-cast the tensor inside the call (its model manager loading the VAE onto
+  the GPU), the tensor is cast back to its dtype where it now is, so the host's bookkeeping holds.
+* Exact weights: when the weights were loaded from a file that holds them in higher precision than
+  they run in (an fp32 or fp16 file, a bf16 VAE), the in-place upcast keeps the rounding.  Then the
+  file's own values are used: read once with safetensors, matched to the parameters by content (a
+  file tensor counts only if rounding it gives the parameter bit for bit), cached on the CPU.
+* Reference counts, process-wide: several threads or nested calls share one fp32 state; the last
+  one out restores.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["fp32_vae", "vae_weight_dtype", "ExactWeights", "exact_weights", "dtype_attributes"]
+
+_LOCK = threading.RLock()
+
+
+def vae_weight_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype the VAE's weights have right now (a cached ``.dtype`` can lag behind in-place casts)."""
+    for tensor in module.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def dtype_attributes(module: torch.nn.Module) -> List[Tuple[Any, str]]:
+    """Dtype caches inside the module tree: PyTorch Lightning keeps ``_dtype`` behind ``.dtype``, and
+    code inside the VAE reads it to cast its inputs."""
+    return [(m, "_dtype") for m in module.modules() if isinstance(getattr(m, "_dtype", None), torch.dtype)]
+
+
+# --- weights ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Swap:
+    tensor: torch.Tensor  # the Parameter / buffer object (kept)
+    original: torch.Tensor  # its data before
+    ours_ptr: int
+    dtype: torch.dtype
+
+
+@dataclass
+class _ModuleState:
+    users: int = 0
+    swaps: List[_Swap] = field(default_factory=list)
+    exact: bool = False
+
+    @property
+    def mode(self) -> str:
+        """How the weights run: "exact" (the file's fp32 values), "upcast" (cast in place) or "fp32" (as loaded)."""
+        if not self.swaps:
+            return "fp32"
+        return "exact" if self.exact else "upcast"
+
+
+_MODULES: Dict[int, _ModuleState] = {}
+
+
+def _floating_tensors(module: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    named = list(module.named_parameters(remove_duplicate=True)) + list(module.named_buffers(remove_duplicate=True))
+    return [(name, t) for name, t in named if t.is_floating_point() and t.dtype != torch.float32]
+
+
+def _swap_in(module: torch.nn.Module, exact: Optional[Dict[str, torch.Tensor]]) -> _ModuleState:
+    state = _ModuleState(exact=bool(exact))
+    try:
+        for name, tensor in _floating_tensors(module):
+            original = tensor.data
+            source = exact.get(name) if exact else None
+            new = source.to(original.device) if source is not None else original.to(torch.float32)
+            tensor.data = new
+            state.swaps.append(_Swap(tensor, original, new.data_ptr(), original.dtype))
+    except BaseException:
+        _swap_out(state)  # out of memory half-way: never leave a half-cast VAE behind
+        raise
+    return state
+
+
+def _swap_out(state: _ModuleState) -> None:
+    for swap in reversed(state.swaps):
+        tensor = swap.tensor
+        if tensor.data_ptr() == swap.ours_ptr and tensor.dtype == torch.float32:
+            tensor.data = swap.original
+        elif tensor.dtype != swap.dtype:
+            tensor.data = tensor.data.to(swap.dtype)  # moved or re-cast inside the call: back to its dtype there
+    state.swaps.clear()
+
+
+# --- dtype attributes ---------------------------------------------------------------------------
+
+
+@dataclass
+class _AttrState:
+    owner: Any
+    name: str
+    previous: Any
+    users: int = 0
+
+
+_ATTRS: Dict[Tuple[int, str], _AttrState] = {}
+
+
+def _attrs_enter(attrs: Sequence[Tuple[Any, str]]) -> List[Tuple[int, str]]:
+    keys = []
+    for owner, name in attrs:
+        key = (id(owner), name)
+        state = _ATTRS.get(key)
+        if state is None:
+            previous = getattr(owner, name)
+            state = _ATTRS[key] = _AttrState(owner, name, previous)
+            if isinstance(previous, torch.dtype) and previous != torch.float32:
+                setattr(owner, name, torch.float32)
+        state.users += 1
+        keys.append(key)
+    return keys
+
+
+def _attrs_exit(keys: Sequence[Tuple[int, str]]) -> None:
+    for key in reversed(keys):
+        state = _ATTRS[key]
+        state.users -= 1
+        if state.users == 0:
+            del _ATTRS[key]
+            # Put it back unless the host changed it deliberately meanwhile (e.g. its NaN fallback).
+            if getattr(state.owner, state.name) is torch.float32 and state.previous is not torch.float32:
+                setattr(state.owner, state.name, state.previous)
+
+
+@contextlib.contextmanager
+def fp32_vae(module: Optional[torch.nn.Module], dtype_attrs: Sequence[Tuple[Any, str]] = (),
+             exact: Optional[Dict[str, torch.Tensor]] = None) -> Iterator[str]:
+    """Run the block with ``module``'s floating weights in fp32 and every ``(owner, name)`` dtype
+    attribute (plus the module's own dtype caches) saying fp32; everything back afterwards.
+
+    ``exact`` maps parameter names to fp32 tensors to use instead of upcasting (see
+    :func:`exact_weights`).  Yields how the weights run: "exact", "upcast" or "fp32" (nothing to cast).
+    """
+    attrs = list(dtype_attrs) + (dtype_attributes(module) if module is not None else [])
+    key = id(module) if module is not None else None
+    with _LOCK:
+        state = None
+        if module is not None:
+            state = _MODULES.get(key)
+            if state is None:
+                state = _swap_in(module, exact)
+                _MODULES[key] = state
+            state.users += 1
+        try:
+            attr_keys = _attrs_enter(attrs)
+        except BaseException:
+            _release(key, state)
+            raise
+    try:
+        yield state.mode if state is not None else "fp32"
+    finally:
+        with _LOCK:
+            _attrs_exit(attr_keys)
+            _release(key, state)
+
+
+def _release(key: Optional[int], state: Optional[_ModuleState]) -> None:
+    if state is None:
+        return
+    state.users -= 1
+    if state.users == 0:
+        _MODULES.pop(key, None)
+        _swap_out(state)
+
+
+# --- exact weights --------------------------------------------------------------------------------
+
+_PRECISION_BITS = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
+_VAE_PREFIXES = ("first_stage_model.", "vae.")
+
+
+@dataclass
+class ExactWeights:
+    """The outcome of matching a VAE to its source file: fp32 tensors by parameter name, or why not."""
+
+    tensors: Optional[Dict[str, torch.Tensor]]
+    source: Optional[str]
+    reason: str
+    signature: Tuple[Any, ...] = ()
+
+    @property
+    def mode(self) -> str:
+        return "exact" if self.tensors else "upcast"
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.tensors or {}).values())
+
+
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, ExactWeights]" = weakref.WeakKeyDictionary()
+
+
+def _signature(module: torch.nn.Module, files: Sequence[str]) -> Tuple[Any, ...]:
+    params = tuple((name, t.data_ptr(), t.dtype, tuple(t.shape), t._version) for name, t in _floating_tensors(module))
+    stats = []
+    for path in files:
+        try:
+            st = os.stat(path)
+            stats.append((path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((path, None, None))
+    return params, tuple(stats)
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    data = tensor.detach().contiguous().cpu()
+    raw = data.view(torch.int16) if data.element_size() == 2 else data.view(torch.int32)
+    return hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def exact_weights(module: Optional[torch.nn.Module], files: Sequence[str]) -> ExactWeights:
+    """Match ``module``'s low-precision weights to higher-precision copies in ``files`` (safetensors).
+
+    Cached per module while its weights and the files stay the same.  Every low-precision parameter
+    must be found (content match) in one file with more mantissa bits than the parameter has, else
+    the answer is "upcast" with the reason.
+    """
+    if module is None:
+        return ExactWeights(None, None, "no VAE module")
+    low = _floating_tensors(module)
+    if not low:
+        return ExactWeights(None, None, "the VAE already runs in fp32")
+    files = [f for f in files if f]
+    signature = _signature(module, files)
+    cached = _CACHE.get(module)
+    if cached is not None and cached.signature == signature:
+        return cached
+    result = ExactWeights(None, None, "no safetensors source file for the VAE's weights")
+    for path in files:
+        if not path.endswith(".safetensors") or not os.path.isfile(path):
+            continue
+        result = _match_file(low, path)
+        if result.tensors:
+            break
+    result.signature = signature
+    _CACHE[module] = result
+    return result
+
+
+def _match_file(low: List[Tuple[str, torch.Tensor]], path: str) -> ExactWeights:
+    from safetensors import safe_open
+
+    wanted: Dict[Tuple[torch.dtype, int, str], List[str]] = {}
+    for name, tensor in low:
+        wanted.setdefault((tensor.dtype, tensor.numel(), _digest(tensor)), []).append(name)
+    sizes = {(dtype, numel) for dtype, numel, _ in wanted}
+    found: Dict[str, torch.Tensor] = {}
+    lower = False
+    with safe_open(path, framework="pt") as handle:
+        keys = list(handle.keys())
+        prefixed = [k for k in keys if k.startswith(_VAE_PREFIXES)]
+        for key in prefixed or keys:
+            info = handle.get_slice(key)
+            numel = 1
+            for dim in info.get_shape():
+                numel *= dim
+            targets = [dtype for dtype, n in sizes if n == numel]
+            if not targets:
+                continue
+            tensor = handle.get_tensor(key)
+            if not tensor.is_floating_point():
+                continue
+            for dtype in targets:
+                names = wanted.get((dtype, numel, _digest(tensor.to(dtype))))
+                if not names:
+                    continue
+                if _PRECISION_BITS.get(tensor.dtype, 0) <= _PRECISION_BITS[dtype]:
+                    lower = True
+                    continue
+                for name in names:
+                    found.setdefault(name, tensor)
+    base = os.path.basename(path)
+    missing = [name for name, _ in low if name not in found]
+    if missing:
+        why = "the file holds them in the precision they run in" if lower and len(missing) == len(low) else \
+            f"{len(missing)} of {len(low)} weights not found in higher precision"
+        return ExactWeights(None, base, f"{base}: {why}")
+    shapes = {name: tuple(t.shape) for name, t in low}
+    tensors = {name: t.to(torch.float32).reshape(shapes[name]).contiguous() for name, t in found.items()}
+    return ExactWeights(tensors, base, f"fp32 weights from {base}")

@@ -1,0 +1,335 @@
+"""Runs an A/B plan (lib_sdfix.ab) inside the host: every variant is a real generation, sampled once.
+
+Why real generations: a variant's image must be what the user would get from txt2img with those
+settings -- with face restoration, colour correction, ``override_settings`` (and their restore),
+other extensions' AlwaysOn scripts and the infotext the WebUI writes.  So each variant runs through
+``process_images`` with the whole script runner, SDFix's own slot set to the variant's settings.
+Sharing the sampling: variants whose sampling is equal reuse a captured latent.  The host creates a
+sampler for the first pass and one for the Hires pass; while a comparison run is on this thread,
+SDFix hands such a sampler a latent to return instead of sampling (``launch_sampling``), so
+everything around the sampling (schedule bookkeeping, infotext, the Hires upscale) runs as usual.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from lib_sdfix.safety import log_once
+from lib_sdfix.settings import SDFixSettings, SettingsError
+from lib_sdfix.webui.host import current
+from lib_sdfix.webui.session import PATCHES
+
+__all__ = ["run_comparison", "txt2img_fields", "script_args_for"]
+
+_PAYLOAD_DROPPED = ("script_args", "alwayson_scripts", "infotext", "send_images", "save_images",
+                    "force_task_id", "sampler_index")
+_LOCAL = threading.local()
+
+
+# --- the payload ------------------------------------------------------------------------------------
+
+
+def txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """The payload checked by the host's own txt2img API model; SettingsError naming bad fields."""
+    from pydantic import ValidationError
+
+    from modules import sd_samplers
+    from modules.api import models
+
+    body = {**current().txt2img_defaults(), **payload}
+    if body.get("script_name"):
+        raise SettingsError({"payload.script_name": "selectable scripts are not run in a comparison"})
+    try:
+        request = models.StableDiffusionTxt2ImgProcessingAPI(**body)
+    except ValidationError as err:
+        raise SettingsError({"payload." + ".".join(str(x) for x in e["loc"]): e["msg"] for e in err.errors()}) from None
+    except TypeError as err:
+        raise SettingsError({"payload": str(err)}) from None
+    sampler, scheduler = sd_samplers.get_sampler_and_scheduler(request.sampler_name or request.sampler_index,
+                                                               request.scheduler)
+    if sampler not in sd_samplers.all_samplers_map:
+        raise SettingsError({"payload.sampler_name": f"sampler not found: {request.sampler_name!r}"})
+    fields = {k: v for k, v in vars(request).items() if k not in _PAYLOAD_DROPPED and not k.startswith("_")}
+    fields.pop("script_name", None)
+    fields["sampler_name"] = sampler
+    if not fields.get("scheduler") and scheduler != "Automatic":
+        fields["scheduler"] = scheduler
+    if fields.get("n_iter", 1) != 1 or fields.get("batch_size", 1) != 1:
+        raise SettingsError({"payload.batch_size": "A/B compares one image: batch_size and n_iter must be 1"})
+    fields["override_settings_restore_afterwards"] = True
+    return fields
+
+
+# --- script args ------------------------------------------------------------------------------------
+
+_DEFAULTS: Dict[int, List[Any]] = {}
+
+
+def _default_args(runner: Any) -> List[Any]:
+    """Every script's UI defaults in one list (what the WebUI's API starts from), cached per runner."""
+    key = id(runner)
+    if key not in _DEFAULTS:
+        size = max([1] + [s.args_to for s in runner.scripts])
+        args: List[Any] = [None] * size
+        args[0] = 0  # no selectable script
+        missing = [s for s in runner.scripts if s.args_to > s.args_from and getattr(s, "controls", None) is None]
+        if missing:  # --nowebui: no UI was built; build the controls once, as the API does
+            import gradio as gr
+
+            with gr.Blocks():
+                for script in missing:
+                    script.controls = script.ui(script.is_img2img)
+        for script in runner.scripts:
+            controls = getattr(script, "controls", None) or []
+            args[script.args_from:script.args_from + len(controls)] = [getattr(c, "value", None) for c in controls]
+        _DEFAULTS[key] = args
+    return list(_DEFAULTS[key])
+
+
+def script_args_for(runner: Any, alwayson: Dict[str, Any], settings: SDFixSettings) -> List[Any]:
+    """The runner's script args: defaults, the payload's ``alwayson_scripts``, SDFix's slot = ``settings``."""
+    args = _default_args(runner)
+    by_title = {s.title().lower(): s for s in runner.alwayson_scripts}
+    for name, spec in (alwayson or {}).items():
+        script = by_title.get(str(name).lower())
+        if script is None:
+            raise SettingsError({f"payload.alwayson_scripts.{name}": "no such AlwaysOn script"})
+        values = spec.get("args", []) if isinstance(spec, dict) else None
+        if not isinstance(values, list):
+            raise SettingsError({f"payload.alwayson_scripts.{name}.args": "expected a list"})
+        width = script.args_to - script.args_from
+        args[script.args_from:script.args_from + min(width, len(values))] = values[:width]
+    ours = by_title.get("sdfix")
+    if ours is None:
+        raise SettingsError({"sdfix": "SDFix's script is not in the txt2img script runner"})
+    args[ours.args_from] = settings.as_dict()
+    return args
+
+
+# --- sampling injection -------------------------------------------------------------------------------
+
+
+def _create_sampler(original: Callable) -> Callable:
+    """``sd_samplers.create_sampler``: hands the next queued latent to the sampler being created."""
+
+    def create_sampler(*args: Any, **kwargs: Any) -> Any:
+        sampler = original(*args, **kwargs)
+        queue = getattr(_LOCAL, "inject", None)
+        if queue:
+            latent = queue.pop(0)
+            if latent is not None:
+                sampler.launch_sampling = lambda steps, func, _latent=latent: _latent.clone()
+        return sampler
+
+    return create_sampler
+
+
+@contextlib.contextmanager
+def _injecting(latents: List[Any]) -> Iterator[None]:
+    from modules import sd_samplers
+
+    _LOCAL.inject = list(latents)
+    PATCHES.acquire(sd_samplers, "create_sampler", _create_sampler)
+    try:
+        yield
+    finally:
+        _LOCAL.inject = None
+        PATCHES.release(sd_samplers, "create_sampler")
+
+
+# --- one run ----------------------------------------------------------------------------------------
+
+
+class _Run:
+    """One generation of the comparison; captures the first-pass and final latents."""
+
+    def __init__(self, fields: Dict[str, Any], alwayson: Dict[str, Any], settings: SDFixSettings) -> None:
+        self.fields, self.alwayson, self.settings = fields, alwayson, settings
+        self.first_pass: Optional[Any] = None
+        self.final: Optional[Any] = None
+        self.scripts_note: Optional[str] = None
+
+    def _processing(self) -> Any:
+        from modules import processing, scripts
+
+        shared = current().shared
+        p = processing.StableDiffusionProcessingTxt2Img(sd_model=shared.sd_model, **self.fields)
+        p.outpath_samples = shared.opts.outdir_txt2img_samples
+        p.outpath_grids = shared.opts.outdir_txt2img_grids
+        p.do_not_save_samples = p.do_not_save_grid = True
+        runner = scripts.scripts_txt2img
+        try:
+            args = script_args_for(runner, self.alwayson, self.settings)
+        except SettingsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- an extension's UI failed to build: run SDFix alone
+            log_once("ab-scripts", f"SDFix A/B: other extensions' scripts cannot run in comparisons: {exc}", exc)
+            self.scripts_note = f"other extensions' scripts did not run ({type(exc).__name__}: {exc})"
+            p.scripts = None
+            from lib_sdfix.webui.apply import apply_settings
+
+            apply_settings(p, self.settings)
+            return p
+        p.scripts = runner
+        p.script_args = args
+        return p
+
+    def run(self, inject: List[Any]) -> Any:
+        from modules import processing
+
+        p = self._processing()
+        original_sample, original_hr = p.sample, p.sample_hr_pass
+
+        def sample(*args: Any, **kwargs: Any) -> Any:
+            self.final = original_sample(*args, **kwargs)
+            return self.final
+
+        def sample_hr_pass(samples: Any, *args: Any, **kwargs: Any) -> Any:
+            if samples is not None:
+                self.first_pass = samples.clone()
+            return original_hr(samples, *args, **kwargs)
+
+        p.sample, p.sample_hr_pass = sample, sample_hr_pass
+        with contextlib.closing(p), _injecting(inject):
+            return processing.process_images(p)
+
+
+def _first_image(processed: Any) -> Tuple[Any, str]:
+    index = getattr(processed, "index_of_first_image", 0)
+    return processed.images[index], processed.infotexts[index]
+
+
+def _ran_scripts(alwayson: Dict[str, Any]) -> List[str]:
+    from modules import scripts
+
+    return [s.title() for s in scripts.scripts_txt2img.alwayson_scripts if s.title() != "SDFix"]
+
+
+def sampler_already_equal(fields: Dict[str, Any]) -> bool:
+    """Whether the Hires pass already samples as the first pass does (then parity changes nothing)."""
+    from lib_sdfix.parity import resolve_hires_sampling
+
+    first = resolve_hires_sampling(fields.get("sampler_name") or "", fields.get("scheduler"), None, None, parity=False)
+    hires = resolve_hires_sampling(fields.get("sampler_name") or "", fields.get("scheduler"),
+                                   fields.get("hr_sampler_name"), fields.get("hr_scheduler"), parity=False)
+    return (first.sampler, first.scheduler) == (hires.sampler, hires.scheduler)
+
+
+def run_comparison(request: Any) -> Dict[str, Any]:
+    """Render every variant of an A/B request with the least sampling; images, infotexts, metrics, notes.
+
+    Runs on the caller's thread; the caller holds the WebUI's queue lock and job state.
+    """
+    from lib_sdfix import ab
+
+    shared = current().shared
+    request = request.with_resolved_seed()
+    alwayson = dict(request.payload.get("alwayson_scripts") or {})
+    fields = txt2img_fields(request.payload)
+    hires = bool(fields.get("enable_hr"))
+    upscaler = fields.get("hr_upscaler")
+    latent_upscaler = upscaler is None or upscaler in shared.latent_upscale_modes
+    groups = ab.sampling_groups(request.variants, hires=hires, latent_upscaler=latent_upscaler,
+                                parity_changes_sampler=hires and not sampler_already_equal(fields))
+    plan = [(group, decode) for group in groups for decode in group.decodes]
+    shared.state.job_count = len(plan)
+
+    images: Dict[str, Any] = {}
+    infotexts: Dict[str, str] = {}
+    times: Dict[str, float] = {}
+    runs: List[Dict[str, Any]] = []
+    first_pass: Optional[Any] = None
+    scripts_note: Optional[str] = None
+    for group in groups:
+        final: Optional[Any] = None
+        for decode in group.decodes:
+            if shared.state.interrupted:
+                break
+            members = group.variants_for(decode)
+            run = _Run(fields, alwayson, members[0].settings)
+            if final is not None:
+                inject, kind = ([first_pass] if hires else []) + [final], "decode only (shared sampling)"
+            elif first_pass is not None:
+                inject, kind = [first_pass], "Hires pass (shared first pass)"
+            else:
+                inject, kind = [], "full sampling"
+            start = time.perf_counter()
+            processed = run.run(inject)
+            elapsed = time.perf_counter() - start
+            scripts_note = scripts_note or run.scripts_note
+            if not processed.images:
+                break
+            if final is None:
+                final = run.final
+            if first_pass is None and hires:
+                first_pass = run.first_pass
+            image, infotext = _first_image(processed)
+            for variant in members:
+                images[variant.name], infotexts[variant.name], times[variant.name] = image, infotext, elapsed
+            runs.append({"variants": [v.name for v in members], "kind": kind, "time_s": elapsed})
+
+    done = [v for v in request.variants if v.name in images]
+    reference = request.reference
+    result: Dict[str, Any] = {
+        "seed": fields.get("seed"), "complete": len(done) == len(request.variants),
+        "variants": [{"name": v.name, "label": v.label, "settings": v.settings.as_dict()} for v in done],
+        "images": images, "infotexts": infotexts, "times": times,
+        "runs": sum(1 for r in runs if not r["kind"].startswith("decode only")),  # runs that sampled
+        "plan": runs,
+        "scripts": {"ran": [] if scripts_note else _ran_scripts(alwayson), "note": scripts_note},
+        "metrics": [], "notes": [], "heatmap": None, "saved": None,
+    }
+    if reference.name not in images or len(done) < 2:
+        return result
+    context = ab.RunContext(hires=hires, upscaler=upscaler, first_sampler=fields.get("sampler_name"),
+                            first_scheduler=fields.get("scheduler"), hires_sampler=fields.get("hr_sampler_name"),
+                            hires_scheduler=fields.get("hr_scheduler"))
+    rows = ab.metrics_table({v.name: images[v.name] for v in done}, times, reference.name,
+                            labels={v.name: v.label for v in done})
+    result["metrics"] = rows
+    result["notes"] = ab.effect_notes(done, images, context) + _run_notes(runs, scripts_note)
+    result["heatmap"] = ab.heatmap(images[reference.name], images[done[-1].name], request.heatmap_gain)
+    if request.save:
+        result["saved"] = save_comparison(fields, done, images, infotexts, rows, result["notes"])
+    return result
+
+
+def _run_notes(runs: List[Dict[str, Any]], scripts_note: Optional[str]) -> List[str]:
+    notes = []
+    for i, run in enumerate(runs):
+        names = ", ".join(run["variants"])
+        if i == 0:
+            notes.append(f"run 1 ({names}): {run['kind']}")
+        elif run["kind"].startswith("decode only"):
+            notes.append(f"run {i + 1} ({names}): decode only -- sampled as run 1's group, only SDFix's decode differs")
+        else:
+            notes.append(f"run {i + 1} ({names}): {run['kind']} -- the Hires pass differs (parity or the "
+                         "decode/resize/encode fixes shape its input)")
+    if scripts_note:
+        notes.append(scripts_note)
+    return notes
+
+
+def save_comparison(fields: Dict[str, Any], variants: List[Any], images: Dict[str, Any],
+                    infotexts: Dict[str, str], rows: List[Dict[str, Any]], notes: List[str]) -> Dict[str, Any]:
+    """Under <outputs>/sdfix-ab, named with the WebUI's filename pattern and sequence number."""
+    import os
+
+    from lib_sdfix import ab
+    from modules import images as webui_images
+    from modules import paths_internal, processing
+
+    shared = current().shared
+    out_dir = os.path.join(shared.opts.outdir_samples or paths_internal.default_output_dir, "sdfix-ab")
+    os.makedirs(out_dir, exist_ok=True)
+    p = processing.StableDiffusionProcessingTxt2Img(sd_model=shared.sd_model, **fields)
+    first = images[variants[0].name]
+    pattern = shared.opts.samples_filename_pattern or "[seed]-[prompt_spaces]"
+    name = webui_images.FilenameGenerator(p, fields.get("seed"), fields.get("prompt", ""), first).apply(pattern)
+    basename = f"{webui_images.get_next_sequence_number(out_dir, ''):05}-{name}"
+    paths = ab.save_comparison(out_dir, basename, variants, images, infotexts,
+                               ab.metrics_json(rows, reference_name=variants[0].name, notes=notes))
+    return {"images": {k: str(v) for k, v in paths["images"].items()}, "grid": str(paths["grid"]),
+            "metrics": str(paths["metrics"])}

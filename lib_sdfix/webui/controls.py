@@ -1,0 +1,54 @@
+"""The SDFix accordion in txt2img/img2img, built from the one settings model, and infotext paste."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping
+
+from lib_sdfix.settings import FIELDS, INFOTEXT_KEY, UI_ARG_ORDER, Field, SDFixSettings, SettingsError
+
+__all__ = ["build_script_controls", "infotext_paste_value"]
+
+
+def build_script_controls(defaults: SDFixSettings, elem_id: Callable[[str], str]) -> List[Any]:
+    """The accordion of the AlwaysOn script; returns the controls in :data:`UI_ARG_ORDER`.
+
+    Must be called inside a gradio Blocks context (the WebUI's script UI).
+    """
+    import gradio as gr
+
+    controls: Dict[str, Any] = {}
+
+    def make(field: Field) -> Any:
+        value = getattr(defaults, field.name)
+        common = dict(label=field.label, value=value, elem_id=elem_id(field.name), info=field.help)
+        if field.kind is bool:
+            return gr.Checkbox(**common)
+        if field.kind is float:
+            return gr.Slider(minimum=field.minimum, maximum=field.maximum, step=0.05, **common)
+        return gr.Radio(choices=list(field.choices), **common)
+
+    by_name = {f.name: f for f in FIELDS}
+    with gr.Accordion("SDFix", open=False, elem_id=elem_id("accordion")):
+        controls["enabled"] = make(by_name["enabled"])
+        with gr.Row():
+            for name in ("precision_guard", "guard_encode", "hires_parity", "post_resize"):
+                controls[name] = make(by_name[name])
+        with gr.Row():
+            controls["resize_filter"] = make(by_name["resize_filter"])
+            controls["decode_dtype"] = make(by_name["decode_dtype"])
+        controls["latent_denoise_warning"] = make(by_name["latent_denoise_warning"])
+    return [controls[name] for name in UI_ARG_ORDER]
+
+
+def infotext_paste_value(params: Mapping[str, Any], name: str) -> Any:
+    """The value of option ``name`` from pasted generation parameters, or None to leave the control.
+
+    Images made without SDFix (no ``SDFix`` entry) leave the controls unchanged; so does an entry
+    this version cannot read.
+    """
+    text = params.get(INFOTEXT_KEY)
+    if not isinstance(text, str):
+        return None
+    try:
+        return getattr(SDFixSettings.from_infotext(text), name)
+    except SettingsError:
+        return None

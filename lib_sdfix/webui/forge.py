@@ -1,0 +1,67 @@
+"""Forge (lllyasviel/stable-diffusion-webui-forge): the VAE lives in ``sd_model.forge_objects.vae``.
+
+``sd_model.first_stage_model`` is None there; the wrapper (``backend.patcher.vae.VAE``) casts the
+latent to its own ``vae_dtype`` in ``decode_inner``/``encode_inner`` and runs its ``first_stage_model``.
+Forge builds that VAE in bf16 on recent NVIDIA cards and leaves cuDNN TF32 on (PyTorch's default).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Tuple
+
+from lib_sdfix.webui.host import Host, PatchTarget, has_module
+
+__all__ = ["ForgeHost"]
+
+
+class ForgeHost(Host):
+    name = "forge"
+    label = "Forge"
+
+    @classmethod
+    def matches(cls) -> bool:
+        return has_module("modules_forge") and has_module("backend.patcher.vae")
+
+    def vae_wrapper(self, sd_model: Any = None) -> Any:
+        model = sd_model if sd_model is not None else self.sd_model()
+        return getattr(getattr(model, "forge_objects", None), "vae", None)
+
+    def vae_module(self, sd_model: Any = None, wrapper: Any = None) -> Any:
+        wrapper = wrapper if wrapper is not None else self.vae_wrapper(sd_model)
+        return getattr(wrapper, "first_stage_model", None)
+
+    def vae_dtype_attrs(self, wrapper: Any = None) -> List[Tuple[Any, str]]:
+        from modules import devices
+
+        wrapper = wrapper if wrapper is not None else self.vae_wrapper()
+        attrs = [(devices, "dtype_vae")]
+        if wrapper is not None and hasattr(wrapper, "vae_dtype"):
+            attrs.insert(0, (wrapper, "vae_dtype"))
+        return attrs
+
+    def vae_source_files(self) -> List[str]:
+        # Extra modules (a VAE file chosen in the UI) override the checkpoint's VAE.
+        extra = [f for f in getattr(self.shared.opts, "forge_additional_modules", None) or [] if isinstance(f, str)]
+        vae_like = [f for f in extra if "vae" in os.path.basename(f).lower()] + [f for f in extra if "vae" not in os.path.basename(f).lower()]
+        info = getattr(self.sd_model(), "sd_checkpoint_info", None)
+        return vae_like + ([info.filename] if getattr(info, "filename", None) else [])
+
+    def patch_targets(self, decode: bool, encode: bool, resize: bool) -> List[PatchTarget]:
+        from backend.patcher import vae
+
+        targets = super().patch_targets(decode, encode, resize)
+        if decode:
+            targets.append((vae.VAE, "decode_inner", "wrapper_decode"))
+        if encode:
+            targets.append((vae.VAE, "encode_inner", "wrapper_encode"))
+        return targets
+
+    def resize_extra_keywords(self) -> Tuple[str, ...]:
+        return ("force_RGBA",)
+
+    def resize_converts_rgba(self) -> bool:
+        return True
+
+    def txt2img_defaults(self) -> Dict[str, Any]:
+        # Forge's API raises on enable_hr unless this is a list ("Use same choices": no module change).
+        return {"hr_additional_modules": ["Use same choices"]}

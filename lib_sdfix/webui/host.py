@@ -1,0 +1,184 @@
+"""The one interface between SDFix and the WebUI it runs in, and the choice of implementation.
+
+Why: AUTOMATIC1111, Forge and reForge share the ``modules.*`` layer (processing, scripts, images,
+upscalers) but keep the VAE in different places, decide its dtype through different attributes,
+resize after an upscaler in slightly different loops and need different API fields.  Everything
+that differs is a method here; everything else in ``lib_sdfix.webui`` is written once against it.
+The implementation is picked at import by what the host has (its packages), never by a version
+string.  This package is the only place that imports ``modules.*``, ``backend.*`` or ``ldm_patched.*``.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["Host", "current", "detect"]
+
+# What a patched function is: (owner, attribute, kind) -- kinds are the hook factories in hooks.py.
+PatchTarget = Tuple[Any, str, str]
+
+
+class Host:
+    """What every supported host shares (the ``modules.*`` layer of AUTOMATIC1111 v1.10, which Forge
+    and reForge keep); the VAE methods are each host's own (a1111.py, forge.py, reforge.py)."""
+
+    name = ""
+    label = ""
+
+    @classmethod
+    def matches(cls) -> bool:
+        raise NotImplementedError
+
+    # -- objects ------------------------------------------------------------------------------------
+
+    @property
+    def shared(self) -> Any:
+        from modules import shared
+
+        return shared
+
+    def sd_model(self) -> Any:
+        return getattr(self.shared, "sd_model", None)
+
+    def cmd_opt(self, name: str, default: Any = None) -> Any:
+        return getattr(self.shared.cmd_opts, name, default)
+
+    # -- the VAE ------------------------------------------------------------------------------------
+
+    def vae_wrapper(self, sd_model: Any = None) -> Any:
+        """The host's VAE wrapper object (Forge/reForge ``VAE``); None where the VAE is a bare module."""
+        raise NotImplementedError
+
+    def vae_module(self, sd_model: Any = None, wrapper: Any = None) -> Any:
+        """The torch module that runs (encoder/decoder)."""
+        raise NotImplementedError
+
+    def vae_dtype_attrs(self, wrapper: Any = None) -> List[Tuple[Any, str]]:
+        """Attributes holding the dtype the host casts the VAE's input (and weights) to, for ``wrapper``
+        (the wrapper a decode runs on) or the loaded model's."""
+        raise NotImplementedError
+
+    def vae_source_files(self) -> List[str]:
+        """Files the VAE's weights were read from, most specific first (external VAE, checkpoint)."""
+        files = []
+        try:
+            from modules import sd_vae
+
+            if sd_vae.loaded_vae_file:
+                files.append(sd_vae.loaded_vae_file)
+        except Exception:  # noqa: BLE001 -- diagnostics only
+            pass
+        info = getattr(self.sd_model(), "sd_checkpoint_info", None)
+        if getattr(info, "filename", None):
+            files.append(info.filename)
+        return files
+
+    def encode_result_dtype(self) -> Any:
+        """The dtype the host's own encode returns (the sampler expects it)."""
+        from modules import devices
+
+        return devices.dtype_vae
+
+    def decode_method(self) -> str:
+        return str(getattr(self.shared.opts, "sd_vae_decode_method", "Full"))
+
+    def encode_method(self) -> str:
+        return str(getattr(self.shared.opts, "sd_vae_encode_method", "Full"))
+
+    def approximation_index(self, method: str) -> int:
+        from modules import sd_samplers_common
+
+        return sd_samplers_common.approximation_indexes.get(method, 0)
+
+    def patch_targets(self, decode: bool, encode: bool, resize: bool) -> List[PatchTarget]:
+        """The host functions SDFix replaces while a generation wants the fixes."""
+        from modules import images, processing, sd_samplers_common, upscaler
+
+        targets: List[PatchTarget] = []
+        if decode:
+            targets += [(processing, "decode_first_stage", "decode_first_stage"),
+                        (sd_samplers_common, "decode_first_stage", "decode_first_stage"),
+                        (sd_samplers_common, "samples_to_images_tensor", "samples_to_images_tensor")]
+        if encode:
+            targets += [(processing, "images_tensor_to_samples", "images_tensor_to_samples"),
+                        (sd_samplers_common, "images_tensor_to_samples", "images_tensor_to_samples")]
+        if resize:
+            targets += [(images, "resize_image", "resize_image"), (upscaler.Upscaler, "upscale", "upscaler_upscale")]
+        return targets
+
+    # -- upscaler -----------------------------------------------------------------------------------
+
+    def upscale_stop(self, scale: float) -> Callable[[Any, int, int, int], bool]:
+        """When the host's Upscaler.upscale loop stops running the model (before pass i)."""
+        return lambda im, w, h, i: im.width >= w and im.height >= h and (i > 0 or scale != 1)
+
+    def resize_extra_keywords(self) -> Tuple[str, ...]:
+        """Keywords the host's resize_image takes beyond AUTOMATIC1111's."""
+        return ()
+
+    def resize_converts_rgba(self) -> bool:
+        return False
+
+    # -- API ----------------------------------------------------------------------------------------
+
+    def api_enabled(self) -> bool:
+        return bool(self.cmd_opt("api", False) or self.cmd_opt("nowebui", False))
+
+    def txt2img_defaults(self) -> Dict[str, Any]:
+        """Fields this host's txt2img API needs beyond AUTOMATIC1111's defaults."""
+        return {}
+
+    def audit(self) -> Dict[str, Any]:
+        """What /sdfix/v1/status reports about this host's VAE precision setup."""
+        import torch
+
+        module = self.vae_module()
+        weights = None
+        if module is not None:
+            weights = next((str(p.dtype) for p in module.parameters() if p.is_floating_point()), None)
+        from modules import devices
+
+        return {
+            "host": self.name,
+            "vae_weights_dtype": weights,
+            "vae_dtype_setting": str(getattr(devices, "dtype_vae", None)),
+            "no_half_vae": bool(self.cmd_opt("no_half_vae", False)),
+            "no_half": bool(self.cmd_opt("no_half", False)),
+            "upcast_sampling": bool(self.cmd_opt("upcast_sampling", False)),
+            "precision": self.cmd_opt("precision"),
+            "vae_in": self._vae_in_flag(),
+            "torch": torch.__version__,
+        }
+
+    def _vae_in_flag(self) -> Optional[str]:
+        for dtype in ("fp32", "fp16", "bf16"):
+            if self.cmd_opt(f"vae_in_{dtype}", False):
+                return dtype
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def detect() -> Host:
+    """The host implementation for the WebUI this process runs."""
+    from lib_sdfix.webui.a1111 import A1111Host
+    from lib_sdfix.webui.forge import ForgeHost
+    from lib_sdfix.webui.reforge import ReForgeHost
+
+    for host in (ForgeHost, ReForgeHost):
+        if host.matches():
+            return host()
+    return A1111Host()
+
+
+def current() -> Host:
+    return detect()
+
+
+def has_module(name: str) -> bool:
+    """Whether ``name`` can be imported here, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+

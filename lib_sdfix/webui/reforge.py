@@ -1,0 +1,45 @@
+"""reForge (Panchovix/stable-diffusion-webui-reForge): a ComfyUI-style VAE in ``forge_objects.vae``.
+
+The wrapper (``ldm_patched.modules.sd.VAE``) casts the input to its ``vae_dtype`` in ``decode`` and
+``encode`` (not through ``decode_inner``); ``sd_model.first_stage_model`` is its inner module.  On a
+recent NVIDIA card that wrapper runs in bf16 while ``modules.devices.dtype_vae`` says fp32, so the
+wrapper's attribute, not the WebUI's, decides.  Its Upscaler loop stops one pass earlier than
+AUTOMATIC1111's when the image already exceeds the target.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Tuple
+
+from lib_sdfix.webui.forge import ForgeHost
+from lib_sdfix.webui.host import Host, PatchTarget, has_module
+
+__all__ = ["ReForgeHost"]
+
+
+class ReForgeHost(ForgeHost):
+    name = "reforge"
+    label = "reForge"
+
+    @classmethod
+    def matches(cls) -> bool:
+        return has_module("modules_forge") and has_module("ldm_patched.modules.sd")
+
+    def vae_source_files(self) -> List[str]:
+        return Host.vae_source_files(self)
+
+    def patch_targets(self, decode: bool, encode: bool, resize: bool) -> List[PatchTarget]:
+        from ldm_patched.modules import sd
+
+        targets = Host.patch_targets(self, decode, encode, resize)
+        if decode:
+            targets.append((sd.VAE, "decode", "wrapper_decode"))
+        if encode:
+            targets.append((sd.VAE, "encode", "wrapper_encode"))
+        return targets
+
+    def upscale_stop(self, scale: float) -> Callable[[Any, int, int, int], bool]:
+        # Before a pass: stop if already strictly larger (and scale != 1); after a pass: stop once big enough.
+        return lambda im, w, h, i: (im.width > w and im.height > h and scale != 1) or (i > 0 and im.width >= w and im.height >= h)
+
+    def txt2img_defaults(self):
+        return {}

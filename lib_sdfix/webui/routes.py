@@ -1,0 +1,116 @@
+"""SDFix's HTTP routes: ``GET /sdfix/v1/status`` and ``POST /sdfix/v1/ab``.
+
+They exist only where the host serves its API (``--api`` or ``--nowebui``), and sit behind the same
+``--api-auth`` credentials as ``/sdapi/v1/*``: with ``--listen --gradio-auth`` alone nobody on the
+network may run generations or write files through SDFix.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from lib_sdfix import __version__
+from lib_sdfix.settings import SettingsError
+from lib_sdfix.webui.host import current
+
+__all__ = ["on_app_started", "status", "auth_dependencies"]
+
+
+def auth_dependencies() -> List[Any]:
+    """The host's --api-auth check (it only guards its own /sdapi routes)."""
+    auth = current().cmd_opt("api_auth")
+    if not auth:
+        return []
+    from secrets import compare_digest
+
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+    credentials = dict(item.split(":", 1) for item in auth.split(",") if ":" in item)
+
+    def check(given=Depends(HTTPBasic())) -> bool:
+        expected = credentials.get(given.username)
+        if expected is not None and compare_digest(given.password.encode(), expected.encode()):
+            return True
+        raise HTTPException(status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+    # A real class, not the string this module's postponed annotations would give FastAPI.
+    check.__annotations__ = {"given": HTTPBasicCredentials, "return": bool}
+    return [Depends(check)]
+
+
+def status() -> Dict[str, Any]:
+    from lib_sdfix.precision import flag_api, read_flags
+    from lib_sdfix.webui.apply import disabled_by_flag, settings_defaults
+    from lib_sdfix.webui.session import PATCHES
+
+    import torch
+
+    host = current()
+    gpu = None
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        gpu = {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}",
+               "tf32_capable": major >= 8}
+    environment = {
+        **host.audit(),
+        "flag_api": flag_api(), "gpu": gpu,
+        "flags": {k: str(v) if not isinstance(v, (bool, str)) else v for k, v in read_flags().items()},
+        "vae_weights": _weights_mode(host),
+        "hires_sampler_selection_shown": bool(getattr(host.shared.opts, "hires_fix_show_sampler", False)),
+        "sd_vae_decode_method": host.decode_method(), "sd_vae_encode_method": host.encode_method(),
+        "patched_now": PATCHES.active(),
+    }
+    return {"version": __version__, "disabled": disabled_by_flag(), "settings": settings_defaults().as_dict(),
+            "environment": environment}
+
+
+def _weights_mode(host: Any) -> Dict[str, Any]:
+    """Which fp32 weights a guarded call would use: "exact" (from the file), "upcast" or "fp32"."""
+    from lib_sdfix.fp32_vae import exact_weights
+
+    try:
+        module = host.vae_module()
+        if module is None:
+            return {"mode": None, "reason": "no model loaded"}
+        result = exact_weights(module, host.vae_source_files())
+        if result.reason == "the VAE already runs in fp32":
+            return {"mode": "fp32", "reason": result.reason}
+        return {"mode": result.mode, "reason": result.reason, "cache_bytes": result.nbytes}
+    except Exception as exc:  # noqa: BLE001 -- a status page must answer
+        return {"mode": None, "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def on_app_started(demo: Any, app: Any) -> None:
+    host = current()
+    if not host.api_enabled():
+        return
+    from fastapi import Body, HTTPException
+
+    from lib_sdfix import ab
+    from lib_sdfix.webui.apply import settings_defaults
+    from lib_sdfix.webui.comparison import run_comparison
+    from lib_sdfix.webui.tab import api_response
+    from modules import call_queue
+
+    def compare(body=Body(...)):
+        try:
+            request = ab.ab_request_from_body(body, settings_defaults())
+        except SettingsError as err:
+            raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
+        shared = host.shared
+        with call_queue.queue_lock:
+            shared.state.begin(job="sdfix_ab")
+            try:
+                result = run_comparison(request)
+            except SettingsError as err:
+                raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
+            finally:
+                shared.state.end()
+        return api_response(result)
+
+    dependencies = auth_dependencies()
+    paths = {getattr(r, "path", None) for r in app.routes}
+    if "/sdfix/v1/status" not in paths:
+        app.add_api_route("/sdfix/v1/status", status, methods=["GET"], dependencies=dependencies)
+    if "/sdfix/v1/ab" not in paths:
+        app.add_api_route("/sdfix/v1/ab", compare, methods=["POST"], dependencies=dependencies)

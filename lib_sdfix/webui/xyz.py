@@ -1,0 +1,64 @@
+"""SDFix's axes in the X/Y/Z plot script, for with/without grids."""
+from __future__ import annotations
+
+from typing import Any, Callable, Tuple
+
+from lib_sdfix.settings import SettingsError, field
+
+__all__ = ["XYZ_AXES", "parse_axis_value", "add_xyz_axes"]
+
+#: X/Y/Z plot axes: (label, option, choices).  Booleans take "on"/"off".
+XYZ_AXES: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
+    ("SDFix: enabled", "enabled", ("on", "off")),
+    ("SDFix: precision guard", "precision_guard", ("on", "off")),
+    ("SDFix: guard encode", "guard_encode", ("on", "off")),
+    ("SDFix: Hires parity", "hires_parity", ("on", "off")),
+    ("SDFix: post-resize", "post_resize", ("on", "off")),
+    ("SDFix: resize filter", "resize_filter", field("resize_filter").choices),
+    ("SDFix: decode dtype", "decode_dtype", field("decode_dtype").choices),
+)
+
+
+def parse_axis_value(option: str, raw: str) -> Any:
+    """An X/Y/Z cell value as the option's type; raises SettingsError naming the option."""
+    spec = field(option)
+    text = str(raw).strip()
+    if spec.kind is bool:
+        lowered = text.lower()
+        if lowered in ("on", "true", "1", "yes"):
+            return True
+        if lowered in ("off", "false", "0", "no"):
+            return False
+        raise SettingsError({option: f"expected on or off, got {raw!r}"})
+    try:
+        return spec.validate(text) if spec.kind is str else spec.validate(float(text))
+    except ValueError as err:
+        raise SettingsError({option: str(err)}) from None
+
+
+def add_xyz_axes() -> None:
+    """Axes "SDFix: ..." in the X/Y/Z plot script (once, however often it is called)."""
+    import modules.scripts as scripts
+
+    from lib_sdfix.webui.apply import OVERRIDES_ATTR
+
+    xyz = next((d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"), None)
+    if xyz is None or any(getattr(o, "label", "").startswith("SDFix:") for o in xyz.axis_options):
+        return
+
+    def apply(option: str) -> Callable:
+        def apply_value(p: Any, x: Any, xs: Any) -> None:
+            setattr(p, OVERRIDES_ATTR, {**(getattr(p, OVERRIDES_ATTR, None) or {}), option: parse_axis_value(option, x)})
+
+        return apply_value
+
+    def confirm(option: str) -> Callable:
+        def check(p: Any, xs: Any) -> None:
+            for x in xs:
+                parse_axis_value(option, x)  # raises SettingsError naming the option: aborts the plot
+
+        return check
+
+    for label, option, choices in XYZ_AXES:
+        xyz.axis_options.append(xyz.AxisOption(label, str, apply(option), confirm=confirm(option),
+                                               choices=lambda choices=choices: list(choices)))
