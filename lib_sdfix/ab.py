@@ -15,17 +15,19 @@ import random
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
 from lib_sdfix.generation import FIX_DECODE, FIX_ENCODE, FIX_PARITY, FIX_RESIZE, split_fixes
-from lib_sdfix.settings import INFOTEXT_KEY, SDFixSettings, SettingsError
+from lib_sdfix.limits import check_text, check_txt2img_payload, decode_image_field
+from lib_sdfix.settings import INFOTEXT_KEY, SDFixSettings, SettingsError, describe
 
 __all__ = [
     "MODES",
     "MAX_VARIANTS",
+    "MAX_LABEL_CHARS",
     "FIXES",
     "Variant",
     "plan_variants",
@@ -50,12 +52,15 @@ __all__ = [
     "resolve_seed",
     "ABRequest",
     "ab_request_from_body",
+    "decode_image_field",
 ]
 
 #: Comparison modes: A = SDFix off / B = SDFix on, or baseline + each fix alone + all fixes.
 MODES = ("ab", "ablation")
 #: Most variants one comparison may render (each one is at least a VAE decode, up to a full sampling).
 MAX_VARIANTS = 8
+#: A label is one line above a grid cell and a table row: more than this is never readable.
+MAX_LABEL_CHARS = 128
 #: The fixes an ablation switches one by one: (fix key as in the infotext notes, option, label).
 FIXES: Tuple[Tuple[str, str, str], ...] = (
     (FIX_DECODE, "precision_guard", "precision guard"),
@@ -97,7 +102,7 @@ def plan_variants(mode: str, base: SDFixSettings) -> List[Variant]:
             variants.append(Variant(fix, f"{label} only", base.changed(enabled=True, **alone)))
         variants.append(Variant("all", "all fixes", base.changed(enabled=True, **{t: True for t in _TOGGLES})))
         return variants
-    raise SettingsError({"variants": f"unknown mode {mode!r}; expected one of {list(MODES)} or a list of variants"})
+    raise SettingsError({"variants": f"unknown mode {describe(mode)}; expected one of {list(MODES)} or a list of variants"})
 
 
 def parse_variants(value: Any, base: SDFixSettings, path: str = "variants") -> List[Variant]:
@@ -108,7 +113,7 @@ def parse_variants(value: Any, base: SDFixSettings, path: str = "variants") -> L
     """
     if isinstance(value, str):
         if value not in MODES:
-            _fail(path, f"unknown mode {value!r}; expected one of {list(MODES)} or a list of variants")
+            _fail(path, f"unknown mode {describe(value)}; expected one of {list(MODES)} or a list of variants")
         return plan_variants(value, base)
     if not isinstance(value, list):
         _fail(path, f"expected one of {list(MODES)} or a list of variants, got {type(value).__name__}")
@@ -127,20 +132,25 @@ def parse_variants(value: Any, base: SDFixSettings, path: str = "variants") -> L
         if not isinstance(spec, Mapping):
             problems[where] = f"expected an object {{\"name\": ..., \"settings\": {{...}}}}, got {type(spec).__name__}"
             continue
-        for key in spec:
-            if key not in ("name", "label", "settings"):
-                problems[f"{where}.{key}"] = "unknown field; expected name, label, settings"
+        unknown = [key for key in spec if key not in ("name", "label", "settings")]
+        for key in unknown[:10]:
+            problems[f"{where}.{key}"] = "unknown field; expected name, label, settings"
         name = spec.get("name")
         if not isinstance(name, str) or not _NAME_RE.match(name):
             problems[f"{where}.name"] = (f"expected 1-32 letters, digits, '_', '-' or '.', starting with a letter or "
-                                         f"digit, got {name!r}")
+                                         f"digit, got {describe(name)}")
         elif name.casefold() in seen:  # names become file names: "a" and "A" collide on Windows/macOS
             problems[f"{where}.name"] = f"duplicate name {name!r} (also variants[{seen[name.casefold()]}])"
         else:
             seen[name.casefold()] = i
         label = spec.get("label", name)
-        if not isinstance(label, str) or not label.strip():
-            problems[f"{where}.label"] = f"expected non-empty text, got {label!r}"
+        try:
+            check_text(label, MAX_LABEL_CHARS, name=True)
+            if not label.strip():
+                raise ValueError(f"expected non-empty text, got {describe(label)}")
+        except ValueError as err:
+            if "label" in spec or f"{where}.name" not in problems:
+                problems[f"{where}.label"] = str(err)
         options = spec.get("settings", {})
         settings = None
         if not isinstance(options, Mapping):
@@ -469,9 +479,14 @@ def heatmap(a: Image.Image, b: Image.Image, gain: float = 4.0) -> Image.Image:
     """|A - B| as a colour heatmap; ``gain`` (1-64) amplifies differences too small to see."""
     from lib_sdfix.metrics import difference_heatmap
 
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or math.isnan(gain) or not 1 <= gain <= 64:
-        raise SettingsError({"heatmap_gain": f"must be a number between 1 and 64, got {gain!r}"})
+    if not _valid_gain(gain):
+        raise SettingsError({"heatmap_gain": f"must be a number between 1 and 64, got {describe(gain)}"})
     return difference_heatmap(a, b, float(gain))
+
+
+def _valid_gain(gain: Any) -> bool:
+    # Comparisons only: math.isnan() of a huge JSON integer raises OverflowError.
+    return not isinstance(gain, bool) and isinstance(gain, (int, float)) and 1 <= gain <= 64
 
 
 # --- images: grid, HTML, files -----------------------------------------------------------------------
@@ -480,6 +495,32 @@ def heatmap(a: Image.Image, b: Image.Image, gain: float = 4.0) -> Image.Image:
 def _latin1(text: str) -> str:
     # PIL's built-in bitmap font only has Latin-1 glyphs.
     return str(text).encode("latin-1", "replace").decode("latin-1")
+
+
+def _fit_label(text: str, width: float, measure: Callable[[str], float]) -> str:
+    """The longest ``text[:k] + "..."`` that fits ``width`` (``text`` itself if it fits).
+
+    Binary search over the prefix length, one measurement per probe: O(n log n) for a label of n
+    characters.  Cutting one character at a time and re-measuring is O(n^2), and the grid is drawn
+    while the WebUI's queue lock is held.  Text width grows with the prefix, so this picks what
+    cutting one by one would: prefixes down to one character plus "...", then "x..", "x.", "x", "".
+    """
+    if measure(text) <= width:
+        return text
+    if len(text) > 4:
+        if measure(text[:1] + "...") <= width:
+            lo, hi = 1, len(text) - 4  # text[:lo] + "..." fits; find the largest such lo
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if measure(text[:mid] + "...") <= width:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            return text[:lo] + "..."
+        text = text[:1] + "..."
+    while text and measure(text) > width:
+        text = text[:-1]
+    return text
 
 
 def compose_grid(images: Sequence[Image.Image], labels: Sequence[str], columns: Optional[int] = None,
@@ -505,9 +546,7 @@ def compose_grid(images: Sequence[Image.Image], labels: Sequence[str], columns: 
     draw = ImageDraw.Draw(grid)
     for i, (image, label) in enumerate(zip(images, labels)):
         x, y = (i % columns) * cell_w, (i // columns) * cell_h
-        text = _latin1(label)
-        while text and draw.textlength(text, font=font) > cell_w - 2 * pad:
-            text = text[:-4] + "..." if len(text) > 4 else text[:-1]
+        text = _fit_label(_latin1(label), cell_w - 2 * pad, lambda t: draw.textlength(t, font=font))
         draw.text((x + pad, y + pad), text, fill=(0, 0, 0), font=font)
         grid.paste(image.convert("RGB"), (x, y + strip))
     return grid
@@ -783,34 +822,33 @@ class ABRequest:
 _BODY_FIELDS = ("payload", "variants", "heatmap_gain", "save")
 
 
-def ab_request_from_body(body: Any, base: SDFixSettings) -> ABRequest:
-    """Validate the JSON body of POST /sdfix/v1/ab.
+def ab_request_from_body(body: Any, base: SDFixSettings, *,
+                         choices: Optional[Mapping[str, Any]] = None) -> ABRequest:
+    """Validate the JSON body of POST /sdfix/v1/ab (and of the A/B tab's form) before anything runs.
 
     ``{"payload": {txt2img fields}, "variants": "ab" | "ablation" | [...] (default "ab"),
-    "heatmap_gain": 1-64 (default 4), "save": bool (default false)}``.  The payload is only checked
-    shallowly (an object, without ``alwayson_scripts.sdfix``: the variants carry the SDFix settings);
-    the WebUI validates its fields.  Raises :class:`SettingsError` naming every offending field.
+    "heatmap_gain": 1-64 (default 4), "save": bool (default false)}``.  Every payload field is
+    bounded as the WebUI's UI bounds it (:func:`lib_sdfix.limits.check_txt2img_payload`: sizes,
+    steps, prompts, option overrides; unknown fields refused); ``choices`` (optional) maps name
+    fields to the names the WebUI knows, e.g. ``{"hr_upscaler": [...]}``.  The request's payload is
+    the checked, normalised copy.  Raises :class:`SettingsError` naming every offending field
+    path (``payload.width``, ``variants[1].label``, ...).
     """
     if not isinstance(body, Mapping):
         raise SettingsError({"body": f"expected a JSON object, got {type(body).__name__}"})
     problems: Dict[str, str] = {}
-    for key in body:
-        if key not in _BODY_FIELDS:
-            problems[str(key)] = f"unknown field; expected {list(_BODY_FIELDS)}"
+    unknown = [key for key in body if key not in _BODY_FIELDS]
+    for key in unknown[:10]:
+        problems[str(key)] = f"unknown field; expected {list(_BODY_FIELDS)}"
 
-    payload = body.get("payload")
+    fields: Dict[str, Any] = {}
     if "payload" not in body:
         problems["payload"] = "required: the txt2img fields (prompt, seed, steps, ...)"
-    elif not isinstance(payload, Mapping):
-        problems["payload"] = f"expected an object of txt2img fields, got {type(payload).__name__}"
     else:
-        scripts = payload.get("alwayson_scripts")
-        if scripts is not None and not isinstance(scripts, Mapping):
-            problems["payload.alwayson_scripts"] = f"expected an object, got {type(scripts).__name__}"
-        elif scripts:
-            for name in scripts:
-                if str(name).lower() == "sdfix":  # the WebUI matches script titles case-insensitively
-                    problems[f"payload.alwayson_scripts.{name}"] = "not allowed here: each variant carries its SDFix settings"
+        try:
+            fields = check_txt2img_payload(body["payload"], "payload", choices=choices)
+        except SettingsError as err:
+            problems.update(err.problems)
 
     variants: List[Variant] = []
     try:
@@ -819,13 +857,13 @@ def ab_request_from_body(body: Any, base: SDFixSettings) -> ABRequest:
         problems.update(err.problems)
 
     gain = body.get("heatmap_gain", 4.0)
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or math.isnan(gain) or not 1 <= gain <= 64:
-        problems["heatmap_gain"] = f"must be a number between 1 and 64, got {gain!r}"
+    if not _valid_gain(gain):
+        problems["heatmap_gain"] = f"must be a number between 1 and 64, got {describe(gain)}"
 
     save = body.get("save", False)
     if not isinstance(save, bool):
-        problems["save"] = f"expected true or false, got {type(save).__name__} {save!r}"
+        problems["save"] = f"expected true or false, got {type(save).__name__} {describe(save)}"
 
     if problems:
         raise SettingsError(problems)
-    return ABRequest(dict(payload), tuple(variants), float(gain), save)
+    return ABRequest(fields, tuple(variants), float(gain), save)

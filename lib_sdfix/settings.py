@@ -6,7 +6,9 @@ text.  Parsing is strict: a wrong type, an unknown key or an out-of-range value 
 """
 from __future__ import annotations
 
+import itertools
 import math
+import reprlib
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -21,18 +23,49 @@ __all__ = [
     "PANEL_FIELDS",
     "OPTION_PREFIX",
     "defaults_from_options",
+    "describe",
 ]
 
 INFOTEXT_KEY = "SDFix"
 NOTES_INFOTEXT_KEY = "SDFix notes"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 6
+
+
+def describe(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters and three levels: error messages quote what a
+    client sent, and a megabyte string or a deeply nested list must not come back whole."""
+    return _REPR.repr(value)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+#: Problems spelled out in the message (all stay in ``problems``); the rest are counted.
+_SHOWN_PROBLEMS = 20
+
+
 class SettingsError(ValueError):
-    """Invalid SDFix settings; ``problems`` maps each offending field to what is wrong with it."""
+    """Invalid SDFix settings; ``problems`` maps each offending field to what is wrong with it.
+
+    The message (what the routes answer with) names at most 20 problems, each cut to a few
+    hundred characters, so a hostile body cannot make the answer huge.
+    """
 
     def __init__(self, problems: Mapping[str, str]):
         self.problems = dict(problems)
-        detail = "; ".join(f"{name}: {why}" for name, why in self.problems.items())
+        shown = itertools.islice(self.problems.items(), _SHOWN_PROBLEMS)
+        detail = "; ".join(f"{_clip(str(name), 120)}: {_clip(str(why), 300)}" for name, why in shown)
+        if len(self.problems) > _SHOWN_PROBLEMS:
+            detail += f"; and {len(self.problems) - _SHOWN_PROBLEMS} more"
+        # Field names echo the client's keys: a lone surrogate in one would make the JSON answer
+        # unencodable (HTTP 500), so the message spells it as an escape.
+        detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(f"invalid SDFix settings -- {detail}")
 
     @property
@@ -58,19 +91,22 @@ class Field:
         """The value, checked (ints are accepted for float fields); raises ValueError with the reason."""
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise ValueError(f"expected true or false, got {type(value).__name__} {value!r}")
+                raise ValueError(f"expected true or false, got {type(value).__name__} {describe(value)}")
             return value
         if self.kind is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
-            value = float(value)
-            if math.isnan(value) or not (self.minimum <= value <= self.maximum):
-                raise ValueError(f"must be between {self.minimum:g} and {self.maximum:g}, got {value!r}")
-            return value
+                raise ValueError(f"expected a number, got {type(value).__name__} {describe(value)}")
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float range
+                number = math.inf
+            if math.isnan(number) or not (self.minimum <= number <= self.maximum):
+                raise ValueError(f"must be between {self.minimum:g} and {self.maximum:g}, got {describe(value)}")
+            return number
         if not isinstance(value, str):
-            raise ValueError(f"expected one of {list(self.choices)}, got {type(value).__name__} {value!r}")
+            raise ValueError(f"expected one of {list(self.choices)}, got {type(value).__name__} {describe(value)}")
         if value not in self.choices:
-            raise ValueError(f"must be one of {list(self.choices)}, got {value!r}")
+            raise ValueError(f"must be one of {list(self.choices)}, got {describe(value)}")
         return value
 
 
@@ -189,6 +225,8 @@ class SDFixSettings:
                 problems[str(key)] = REMOVED_OPTIONS[key]
             elif key not in _BY_NAME:
                 problems[str(key)] = f"unknown option; known options are {list(UI_ARG_ORDER)}"
+                if len(problems) >= 50:  # a dict of 100,000 unknown keys needs no 100,000 entries
+                    break
         if problems:
             raise SettingsError(problems)
         return replace(base or cls(), **dict(values))
@@ -202,6 +240,8 @@ class SDFixSettings:
         clients send: ``[{"precision_guard": true}]``; the WebUI pads the list with UI defaults,
         which are ignored).
         """
+        if not isinstance(args, (list, tuple)):
+            raise SettingsError({"args": f"expected a list of values, got {type(args).__name__}"})
         args = list(args)
         if args and isinstance(args[0], Mapping):
             # The WebUI API fills the slots after the dict with the UI defaults: they are not the client's.
@@ -255,7 +295,7 @@ class SDFixSettings:
                 continue
             field = _BY_INFOTEXT.get(key)
             if not sep or field is None:
-                problems[key or token] = f"unknown SDFix infotext entry {token!r}"
+                problems[key or token] = f"unknown SDFix infotext entry {describe(token)}"
                 continue
             try:
                 values[field.name] = _parse_infotext_value(field, raw)
@@ -269,13 +309,13 @@ class SDFixSettings:
 def _parse_infotext_value(field: Field, raw: str) -> Any:
     if field.kind is bool:
         if raw not in ("0", "1"):
-            raise ValueError(f"expected 0 or 1, got {raw!r}")
+            raise ValueError(f"expected 0 or 1, got {describe(raw)}")
         return raw == "1"
     if field.kind is float:
         try:
             return float(raw)
         except ValueError:
-            raise ValueError(f"expected a number, got {raw!r}") from None
+            raise ValueError(f"expected a number, got {describe(raw)}") from None
     return raw
 
 
