@@ -348,7 +348,8 @@ PAYLOAD_RULES: Dict[str, Rule] = {
     "script_args": Rule("json", _IGNORED, nullable=True),
     "send_images": _bool(_IGNORED),
     "save_images": _bool(_IGNORED + "; use the body's \"save\""),
-    "alwayson_scripts": Rule("json", _IGNORED + "; sdfix refused: each variant carries its settings", nullable=True),
+    "alwayson_scripts": Rule("json", "other extensions' AlwaysOn script args, run in every variant as the WebUI's "
+                                     "API runs them; sdfix refused: each variant carries its settings", nullable=True),
     "infotext": Rule("text", _IGNORED + "; MAX_INFOTEXT_CHARS", maximum=MAX_INFOTEXT_CHARS, nullable=True),
 }
 

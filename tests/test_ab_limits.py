@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageFile
 
 from lib_sdfix import limits
 from lib_sdfix.ab import MAX_LABEL_CHARS, _fit_label, ab_request_from_body, compose_grid, payload_from_infotext
-from lib_sdfix.ab_ui import FORM_FIELDS, payload_from_form
+from lib_sdfix.webui.tab import FORM_FIELDS, payload_from_form
 from lib_sdfix.limits import (
     MAX_IMAGE_PIXELS,
     OVERRIDE_REFUSED,
@@ -25,7 +25,7 @@ from lib_sdfix.limits import (
     hires_size,
     max_base64_chars,
 )
-from lib_sdfix.settings import SDFixSettings, SettingsError
+from lib_sdfix.settings import UI_ARG_ORDER, SDFixSettings, SettingsError
 
 CHEAP = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "seed": 1}
 
@@ -374,7 +374,7 @@ def test_error_messages_stay_small_whatever_was_sent():
 
 
 def test_script_args_refuse_huge_integers_and_non_lists():
-    for args in ([True] * 8 + [10 ** 400], [{"latent_denoise_warning": -(10 ** 400)}]):
+    for args in ([True] * (len(UI_ARG_ORDER) - 1) + [10 ** 400], [{"latent_denoise_warning": -(10 ** 400)}]):
         with pytest.raises(SettingsError) as err:
             SDFixSettings.from_args(args)
         assert "latent_denoise_warning" in err.value.problems

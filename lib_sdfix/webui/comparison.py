@@ -21,7 +21,7 @@ from lib_sdfix.settings import SDFixSettings, SettingsError
 from lib_sdfix.webui.host import current
 from lib_sdfix.webui.session import PATCHES
 
-__all__ = ["run_comparison", "txt2img_fields", "script_args_for"]
+__all__ = ["run_comparison", "txt2img_fields", "script_args_for", "request_from_body"]
 
 _PAYLOAD_DROPPED = ("script_args", "alwayson_scripts", "infotext", "send_images", "save_images",
                     "force_task_id", "sampler_index")
@@ -29,6 +29,16 @@ _LOCAL = threading.local()
 
 
 # --- the payload ------------------------------------------------------------------------------------
+
+
+def request_from_body(body: Any) -> Any:
+    """A validated A/B request (lib_sdfix.ab), with the names this host knows for its name fields."""
+    from lib_sdfix import ab
+    from lib_sdfix.webui.apply import settings_defaults
+
+    shared = current().shared
+    choices = {"hr_upscaler": [*shared.latent_upscale_modes, *[x.name for x in shared.sd_upscalers]]}
+    return ab.ab_request_from_body(body, settings_defaults(), choices=choices)
 
 
 def txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
@@ -108,34 +118,53 @@ def script_args_for(runner: Any, alwayson: Dict[str, Any], settings: SDFixSettin
     return args
 
 
-# --- sampling injection -------------------------------------------------------------------------------
+# --- sampling: record, and inject ---------------------------------------------------------------------
+
+
+class _Sampling:
+    """The latents the samplers of one run return, in order (first pass, Hires pass), and the latents
+    queued to hand them instead of sampling."""
+
+    def __init__(self, inject: List[Any]) -> None:
+        self.inject = list(inject)
+        self.outputs: List[Any] = []
+
+    def wrap(self, sampler: Any) -> Any:
+        index = len(self.outputs)
+        self.outputs.append(None)
+        latent = self.inject[index] if index < len(self.inject) else None
+        launch = sampler.launch_sampling
+
+        def launch_sampling(steps: int, func: Callable[[], Any]) -> Any:
+            result = latent.clone() if latent is not None else launch(steps, func)
+            self.outputs[index] = result.clone()
+            return result
+
+        sampler.launch_sampling = launch_sampling
+        return sampler
 
 
 def _create_sampler(original: Callable) -> Callable:
-    """``sd_samplers.create_sampler``: hands the next queued latent to the sampler being created."""
+    """``sd_samplers.create_sampler``: on a comparison's thread, every sampler reports (and may skip) its sampling."""
 
     def create_sampler(*args: Any, **kwargs: Any) -> Any:
         sampler = original(*args, **kwargs)
-        queue = getattr(_LOCAL, "inject", None)
-        if queue:
-            latent = queue.pop(0)
-            if latent is not None:
-                sampler.launch_sampling = lambda steps, func, _latent=latent: _latent.clone()
-        return sampler
+        sampling = getattr(_LOCAL, "sampling", None)
+        return sampling.wrap(sampler) if sampling is not None else sampler
 
     return create_sampler
 
 
 @contextlib.contextmanager
-def _injecting(latents: List[Any]) -> Iterator[None]:
+def _sampling(inject: List[Any]) -> Iterator[_Sampling]:
     from modules import sd_samplers
 
-    _LOCAL.inject = list(latents)
+    _LOCAL.sampling = sampling = _Sampling(inject)
     PATCHES.acquire(sd_samplers, "create_sampler", _create_sampler)
     try:
-        yield
+        yield sampling
     finally:
-        _LOCAL.inject = None
+        _LOCAL.sampling = None
         PATCHES.release(sd_samplers, "create_sampler")
 
 
@@ -143,7 +172,7 @@ def _injecting(latents: List[Any]) -> Iterator[None]:
 
 
 class _Run:
-    """One generation of the comparison; captures the first-pass and final latents."""
+    """One generation of the comparison; keeps the first-pass and final latents its samplers returned."""
 
     def __init__(self, fields: Dict[str, Any], alwayson: Dict[str, Any], settings: SDFixSettings) -> None:
         self.fields, self.alwayson, self.settings = fields, alwayson, settings
@@ -159,6 +188,9 @@ class _Run:
         p.outpath_samples = shared.opts.outdir_txt2img_samples
         p.outpath_grids = shared.opts.outdir_txt2img_grids
         p.do_not_save_samples = p.do_not_save_grid = True
+        # The payload carries every field: built-in scripts that copy the UI's sampler/seed controls into
+        # p ("setup_for_ui_only") must not run, exactly as for the WebUI's own API.
+        p.is_api = True
         runner = scripts.scripts_txt2img
         try:
             args = script_args_for(runner, self.alwayson, self.settings)
@@ -180,20 +212,12 @@ class _Run:
         from modules import processing
 
         p = self._processing()
-        original_sample, original_hr = p.sample, p.sample_hr_pass
-
-        def sample(*args: Any, **kwargs: Any) -> Any:
-            self.final = original_sample(*args, **kwargs)
-            return self.final
-
-        def sample_hr_pass(samples: Any, *args: Any, **kwargs: Any) -> Any:
-            if samples is not None:
-                self.first_pass = samples.clone()
-            return original_hr(samples, *args, **kwargs)
-
-        p.sample, p.sample_hr_pass = sample, sample_hr_pass
-        with contextlib.closing(p), _injecting(inject):
-            return processing.process_images(p)
+        with contextlib.closing(p), _sampling(inject) as sampling:
+            processed = processing.process_images(p)
+        outputs = [o for o in sampling.outputs if o is not None]
+        self.first_pass = outputs[0] if len(outputs) > 1 else None
+        self.final = outputs[-1] if outputs else None
+        return processed
 
 
 def _first_image(processed: Any) -> Tuple[Any, str]:

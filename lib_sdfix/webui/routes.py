@@ -86,15 +86,13 @@ def on_app_started(demo: Any, app: Any) -> None:
         return
     from fastapi import Body, HTTPException
 
-    from lib_sdfix import ab
-    from lib_sdfix.webui.apply import settings_defaults
-    from lib_sdfix.webui.comparison import run_comparison
+    from lib_sdfix.webui.comparison import request_from_body, run_comparison
     from lib_sdfix.webui.tab import api_response
     from modules import call_queue
 
     def compare(body=Body(...)):
         try:
-            request = ab.ab_request_from_body(body, settings_defaults())
+            request = request_from_body(body)
         except SettingsError as err:
             raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
         shared = host.shared

@@ -199,8 +199,7 @@ def on_ui_tabs() -> List[Any]:
 
     from lib_sdfix import ab
     from lib_sdfix.settings import SettingsError
-    from lib_sdfix.webui.apply import settings_defaults
-    from lib_sdfix.webui.comparison import run_comparison
+    from lib_sdfix.webui.comparison import request_from_body, run_comparison
     from lib_sdfix.webui.host import current
     from modules import call_queue, infotext_utils, paths, sd_samplers, sd_schedulers
 
@@ -227,8 +226,7 @@ def on_ui_tabs() -> List[Any]:
         body = {"payload": payload_from_form(form), "variants": MODE_CHOICES.get(mode, "ab"),
                 "heatmap_gain": gain, "save": bool(save)}
         try:
-            request = ab.ab_request_from_body(body, settings_defaults())
-            return tab_outputs(run_comparison(request))
+            return tab_outputs(run_comparison(request_from_body(body)))
         except SettingsError as err:
             return [gr.update(), "", [], None, None, f"**SDFix:** {err}", ""]
 

@@ -1,9 +1,24 @@
-"""End-to-end tests against a running AUTOMATIC1111 WebUI (v1.10.1) with SDFix and the observer.
+"""End-to-end tests against running WebUIs with SDFix and the test observer installed.
 
-Set ``SDFIX_E2E_URL`` (e.g. http://127.0.0.1:7860, a WebUI started with ``--no-half --precision
-full``) and/or ``SDFIX_E2E_URL_FP16`` (``--precision half``).  Both must run with ``--api`` and have
-``tests/e2e/observer`` installed as an extension beside SDFix (and ``SDFIX_OBSERVER_TF32=1`` in their
-environment to reproduce a GPU user's TF32 flags).  Without either variable every test here skips.
+Each host instance is named by its own environment variable; tests run against every instance that
+is set and skip cleanly when none is:
+
+====================  ========  =========================================================================
+variable              mode      instance
+====================  ========  =========================================================================
+SDFIX_E2E_URL         fp32      AUTOMATIC1111 v1.10.1, ``--no-half --precision full``
+SDFIX_E2E_URL_FP16    fp16      AUTOMATIC1111, ``--precision half`` (fp16 VAE, as GPU users run it)
+SDFIX_E2E_URL_UPCAST  upcast    AUTOMATIC1111, ``--precision half --upcast-sampling``
+SDFIX_E2E_URL_SDXL    sdxl      AUTOMATIC1111 with an SDXL checkpoint selected
+SDFIX_E2E_URL_FORGE   forge     Forge, ``--always-cpu --vae-in-bf16``
+SDFIX_E2E_URL_REFORGE reforge   reForge, ``--always-cpu --vae-in-bf16`` and ``SDFIX_OBSERVER_DTYPE_VAE=fp32``
+====================  ========  =========================================================================
+
+Reference instances used by single tests: ``SDFIX_E2E_URL_FORGE_FP32`` (Forge ``--vae-in-fp32``),
+``SDFIX_E2E_URL_NOHALFVAE`` (AUTOMATIC1111 ``--precision half --no-half-vae``), ``SDFIX_E2E_URL_NOAPI``
+(AUTOMATIC1111 started without ``--api``).  Every instance needs ``tests/e2e/observer`` installed as a
+second extension and ``SDFIX_OBSERVER_TF32=1`` in its environment (sets TF32/benchmark at start as
+an Ampere+ GPU does, so a CPU run reproduces a GPU user's flags).
 """
 from __future__ import annotations
 
@@ -18,14 +33,50 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-URLS = {
-    "fp32": os.environ.get("SDFIX_E2E_URL", "").rstrip("/"),
-    "fp16": os.environ.get("SDFIX_E2E_URL_FP16", "").rstrip("/"),
+
+@dataclass(frozen=True)
+class Mode:
+    variable: str
+    host: str
+    native_vae: str  # the dtype the host's VAE runs in without SDFix
+    precision: Optional[str] = None  # AUTOMATIC1111's --precision
+    upcast: bool = False
+    sdxl: bool = False
+    slow: bool = False  # half precision on this CPU: R-ESRGAN and Hires passes take minutes
+
+
+MODES_ALL = {
+    "fp32": Mode("SDFIX_E2E_URL", "a1111", "torch.float32", precision="full"),
+    "fp16": Mode("SDFIX_E2E_URL_FP16", "a1111", "torch.float16", precision="half", slow=True),
+    "upcast": Mode("SDFIX_E2E_URL_UPCAST", "a1111", "torch.float16", precision="half", upcast=True, slow=True),
+    "sdxl": Mode("SDFIX_E2E_URL_SDXL", "a1111", "torch.float16", sdxl=True, slow=True),
+    "forge": Mode("SDFIX_E2E_URL_FORGE", "forge", "torch.bfloat16"),
+    "reforge": Mode("SDFIX_E2E_URL_REFORGE", "reforge", "torch.bfloat16"),
 }
+URLS = {name: os.environ.get(mode.variable, "").rstrip("/") for name, mode in MODES_ALL.items()}
+REFERENCE_URLS = {name: os.environ.get(f"SDFIX_E2E_URL_{name.upper()}", "").rstrip("/")
+                  for name in ("forge_fp32", "nohalfvae", "noapi")}
 TIMEOUT = float(os.environ.get("SDFIX_E2E_TIMEOUT", "900"))
 # "user:password" when the WebUI runs with --api-auth (sent with every request unless auth=False)
 AUTH = os.environ.get("SDFIX_E2E_AUTH", "")
-MODES = [mode for mode, url in URLS.items() if url] or ["fp32"]
+MODES = [name for name, url in URLS.items() if url] or ["fp32"]
+
+
+def call(url: str, method: str, path: str, body: Optional[Any] = None, auth: Optional[bool] = None) -> Tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if AUTH and auth is not False:
+        headers["Authorization"] = "Basic " + base64.b64encode(AUTH.encode()).decode()
+    request = urllib.request.Request(url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
 
 
 @dataclass
@@ -35,21 +86,16 @@ class WebUI:
     mode: str
     url: str
 
+    @property
+    def spec(self) -> Mode:
+        return MODES_ALL[self.mode]
+
+    @property
+    def host(self) -> str:
+        return self.spec.host
+
     def call(self, method: str, path: str, body: Optional[Any] = None, auth: Optional[bool] = None) -> Tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if AUTH and auth is not False:
-            headers["Authorization"] = "Basic " + base64.b64encode(AUTH.encode()).decode()
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read()
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return call(self.url, method, path, body, auth)
 
     def ok(self, method: str, path: str, body: Optional[Any] = None) -> Any:
         status, payload = self.call(method, path, body)
@@ -58,6 +104,16 @@ class WebUI:
 
     # -- generation helpers ------------------------------------------------------------------
 
+    def body(self, **fields: Any) -> Dict[str, Any]:
+        """A small generation body for this host (Forge's API needs hr_additional_modules with Hires)."""
+        body = {"prompt": "a portrait, detailed skin", "negative_prompt": "blurry", "seed": 1234,
+                "steps": 2, "width": 64, "height": 64, "cfg_scale": 5, "sampler_name": "Euler",
+                "scheduler": "Automatic", "send_images": True, "save_images": False}
+        body.update(fields)
+        if self.host == "forge":
+            body.setdefault("hr_additional_modules", ["Use same choices"])
+        return body
+
     def txt2img(self, sdfix: Optional[List[Any]] = None, **fields: Any) -> "Result":
         return self._generate("/sdapi/v1/txt2img", sdfix, fields)
 
@@ -65,16 +121,18 @@ class WebUI:
         return self._generate("/sdapi/v1/img2img", sdfix, fields)
 
     def _generate(self, path: str, sdfix: Optional[List[Any]], fields: Dict[str, Any]) -> "Result":
-        body = {"prompt": "a portrait, detailed skin", "negative_prompt": "blurry", "seed": 1234,
-                "steps": 2, "width": 64, "height": 64, "cfg_scale": 5, "sampler_name": "Euler",
-                "scheduler": "Automatic", "send_images": True, "save_images": False}
-        body.update(fields)
+        body = self.body(**fields)
+        if path.endswith("img2img"):
+            body.pop("hr_additional_modules", None)
         if sdfix is not None:
-            body["alwayson_scripts"] = {"sdfix": {"args": sdfix}}
+            body["alwayson_scripts"] = {**body.get("alwayson_scripts", {}), "sdfix": {"args": sdfix}}
         self.ok("POST", "/sdfix-observer/reset")
         payload = self.ok("POST", path, body)
         records = self.ok("GET", "/sdfix-observer/records")
         return Result(payload, records)
+
+    def flags(self) -> Dict[str, Any]:
+        return self.ok("GET", "/sdfix-observer/flags")
 
 
 @dataclass
@@ -112,24 +170,37 @@ class Result:
         return [r for r in self.records["vae"] if r["part"] == part]
 
 
-@pytest.fixture(scope="session", params=MODES)
-def webui(request) -> WebUI:
-    url = URLS[request.param]
+def _client(mode: str) -> WebUI:
+    url = URLS[mode]
     if not url:
-        pytest.skip("set SDFIX_E2E_URL / SDFIX_E2E_URL_FP16 to a running WebUI to run the e2e tests")
-    client = WebUI(request.param, url)
+        pytest.skip("set SDFIX_E2E_URL* to running WebUIs to run the e2e tests (see tests/e2e/conftest.py)")
+    client = WebUI(mode, url)
     status, flags = client.call("GET", "/sdapi/v1/cmd-flags")
     assert status == 200, f"{url} is not a WebUI with --api: {flags}"
-    expected_half = request.param == "fp16"
-    assert (flags.get("precision") == "half") == expected_half, f"{url} runs precision={flags.get('precision')}"
+    spec = MODES_ALL[mode]
+    if spec.precision:
+        assert flags.get("precision") == spec.precision, f"{url} runs precision={flags.get('precision')}"
+    assert bool(flags.get("upcast_sampling")) == spec.upcast, f"{url}: --upcast-sampling is {flags.get('upcast_sampling')}"
     status, _ = client.call("GET", "/sdfix-observer/flags")
     assert status == 200, "the SDFix e2e observer extension is not installed in this WebUI"
+    environment = client.ok("GET", "/sdfix/v1/status")["environment"]
+    assert environment["host"] == spec.host, f"{url} is {environment['host']}, expected {spec.host}"
     client.ok("POST", "/sdfix-observer/hide-sdfix", {"hide": False})
     client.ok("POST", "/sdfix-observer/inject-failure", {"target": "none"})
     return client
+
+
+@pytest.fixture(scope="session", params=MODES)
+def webui(request) -> WebUI:
+    return _client(request.param)
 
 
 def encode_png(image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def skip_slow(webui: WebUI, what: str) -> None:
+    if webui.spec.slow:
+        pytest.skip(f"{what} in half precision on this CPU takes many minutes (shared/webui-offline/README.md)")

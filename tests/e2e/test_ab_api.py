@@ -8,7 +8,7 @@ import os
 import pytest
 from PIL import Image
 
-from .conftest import AUTH
+from .conftest import AUTH, skip_slow
 
 PAYLOAD = {"prompt": "a portrait, detailed skin", "negative_prompt": "blurry", "seed": 4321, "steps": 2,
            "width": 64, "height": 64, "cfg_scale": 5, "sampler_name": "Euler"}
@@ -23,15 +23,22 @@ def test_status_reports_version_settings_and_environment(webui):
     assert status["version"] and status["settings"]["precision_guard"] is True
     env = status["environment"]
     assert env["torch"] and env["flag_api"] in ("legacy", "fp32_precision", "both")
-    assert env["precision"] == ("half" if webui.mode == "fp16" else "full")
+    assert env["host"] == webui.host and env["vae_weights"]["mode"] in ("fp32", "upcast", "exact")
+    if webui.spec.precision:
+        assert env["precision"] == webui.spec.precision
     assert env["flags"]["cudnn.allow_tf32"] is True  # what the WebUI set on an Ampere+ GPU
     assert env["patched_now"] == []
+
+
+def _payload(webui):
+    """PAYLOAD plus the fields this host's API needs."""
+    return {**{k: v for k, v in webui.body().items() if k not in ("send_images", "save_images")}, **PAYLOAD}
 
 
 def test_ab_shares_the_sampling_and_matches_plain_generations(webui):
     flags_before = webui.ok("GET", "/sdfix-observer/flags")
     webui.ok("POST", "/sdfix-observer/reset")
-    result = webui.ok("POST", "/sdfix/v1/ab", {"payload": PAYLOAD, "variants": "ab"})
+    result = webui.ok("POST", "/sdfix/v1/ab", {"payload": _payload(webui), "variants": "ab"})
     assert result["complete"] and result["runs"] == 1 and [v["name"] for v in result["variants"]] == ["A", "B"]
     records = webui.ok("GET", "/sdfix-observer/records")
     decodes = [r for r in records["vae"] if r["part"] == "decoder"]
@@ -47,7 +54,7 @@ def test_ab_shares_the_sampling_and_matches_plain_generations(webui):
     assert {m["name"] for m in metrics} == {"A", "B"} and metrics[0]["psnr"] == "inf"
     assert all(k in metrics[1] for k in ("psnr", "ssim", "laplacian_variance", "high_frequency_energy", "time_s"))
     assert base64.b64decode(result["heatmap"])[:8] == b"\x89PNG\r\n\x1a\n"
-    if webui.mode == "fp16":  # the fp16 VAE and the fp32 one really differ
+    if webui.spec.native_vae != "torch.float32":  # the half-precision VAE and the fp32 one really differ
         assert pixels(result["images"]["A"]) != pixels(result["images"]["B"])
         assert any("changed" in note for note in result["notes"])
     assert webui.ok("GET", "/sdfix-observer/flags") == flags_before
@@ -55,7 +62,7 @@ def test_ab_shares_the_sampling_and_matches_plain_generations(webui):
 
 
 def test_ablation_and_saving(webui):
-    result = webui.ok("POST", "/sdfix/v1/ab", {"payload": PAYLOAD, "variants": "ablation", "save": True})
+    result = webui.ok("POST", "/sdfix/v1/ab", {"payload": _payload(webui), "variants": "ablation", "save": True})
     names = [v["name"] for v in result["variants"]]
     assert names[0] == "baseline" and names[-1] == "all" and len(names) == 6
     assert result["runs"] == 1
@@ -68,15 +75,33 @@ def test_ablation_and_saving(webui):
         assert "SDFix: on=1" in image.info["parameters"]
 
 
+def test_hires_comparison_with_the_same_sampler_samples_once(webui):
+    """SDFix off vs on with the default "use same sampler" and a latent upscaler differ only in the
+    decode: one sampling (first pass and Hires pass), the other variant decoded from it."""
+    skip_slow(webui, "a Hires pass")
+    payload = dict(_payload(webui), enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.6,
+                   hr_second_pass_steps=1)
+    webui.ok("POST", "/sdfix-observer/reset")
+    result = webui.ok("POST", "/sdfix/v1/ab", {"payload": payload, "variants": "ab"})
+    unet = webui.ok("GET", "/sdfix-observer/records")["unet"]
+    assert result["complete"] and result["runs"] == 1
+    assert [r["kind"] for r in result["plan"]] == ["full sampling", "decode only (shared sampling)"]
+    plain_off = webui.txt2img([{"enabled": False}], **payload)
+    plain_on = webui.txt2img([{"enabled": True}], **payload)
+    assert len(unet) == len(plain_off.records["unet"]) > 0
+    assert pixels(result["images"]["A"]) == plain_off.pixels()
+    assert pixels(result["images"]["B"]) == plain_on.pixels()
+
+
 def test_hires_comparison_shares_the_first_pass(webui):
-    if webui.mode == "fp16":
-        pytest.skip("a Hires pass in fp16 on this CPU takes 10+ minutes")
-    payload = dict(PAYLOAD, enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.6,
+    skip_slow(webui, "a Hires pass")
+    payload = dict(_payload(webui), enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.6,
                    hr_second_pass_steps=1, hr_sampler_name="DPM++ 2M")
     webui.ok("POST", "/sdfix-observer/reset")
     result = webui.ok("POST", "/sdfix/v1/ab", {"payload": payload, "variants": "ab"})
     unet = webui.ok("GET", "/sdfix-observer/records")["unet"]
-    assert result["complete"] and result["runs"] == 3  # one first pass + one Hires pass per variant
+    assert result["complete"] and result["runs"] == 2  # one first pass shared, one Hires pass per variant
+    assert [r["kind"] for r in result["plan"]] == ["full sampling", "Hires pass (shared first pass)"]
     assert "Hires sampler DPM++ 2M -> Euler" in result["infotexts"]["B"]
     assert "Hires sampler: DPM++ 2M" in result["infotexts"]["A"]
 

@@ -1,16 +1,23 @@
-"""SDFix inside a real WebUI v1.10.1, observed from the inside (see conftest.py for the setup)."""
+"""SDFix inside real WebUIs (AUTOMATIC1111 v1.10.1, Forge, reForge), observed from the inside (see conftest.py)."""
 from __future__ import annotations
 
 import pytest
 from PIL import Image
 
-from lib_sdfix.settings import SDFixSettings
+from lib_sdfix.settings import UI_ARG_ORDER, SDFixSettings
 
-from .conftest import AUTH, encode_png
+from .conftest import AUTH, encode_png, skip_slow
 
 GUARDED = {"cuda.matmul.allow_tf32": False, "cudnn.allow_tf32": False, "cudnn.benchmark": False,
            "float32_matmul_precision": "highest"}
-LANCZOS = int(Image.LANCZOS)
+LANCZOS, BOX = int(Image.LANCZOS), int(Image.BOX)
+# What "weights=" says: the SD1.5 test checkpoints are fp16 files.  An fp32 VAE needs no cast; an fp16
+# VAE from an fp16 file is upcast (lossless); a bf16 VAE from an fp16 file gets the file's own values.
+WEIGHTS = {"torch.float32": "fp32", "torch.float16": "upcast", "torch.bfloat16": "exact"}
+
+
+def native_vae(webui) -> str:
+    return webui.ok("GET", "/sdfix/v1/status")["environment"]["vae_weights_dtype"]
 
 
 def assert_guarded(record):
@@ -22,39 +29,45 @@ def assert_guarded(record):
 
 
 def assert_restored(webui, before):
-    after = webui.ok("GET", "/sdfix-observer/flags")
+    after = webui.flags()
     assert after == before, (before, after)
     functions = webui.ok("GET", "/sdfix-observer/functions")
     assert all(state["original"] for state in functions.values()), functions
+    assert webui.ok("GET", "/sdfix/v1/status")["environment"]["patched_now"] == []
 
 
 @pytest.fixture
 def flags_before(webui):
-    return webui.ok("GET", "/sdfix-observer/flags")
+    return webui.flags()
 
 
 def test_txt2img_decode_is_guarded_and_everything_restored(webui, flags_before):
+    native = native_vae(webui)
     result = webui.txt2img()
     decodes = result.vae("decoder")
     assert len(decodes) == 1
     assert_guarded(decodes[0])
-    assert result.params()["SDFix"] == SDFixSettings().to_infotext()
+    text = result.params()["SDFix"]
+    assert SDFixSettings.from_infotext(text) == SDFixSettings()
+    assert text.endswith(f"weights={WEIGHTS[native]}"), text
     assert "SDFix notes" not in result.params()
+    assert native_vae(webui) == native  # the VAE is back in its own dtype
     assert_restored(webui, flags_before)
 
 
-def test_without_sdfix_the_vae_runs_as_the_webui_sets_it(webui, flags_before):
-    """The observer sees what SDFix fixes: the WebUI's own flags (and VAE dtype) during decode."""
+def test_without_sdfix_the_vae_runs_as_the_host_sets_it(webui, flags_before):
+    """The observer sees what SDFix fixes: the host's own flags and VAE dtype during decode."""
+    native = native_vae(webui)
     result = webui.txt2img([{"enabled": False}])
     record = result.vae("decoder")[0]
     assert record["flags"]["cudnn.allow_tf32"] == flags_before["cudnn.allow_tf32"]
-    expected = "torch.float16" if webui.mode == "fp16" else "torch.float32"
-    assert record["weight_dtype"] == expected and record["input_dtype"] == expected
+    assert record["weight_dtype"] == native and record["input_dtype"] == native
     assert "SDFix" not in result.params()
 
 
 def test_positional_and_named_args(webui, flags_before):
-    positional = [True, False, True, True, True, "LANCZOS", "fp32", False, 0.5]
+    positional = SDFixSettings(precision_guard=False).as_args()
+    assert len(positional) == len(UI_ARG_ORDER)
     by_list = webui.txt2img(positional)
     by_dict = webui.txt2img([{"precision_guard": False}])
     for result in (by_list, by_dict):
@@ -70,12 +83,12 @@ def test_positional_and_named_args(webui, flags_before):
     ([{"precison_guard": True}], "precison_guard"),
     ([{"latent_denoise_warning": 2}], "latent_denoise_warning"),
     ([{"resize_filter": "BILINEAR"}], "resize_filter"),
+    ([{"guard_previews": True}], "guard_previews"),
     ([True, "no"], "precision_guard"),
 ])
 def test_bad_args_fail_with_422_naming_the_field(webui, args, field, flags_before):
-    status, body = webui.call("POST", "/sdapi/v1/txt2img", {
-        "prompt": "x", "steps": 1, "width": 64, "height": 64,
-        "alwayson_scripts": {"sdfix": {"args": args}}})
+    status, body = webui.call("POST", "/sdapi/v1/txt2img", webui.body(
+        prompt="x", steps=1, alwayson_scripts={"sdfix": {"args": args}}))
     assert status == 422, body
     assert field in body["detail"] and "SDFix" in body["detail"]
     assert "Traceback" not in str(body)
@@ -83,6 +96,7 @@ def test_bad_args_fail_with_422_naming_the_field(webui, args, field, flags_befor
 
 
 def test_hires_latent_parity_overrides_explicit_sampler_and_says_so(webui, flags_before):
+    skip_slow(webui, "a Hires pass")
     hires = dict(enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.6,
                  hr_second_pass_steps=2, sampler_name="DPM++ 2M", scheduler="Exponential",
                  hr_sampler_name="Euler", hr_scheduler="Uniform")
@@ -107,6 +121,7 @@ def test_hires_latent_parity_overrides_explicit_sampler_and_says_so(webui, flags
 
 
 def test_latent_upscaler_with_low_denoising_is_noted_not_changed(webui):
+    skip_slow(webui, "a Hires pass")
     result = webui.txt2img(enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.3,
                            hr_second_pass_steps=1)
     assert "bilinear" in result.params()["SDFix notes"]
@@ -119,14 +134,13 @@ def _upscale_resizes(result):
 
 
 @pytest.mark.parametrize("target", [(100, 100), (128, 128)])
-def test_hires_resrgan_one_lanczos_pass_and_guarded_encode(webui, flags_before, target):
-    if webui.mode == "fp16":
-        pytest.skip("R-ESRGAN in fp16 on the CPU takes over 10 minutes (shared/webui-offline/README.md)")
+def test_hires_resrgan_one_pass_and_guarded_encode(webui, flags_before, target):
+    skip_slow(webui, "R-ESRGAN")
     hires = dict(enable_hr=True, hr_upscaler="R-ESRGAN 4x+", hr_resize_x=target[0], hr_resize_y=target[1],
                  denoising_strength=0.4, hr_second_pass_steps=1)
-    result = webui.txt2img(**hires)
+    result = webui.txt2img([{"resize_filter": "BOX"}], **hires)
     resizes = _upscale_resizes(result)
-    assert resizes == [dict(resizes[0], **{"from": [256, 256], "to": list(target), "resample": LANCZOS})], resizes
+    assert resizes == [dict(resizes[0], **{"from": [256, 256], "to": list(target), "resample": BOX})], resizes
     encodes = result.vae("encoder")
     assert len(encodes) == 1
     assert_guarded(encodes[0])
@@ -138,16 +152,17 @@ def test_hires_resrgan_one_lanczos_pass_and_guarded_encode(webui, flags_before, 
     if target[0] % 8:
         baseline = webui.txt2img([{"enabled": False}], **hires)
         chain = _upscale_resizes(baseline)
-        assert [r["to"] for r in chain] == [[96, 96], list(target)], chain  # the WebUI's double resample
+        assert [r["to"] for r in chain] == [[96, 96], list(target)], chain  # the host's double resample
 
 
-def test_img2img_encode_and_decode_are_guarded(webui, flags_before):
-    init = Image.effect_noise((64, 64), 40).convert("RGB")
-    result = webui.img2img(init_images=[encode_png(init)], denoising_strength=0.5)
+def test_img2img_encode_and_decode_are_guarded_and_plain_resizes_untouched(webui, flags_before):
+    init = Image.effect_noise((48, 48), 40).convert("RGB")  # resized to 64x64 without an upscaler
+    result = webui.img2img([{"resize_filter": "BOX"}], init_images=[encode_png(init)], denoising_strength=0.5)
     assert len(result.vae("encoder")) == 1 and len(result.vae("decoder")) == 1
     assert_guarded(result.vae("encoder")[0])
     assert_guarded(result.vae("decoder")[0])
     assert "SDFix" in result.params()
+    assert all(r["resample"] != BOX for r in result.records["resize"]), result.records["resize"]
     assert_restored(webui, flags_before)
 
 
@@ -162,7 +177,7 @@ def test_infotext_round_trip_through_png_info_and_infotext_field(webui):
     assert SDFixSettings.from_infotext(second.params()["SDFix"]) == wanted
 
 
-def test_off_is_bit_identical_to_a_webui_without_sdfix(webui, flags_before):
+def test_off_is_bit_identical_to_a_host_without_sdfix(webui, flags_before):
     webui.ok("POST", "/sdfix-observer/hide-sdfix", {"hide": True})
     try:
         without = webui.txt2img()
@@ -178,20 +193,33 @@ def test_off_is_bit_identical_to_a_webui_without_sdfix(webui, flags_before):
     assert_restored(webui, flags_before)
 
 
-def test_a_failing_fix_never_breaks_the_generation(webui, flags_before):
+def test_a_failing_fix_never_breaks_the_generation_nor_the_next_one(webui, flags_before):
+    webui.ok("POST", "/sdfix-observer/hide-sdfix", {"hide": True})
+    try:
+        fresh = webui.txt2img()
+    finally:
+        webui.ok("POST", "/sdfix-observer/hide-sdfix", {"hide": False})
+    native = native_vae(webui)
     webui.ok("POST", "/sdfix-observer/inject-failure", {"target": "decode"})
     try:
         result = webui.txt2img()
+        init = Image.effect_noise((64, 64), 40).convert("RGB")
+        img2img = webui.img2img(init_images=[encode_png(init)], denoising_strength=0.5)
     finally:
         webui.ok("POST", "/sdfix-observer/inject-failure", {"target": "none"})
-    assert result.payload["images"]
+    assert result.payload["images"] and img2img.payload["images"]
     assert "not applied: guard" in result.params()["SDFix notes"]
+    assert "not applied:" in img2img.params()["SDFix notes"]
+    assert native_vae(webui) == native
+    after = webui.txt2img([{"enabled": False}])
+    assert after.pixels() == fresh.pixels()  # the VAE is exactly as a fresh host's
     assert_restored(webui, flags_before)
 
 
 def test_settings_panel_defaults_apply_to_named_args(webui):
     options = webui.ok("GET", "/sdapi/v1/options")
     assert options["sdfix_hires_parity"] is True and options["sdfix_resize_filter"] == "LANCZOS"
+    assert "sdfix_guard_previews" not in options
     webui.ok("POST", "/sdapi/v1/options", {"sdfix_resize_filter": "BOX"})
     try:
         result = webui.txt2img([{"precision_guard": True}])

@@ -34,6 +34,13 @@ if os.environ.get("SDFIX_OBSERVER_TF32") == "1":
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
 
+if os.environ.get("SDFIX_OBSERVER_DTYPE_VAE") == "fp32":
+    # reForge on a compute-capability >= 8 GPU: the VAE object runs bf16 while devices.dtype_vae says fp32
+    # (--vae-in-bf16 on the CPU sets both to bf16; this puts the WebUI's attribute back to fp32).
+    from modules import devices as _devices
+
+    _devices.dtype_vae = torch.float32
+
 _LOCK = threading.Lock()
 _RECORDS = {"vae": [], "sampling": [], "resize": [], "unet": [], "errors": []}
 
@@ -153,14 +160,39 @@ if not getattr(_ORIGINAL_RESIZE, "_sdfix_observer", False):
 # --- sampling ------------------------------------------------------------------------------------
 
 
+_FAIL = {"seed": None}
+_MARK = (255, 0, 255)
+
+
 class SDFixObserverScript(scripts.Script):
-    """Records the sampler and schedule of every sampling pass."""
+    """Records the sampler and schedule of every sampling pass.  As "another extension" it can also
+    mark images in postprocess_image (its one arg), and make the generation of one seed raise."""
 
     def title(self):
         return "SDFix observer"
 
     def show(self, is_img2img):
         return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        import gradio as gr
+
+        return [gr.Checkbox(label="SDFix observer: mark images", value=False, elem_id=self.elem_id("mark"))]
+
+    def process(self, p, *args):
+        if _FAIL["seed"] is not None and getattr(p, "seed", None) == _FAIL["seed"]:
+            def fail(*a, **k):
+                raise RuntimeError("the SDFix e2e observer failed this generation on purpose")
+
+            p.sample = fail
+
+    def postprocess_image(self, p, pp, *args):
+        if args and args[0] is True:
+            image = pp.image.copy()
+            for x in range(4):
+                for y in range(4):
+                    image.putpixel((x, y), _MARK)
+            pp.image = image
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         sampler = p.sampler
@@ -256,8 +288,24 @@ def hide_sdfix(hide):
 _INJECTED = {}
 
 
+_NAN_HOOKS = []
+
+
+def _nan_when_half(module, args, output):
+    if next(module.parameters()).dtype == torch.float16:
+        return output * float("nan")  # what an fp16 SDXL VAE does at high resolution
+    return output
+
+
 def inject_failure(target):
-    """Make SDFix's fp32 VAE context raise on entry ("decode"), or undo that ("none")."""
+    """Make SDFix's fp32 VAE context raise on entry ("decode"); make the generation of one seed raise
+    ("seed:N"); make an fp16 VAE decode produce NaN ("nan-half-vae"); or undo all that ("none")."""
+    _FAIL["seed"] = int(target.split(":", 1)[1]) if target.startswith("seed:") else None
+    while _NAN_HOOKS:
+        _NAN_HOOKS.pop().remove()
+    if target == "nan-half-vae":
+        vae = _vae_module(shared.sd_model)
+        _NAN_HOOKS.append(vae.decoder.register_forward_hook(_nan_when_half))
     fp32_vae = sys.modules.get("lib_sdfix.fp32_vae")
     if fp32_vae is None:
         import lib_sdfix.fp32_vae as fp32_vae  # noqa: F401 -- SDFix's own core, loaded by SDFix
@@ -299,8 +347,10 @@ def on_app_started(demo, app):
 
     @app.get("/sdfix-observer/xyz-axes")
     def xyz_axes():
+        """The txt2img X/Y/Z axis labels in the order of the script's type dropdown (its index)."""
         xyz = next((d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"), None)
-        return [o.label for o in getattr(xyz, "axis_options", [])]
+        options = getattr(xyz, "axis_options", [])
+        return [o.label for o in options if type(o) == xyz.AxisOption or not o.is_img2img]
 
     @app.post("/sdfix-observer/hide-sdfix")
     def hide(body: dict = Body(...)):
