@@ -1205,6 +1205,26 @@ def _load_with_spandrel(path: str, device: Any, half: bool) -> Upscaler:
     return Upscaler(f"{architecture} x{descriptor.scale}", int(descriptor.scale), "spandrel", run)
 
 
+def _load_tensors_only(path: str) -> Any:
+    """A .pth checkpoint's tensors (dicts, lists and tensors; nothing else is unpickled).
+
+    Why: a pickle can run any code while it loads.  Upscaler checkpoints hold only weights; one
+    that needs more (a pickled model class, an optimizer, ...) is refused rather than executed.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False; only the line naming the blocked object is kept.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
+        raise ValueError(f"refusing to load {path}: it holds more than weights, and unpickling it could run "
+                         f"arbitrary code ({why}); use a .safetensors file or a plain state dict") from exc
+
+
 def _load_with_realesrgan(path: str, device: Any, half: bool) -> Upscaler:
     """The ``realesrgan`` package (RRDBNet checkpoints with ``params``/``params_ema``), if it imports."""
     import numpy as np
@@ -1215,7 +1235,9 @@ def _load_with_realesrgan(path: str, device: Any, half: bool) -> Upscaler:
         from realesrgan import RealESRGANer
     except Exception as exc:  # noqa: BLE001 -- basicsr fails with current torchvision (functional_tensor)
         raise UpscalerUnavailable(f"the realesrgan backend does not import here: {type(exc).__name__}: {exc}") from exc
-    state = torch.load(path, map_location="cpu")
+    if path.lower().endswith(".safetensors"):
+        raise UpscalerUnavailable("the realesrgan backend reads .pth files only (RealESRGANer loads the file itself)")
+    state = _load_tensors_only(path)
     weights = state.get("params_ema", state.get("params", state))
     in_ch = weights["conv_first.weight"].shape[1]
     scale = {3: 4, 12: 2, 48: 1}.get(in_ch, 4)
@@ -1224,6 +1246,8 @@ def _load_with_realesrgan(path: str, device: Any, half: bool) -> Upscaler:
         num_in_ch=3, num_out_ch=3, num_feat=weights["conv_first.weight"].shape[0], num_block=blocks,
         num_grow_ch=weights["body.0.rdb1.conv1.weight"].shape[0], scale=scale,
     )
+    # RealESRGANer reads the file again with its own torch.load; the weights-only load above has
+    # already refused any file that holds more than tensors.
     upsampler = RealESRGANer(scale=scale, model_path=path, model=model, tile=0, pre_pad=0, half=half, device=device)
 
     def run(image: Image.Image) -> Image.Image:
