@@ -247,7 +247,9 @@ def _install_hint(module: str, extra: bool) -> str:
     if module == "torch":
         return "install PyTorch for your machine first (https://pytorch.org/get-started/locally/)" + (
             ", then " + INSTALL_EXTRA if extra else "")
-    return INSTALL_EXTRA if extra else "pip install -e ."
+    if not extra:
+        return "pip install -e ."
+    return ("it is part of the [diffusers] extra: " if module in AB_MODULES + ("spandrel",) else "") + INSTALL_EXTRA
 
 
 def _fail(command: str, message: str) -> int:
