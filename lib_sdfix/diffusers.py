@@ -8,7 +8,8 @@ through RealESRGAN).  The same core that protects the WebUI protects them:
 cause                 what :func:`harden` does
 ====================  =====================================================================
 vae_precision         VAE decode/encode under the precision guard, VAE in fp32 for the call
-                      (cast in place, no second VAE), tiled decode when fp32 runs out of memory
+                      (cast in place, no second VAE; with sequential/disk offload an fp32 copy
+                      built from accelerate's weights map), tiled decode when fp32 runs out of memory
 embeds_dtype          prompt embeddings (also Compel's, also from an fp32 text encoder) cast
                       to the UNet's dtype and the pipeline's execution device
 offload_hooks         one CPU-offload hook chain shared by both pipelines instead of two
@@ -29,6 +30,7 @@ import functools
 import importlib
 import importlib.util
 import sys
+import threading
 import time
 import types
 import weakref
@@ -310,23 +312,149 @@ def _first_floating_dtype(args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
     return None
 
 
-def _cast_floating(value: Any, dtype: Any) -> Any:
-    """``value`` (tensor, tuple, diffusers output, latent distribution) with floating tensors in ``dtype``."""
+def _map_tensors(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """``value`` (tensor, tuple, list, dict, diffusers output, latent distribution) with ``fn`` applied
+    to every tensor in it; containers are rebuilt, never changed in place."""
     import torch
 
     if isinstance(value, torch.Tensor):
-        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+        return fn(value)
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_cast_floating(v, dtype) for v in value)
+        return tuple(_map_tensors(v, fn) for v in value)
+    if isinstance(value, list):
+        return [_map_tensors(v, fn) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return type(value)(**{f.name: _cast_floating(getattr(value, f.name), dtype) for f in dataclasses.fields(value)})
+        return type(value)(**{f.name: _map_tensors(getattr(value, f.name), fn) for f in dataclasses.fields(value)})
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
     if hasattr(value, "__dict__") and any(isinstance(v, torch.Tensor) for v in vars(value).values()):
-        clone = copy.copy(value)  # a latent distribution: mean, std, ... computed in fp32, stored cast
+        clone = copy.copy(value)  # a latent distribution: mean, std, ... as attributes
         for name, v in vars(value).items():
-            if isinstance(v, torch.Tensor) and v.is_floating_point():
-                setattr(clone, name, v.to(dtype))
+            if isinstance(v, torch.Tensor):
+                setattr(clone, name, fn(v))
         return clone
     return value
+
+
+def _cast_floating(value: Any, dtype: Any) -> Any:
+    """``value`` with its floating tensors in ``dtype``."""
+    return _map_tensors(value, lambda t: t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t)
+
+
+def _first_tensor_device(args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
+    import torch
+
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return None
+
+
+def _weight_offload_hooks(vae: Any) -> List[Tuple[str, Any, Any]]:
+    """(submodule name, submodule, hook) for every accelerate hook that keeps weights of ``vae`` in a
+    weights map (sequential CPU offload, disk offload); empty when the VAE holds its own weights."""
+    out = []
+    for name, module in vae.named_modules():
+        for hook in _hooks_on(module):
+            if getattr(hook, "offload", False) and getattr(hook, "weights_map", None) is not None:
+                out.append((name, module, hook))
+    return out
+
+
+def _has_reduced_precision(vae: Any) -> bool:
+    import torch
+
+    tensors = list(vae.parameters()) + list(vae.buffers())
+    return any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors)
+
+
+class _NoFp32Copy(RuntimeError):
+    """The offloaded VAE cannot be rebuilt in fp32 (the message says why)."""
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+class _Fp32Vae:
+    """An fp32 copy of a VAE whose weights accelerate's offload hooks keep in a weights map.
+
+    Why: with sequential (or disk) offload the VAE's parameters live on the meta device and the
+    hooks put fresh parameter objects in from the weights map at every forward, casting the
+    values to the dtype the meta parameters have.  Casting such a VAE in place mixes dtypes and
+    leaves it unable to decode.  The copy is built once from the weights map, read only, and
+    kept on the CPU; it goes to the hooks' execution device only for the call.
+    """
+
+    def __init__(self, vae: Any, hooks: Sequence[Tuple[str, Any, Any]]) -> None:
+        import torch
+
+        self.key = [(weakref.ref(hook), id(hook.weights_map)) for _, _, hook in hooks]
+        device = next((hook.execution_device for _, _, hook in hooks if hook.execution_device is not None), "cpu")
+        self.device = torch.device(device)
+        self.module = self._build(vae, hooks)
+        self.twins = dict(self.module.named_modules())
+
+    def matches(self, hooks: Sequence[Tuple[str, Any, Any]]) -> bool:
+        return len(self.key) == len(hooks) and all(
+            ref() is hook and key == id(hook.weights_map) for (ref, key), (_, _, hook) in zip(self.key, hooks)
+        )
+
+    @staticmethod
+    def _build(vae: Any, hooks: Sequence[Tuple[str, Any, Any]]) -> Any:
+        import torch
+        from accelerate import init_empty_weights
+        from accelerate.utils import named_module_tensors
+
+        config = getattr(vae, "config", None)
+        if config is None or not callable(getattr(type(vae), "from_config", None)):
+            raise _NoFp32Copy(f"a {type(vae).__name__} cannot be rebuilt from its config")
+        sources: Dict[str, Tuple[Any, str]] = {}
+        for prefix, module, hook in hooks:
+            for name, _ in named_module_tensors(module, include_buffers=hook.offload_buffers,
+                                                recurse=hook.place_submodules, remove_non_persistent=True):
+                sources.setdefault(f"{prefix}.{name}" if prefix else name, (hook.weights_map, name))
+        with init_empty_weights(include_buffers=True):
+            clone = type(vae).from_config(config)
+        made: Dict[int, Any] = {}  # tied tensors stay tied
+        named = [("_parameters", n, t) for n, t in vae.named_parameters(remove_duplicate=False)]
+        named += [("_buffers", n, t) for n, t in vae.named_buffers(remove_duplicate=False)]
+        for kind, full, tensor in named:
+            if id(tensor) not in made:
+                if full in sources:
+                    weights_map, name = sources[full]
+                    value = weights_map[name]
+                elif tensor.device.type == "meta":
+                    raise _NoFp32Copy(f"{full} is on the meta device and in no offload weights map")
+                else:  # a buffer the hooks leave on the module (not offloaded)
+                    value = tensor
+                dtype = torch.float32 if value.is_floating_point() else value.dtype
+                value = value.detach().to(device="cpu", dtype=dtype, copy=True)
+                made[id(tensor)] = torch.nn.Parameter(value, requires_grad=False) if kind == "_parameters" else value
+            owner_name, _, leaf = full.rpartition(".")
+            owner = clone.get_submodule(owner_name)
+            if leaf not in getattr(owner, kind):
+                raise _NoFp32Copy(f"the rebuilt {type(vae).__name__} has no {full}")
+            getattr(owner, kind)[leaf] = made[id(tensor)]
+        left = [n for n, t in list(clone.named_parameters()) + list(clone.named_buffers()) if t.device.type == "meta"]
+        if left:
+            raise _NoFp32Copy(f"the rebuilt {type(vae).__name__} has tensors the original lacks: {', '.join(left[:3])}")
+        return clone.eval()
+
+    def follow(self, vae: Any) -> None:
+        """Give the copy the VAE's current settings: plain attributes of every submodule (tiling,
+        slicing, train/eval, ...) and the attention processors."""
+        for name, module in vae.named_modules():
+            twin = self.twins.get(name)
+            if twin is None:
+                continue
+            for key, value in module.__dict__.items():
+                if not key.startswith("_") and isinstance(value, _PLAIN) and key in twin.__dict__:
+                    twin.__dict__[key] = value
+        processors = getattr(vae, "attn_processors", None)
+        if isinstance(processors, dict) and hasattr(self.module, "set_attn_processor"):
+            mine = self.module.attn_processors
+            if mine.keys() == processors.keys() and any(mine[k] is not v for k, v in processors.items()):
+                self.module.set_attn_processor(dict(processors))
 
 
 class _VaeGuard:
@@ -337,6 +465,8 @@ class _VaeGuard:
         self.options = options
         self.fixes = frozenset(fixes)
         self.report = report
+        self.fp32: Optional[_Fp32Vae] = None
+        self.fp32_lock = threading.RLock()
 
     def active(self, kind: str) -> bool:
         if not self.options.enabled or "vae_precision" not in self.fixes:
@@ -354,13 +484,11 @@ class _VaeGuard:
         )
 
     def _guarded(self, kind: str, original: Callable[..., Any], vae: Any, args: Tuple, kwargs: Dict[str, Any]) -> Any:
-        from lib_sdfix.precision import guarded_vae_call
-
         upcast = self.options.decode_dtype == "fp32"
         in_dtype = _first_floating_dtype(args, kwargs)
         oom = _oom_errors()
         try:
-            out = guarded_vae_call(original, vae, *args, upcast=upcast, **kwargs)
+            out = self._invoke(kind, original, vae, upcast, args, kwargs)
         except oom as exc:
             out = self._after_oom(exc, kind, original, vae, upcast, args, kwargs)
         if kind == "encode" and in_dtype is not None:
@@ -372,7 +500,7 @@ class _VaeGuard:
     def _after_oom(self, error: BaseException, kind: str, original: Callable[..., Any], vae: Any, upcast: bool,
                    args: Tuple, kwargs: Dict[str, Any]) -> Any:
         """The VAE call did not fit: tiles first (diffusers' own tiling), then, if the VAE was being
-        upcast, the VAE's own dtype -- flags still guarded, and still no second VAE in memory."""
+        upcast, the VAE's own dtype -- flags still guarded."""
         from lib_sdfix.precision import guarded_vae_call
 
         oom = _oom_errors()
@@ -380,7 +508,7 @@ class _VaeGuard:
         if hasattr(vae, "use_tiling") and not vae.use_tiling:
             try:
                 with _tiling(vae):
-                    out = guarded_vae_call(original, vae, *args, upcast=upcast, **kwargs)
+                    out = self._invoke(kind, original, vae, upcast, args, kwargs)
                 self.report.note(f"VAE {kind}: out of memory in one piece, ran tiled" + (" in fp32" if upcast else ""))
                 return out
             except oom as again:
@@ -390,6 +518,53 @@ class _VaeGuard:
             raise error
         out = guarded_vae_call(original, vae, *args, upcast=False, **kwargs)
         self.report.note(f"VAE {kind}: out of memory in fp32, ran in the VAE's own dtype (flags still guarded)")
+        return out
+
+    def _invoke(self, kind: str, original: Callable[..., Any], vae: Any, upcast: bool, args: Tuple,
+                kwargs: Dict[str, Any]) -> Any:
+        """One guarded call: the VAE cast in place for the call, or -- where accelerate's offload
+        hooks own its weights -- an fp32 copy of it, so the offloaded VAE is never touched."""
+        from lib_sdfix.precision import guarded_vae_call
+
+        hooks = _weight_offload_hooks(vae)
+        if not hooks:
+            self.fp32 = None
+        if not (upcast and hooks and _has_reduced_precision(vae)):
+            return guarded_vae_call(original, vae, *args, upcast=upcast, **kwargs)
+        with self.fp32_lock:  # one call at a time moves the shared copy
+            try:
+                fp32 = self._fp32_copy(vae, hooks)
+            except _NoFp32Copy as exc:
+                self.report.note(f"VAE {kind}: offloaded weights, {exc}: ran in the VAE's own dtype (flags still guarded)")
+                return guarded_vae_call(original, vae, *args, upcast=False, **kwargs)
+            fp32.follow(vae)
+            return self._on_copy(kind, fp32, args, kwargs)
+
+    def _fp32_copy(self, vae: Any, hooks: Sequence[Tuple[str, Any, Any]]) -> _Fp32Vae:
+        if self.fp32 is None or not self.fp32.matches(hooks):
+            self.fp32 = None
+            self.fp32 = _Fp32Vae(vae, hooks)
+            self.report.note("VAE: weights offloaded by accelerate; decode/encode run on an fp32 copy "
+                             "built from the offload weights (kept on the CPU)")
+        return self.fp32
+
+    @staticmethod
+    def _on_copy(kind: str, fp32: _Fp32Vae, args: Tuple, kwargs: Dict[str, Any]) -> Any:
+        from lib_sdfix.precision import guarded_vae_call
+
+        module, device = fp32.module, fp32.device
+        back = _first_tensor_device(args, kwargs)
+        away = device.type != "cpu"
+        if away:
+            module.to(device)
+            args, kwargs = _map_tensors(args, lambda t: t.to(device)), _map_tensors(kwargs, lambda t: t.to(device))
+        try:
+            out = guarded_vae_call(getattr(module, kind), module, *args, upcast=True, **kwargs)
+        finally:
+            if away:
+                module.to("cpu")
+        if back is not None and back != device:
+            out = _map_tensors(out, lambda t: t.to(back))
         return out
 
 
@@ -1030,6 +1205,26 @@ def _load_with_spandrel(path: str, device: Any, half: bool) -> Upscaler:
     return Upscaler(f"{architecture} x{descriptor.scale}", int(descriptor.scale), "spandrel", run)
 
 
+def _load_tensors_only(path: str) -> Any:
+    """A .pth checkpoint's tensors (dicts, lists and tensors; nothing else is unpickled).
+
+    Why: a pickle can run any code while it loads.  Upscaler checkpoints hold only weights; one
+    that needs more (a pickled model class, an optimizer, ...) is refused rather than executed.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False; only the line naming the blocked object is kept.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
+        raise ValueError(f"refusing to load {path}: it holds more than weights, and unpickling it could run "
+                         f"arbitrary code ({why}); use a .safetensors file or a plain state dict") from exc
+
+
 def _load_with_realesrgan(path: str, device: Any, half: bool) -> Upscaler:
     """The ``realesrgan`` package (RRDBNet checkpoints with ``params``/``params_ema``), if it imports."""
     import numpy as np
@@ -1040,7 +1235,9 @@ def _load_with_realesrgan(path: str, device: Any, half: bool) -> Upscaler:
         from realesrgan import RealESRGANer
     except Exception as exc:  # noqa: BLE001 -- basicsr fails with current torchvision (functional_tensor)
         raise UpscalerUnavailable(f"the realesrgan backend does not import here: {type(exc).__name__}: {exc}") from exc
-    state = torch.load(path, map_location="cpu")
+    if path.lower().endswith(".safetensors"):
+        raise UpscalerUnavailable("the realesrgan backend reads .pth files only (RealESRGANer loads the file itself)")
+    state = _load_tensors_only(path)
     weights = state.get("params_ema", state.get("params", state))
     in_ch = weights["conv_first.weight"].shape[1]
     scale = {3: 4, 12: 2, 48: 1}.get(in_ch, 4)
@@ -1049,6 +1246,8 @@ def _load_with_realesrgan(path: str, device: Any, half: bool) -> Upscaler:
         num_in_ch=3, num_out_ch=3, num_feat=weights["conv_first.weight"].shape[0], num_block=blocks,
         num_grow_ch=weights["body.0.rdb1.conv1.weight"].shape[0], scale=scale,
     )
+    # RealESRGANer reads the file again with its own torch.load; the weights-only load above has
+    # already refused any file that holds more than tensors.
     upsampler = RealESRGANer(scale=scale, model_path=path, model=model, tile=0, pre_pad=0, half=half, device=device)
 
     def run(image: Image.Image) -> Image.Image:

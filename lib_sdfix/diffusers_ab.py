@@ -32,6 +32,7 @@ __all__ = [
     "ABConfig",
     "ABResult",
     "run_ab",
+    "resolve_sizes",
     "tiny_sd15_components",
     "tiny_esrgan_state_dict",
     "byte_level_clip_tokenizer",
@@ -391,6 +392,19 @@ def _versions() -> Dict[str, str]:
     return out
 
 
+def resolve_sizes(config: ABConfig) -> Dict[str, Any]:
+    """Width, height, steps and Hires strength the run uses: the config's, else the defaults (small
+    for the embedded model, SD-sized with ``--model``)."""
+    embedded = config.model is None
+    return {
+        "width": config.width or (128 if embedded else 512),
+        "height": config.height or (128 if embedded else 512),
+        "steps": config.steps or (12 if embedded else 25),
+        "strength": config.strength if config.strength is not None else (0.5 if embedded else 0.35),
+        "hires_steps": config.hires_steps,
+    }
+
+
 def run_ab(config: ABConfig) -> ABResult:
     """Run every arm with the same seed, write the report to ``config.out``, return the results."""
     import torch
@@ -405,13 +419,7 @@ def run_ab(config: ABConfig) -> ABResult:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     embedded = config.model is None
-    sizes = {
-        "width": config.width or (128 if embedded else 512),
-        "height": config.height or (128 if embedded else 512),
-        "steps": config.steps or (12 if embedded else 25),
-        "strength": config.strength if config.strength is not None else (0.5 if embedded else 0.35),
-        "hires_steps": config.hires_steps,
-    }
+    sizes = resolve_sizes(config)
     stages = tqdm(total=2 + len(_arms(config.ablation)), desc="SDFix A/B", disable=not config.progress, unit="step")
     quiet = _diffusers_warnings_off()
     threads = torch.get_num_threads()

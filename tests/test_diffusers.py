@@ -2,6 +2,7 @@
 unhardened txt2img/img2img pair, then gone after ``harden`` -- observed from inside the modules."""
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import numpy as np
@@ -19,7 +20,8 @@ from lib_sdfix.diffusers import (  # noqa: E402
 from lib_sdfix.precision import read_flags  # noqa: E402
 from lib_sdfix.settings import SDFixSettings  # noqa: E402
 from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread is an autouse fixture
-    HALF, enable_offload_like_diffusers_0_27, one_thread, probe, sd15_pair, sdxl_pair, set_service_flags,
+    HALF, enable_offload_like_diffusers_0_27, enable_sequential_offload, one_thread, probe, sd15_pair, sdxl_pair,
+    set_service_flags,
 )
 
 STEPS = 3
@@ -54,8 +56,10 @@ def _embeds(pipe):
 
 
 def _txt2img(pipe, size=64, **kwargs):
-    return pipe(prompt="a face", negative_prompt="blur", height=size, width=size, num_inference_steps=STEPS,
-                generator=torch.Generator().manual_seed(0), output_type="pil", **kwargs).images[0]
+    kwargs.setdefault("prompt", "a face")
+    kwargs.setdefault("negative_prompt", "blur")
+    return pipe(height=size, width=size, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                output_type="pil", **kwargs).images[0]
 
 
 def _img2img(img2img, image, **kwargs):
@@ -176,6 +180,154 @@ def test_fp32_decode_out_of_memory_falls_back_to_tiles_then_to_half(monkeypatch)
     assert last["input"] == HALF and not last["cudnn_tf32"], "half decode, flags still guarded"
     assert "ran in the VAE's own dtype" in "; ".join(fix_report(pipe).notes)
     assert all(p.dtype == HALF for p in vae.parameters()) and report.failed == {}
+
+
+# --- the VAE after a guarded call: exactly as it was, offloaded or not ------------------------------
+
+
+def _vae_snapshot(vae):
+    """Everything about the VAE that a guarded call must leave as it was: each parameter and buffer
+    object held by each submodule with its dtype and device, each accelerate hook, and what every
+    offload hook's weights map holds (the tensor objects and their values)."""
+    from lib_sdfix.diffusers import _hooks_on
+
+    tensors, hooks, weights = {}, {}, {}
+    for name, module in vae.named_modules():
+        for kind in ("_parameters", "_buffers"):
+            for leaf, tensor in getattr(module, kind).items():
+                if tensor is not None:
+                    tensors[f"{name}.{leaf}"] = (tensor, tensor.dtype, tensor.device)
+        hooks[name] = (getattr(module, "_hf_hook", None), *_hooks_on(module), module.__dict__.get("forward"))
+        for hook in _hooks_on(module):
+            if getattr(hook, "offload", False) and getattr(hook, "weights_map", None) is not None:
+                from accelerate.utils import named_module_tensors
+
+                for leaf, _ in named_module_tensors(module, include_buffers=hook.offload_buffers,
+                                                    recurse=hook.place_submodules, remove_non_persistent=True):
+                    value = hook.weights_map[leaf]
+                    weights[f"{name}.{leaf}"] = (value, value.dtype, value.device, value.clone())
+    return tensors, hooks, weights
+
+
+def _assert_same_vae(before, after):
+    (tensors, hooks, weights), (tensors_now, hooks_now, weights_now) = before, after
+    assert tensors_now.keys() == tensors.keys()
+    for name, (tensor, dtype, device) in tensors.items():
+        now, dtype_now, device_now = tensors_now[name]
+        assert now is tensor, f"{name}: another parameter object"
+        assert (dtype_now, device_now) == (dtype, device), f"{name}: {dtype}/{device} -> {dtype_now}/{device_now}"
+    for name, held in hooks.items():
+        assert len(hooks_now[name]) == len(held) and all(a is b for a, b in zip(held, hooks_now[name])), name
+    assert weights_now.keys() == weights.keys()
+    for name, (value, dtype, device, data) in weights.items():
+        now, dtype_now, device_now, _ = weights_now[name]
+        assert now is value and (dtype_now, device_now) == (dtype, device) and torch.equal(now, data), name
+
+
+@contextlib.contextmanager
+def _convolutions_seen():
+    """Every convolution that runs, anywhere: weight dtype, input dtype, flags (a copy of the VAE
+    has none of the original's per-module hooks, so this watches all modules)."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    seen = []
+
+    def hook(module, args):
+        if isinstance(module, torch.nn.Conv2d):
+            seen.append((module.weight.dtype, args[0].dtype, torch.backends.cudnn.allow_tf32,
+                         torch.backends.cudnn.benchmark))
+
+    handle = register_module_forward_pre_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("offload", ["none", "model", "sequential"])
+def test_guarded_vae_is_left_exactly_as_it_was_with_any_offload(offload):
+    """Sequential offload keeps the weights in accelerate's weights map and swaps the parameter
+    objects at every forward: casting them in place left a half-cast VAE that could not decode again."""
+    import copy
+
+    from lib_sdfix.precision import precision_guard
+
+    pipe, img2img = sd15_pair(text_encoder_dtype=HALF, scheduler_mismatch=False)
+    reference = copy.deepcopy(pipe.vae).float()  # the same weights in fp32, never offloaded
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device="cpu")
+    elif offload == "sequential":
+        enable_sequential_offload(pipe)
+    vae = pipe.vae
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(HALF)
+    with torch.no_grad(), precision_guard():
+        expected = reference.decode(latent.float()).sample
+
+    report = harden(pipe, img2img)
+    assert report.failed == {}
+    before = _vae_snapshot(vae)
+    results = []
+    for _ in range(3):
+        with _convolutions_seen() as seen, torch.no_grad():
+            results.append(vae.decode(latent).sample)
+        assert seen and all(s == (torch.float32, torch.float32, False, False) for s in seen), set(seen)
+        _assert_same_vae(before, _vae_snapshot(vae))
+    assert all(r.dtype == torch.float32 and r.device.type == "cpu" for r in results)
+    assert torch.equal(results[0], expected), "fp32 weights, fp32 latent: the fp32 VAE's own result"
+    assert all(torch.equal(r, results[0]) for r in results[1:])
+
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)).to(HALF) * 2 - 1
+    with torch.no_grad():
+        encoded = [vae.encode(image).latent_dist.mean for _ in range(2)]
+    assert encoded[0].dtype == HALF and torch.equal(encoded[0], encoded[1])
+    _assert_same_vae(before, _vae_snapshot(vae))
+
+    first, second = _txt2img(pipe), _txt2img(pipe)  # decodes inside the pipeline, as a service runs them
+    assert np.array_equal(np.asarray(first), np.asarray(second))
+    assert fix_report(pipe).failed == {}
+    if offload == "model":  # the pipeline re-registers its offload hooks after every call: diffusers' own doing
+        before = (before[0], _vae_snapshot(vae)[1], before[2])
+    _assert_same_vae(before, _vae_snapshot(vae))
+
+
+def test_offloaded_vae_copy_is_built_once_follows_the_vae_and_has_a_fallback(monkeypatch):
+    import lib_sdfix.diffusers as front
+    from accelerate import cpu_offload
+    from accelerate.hooks import remove_hook_from_module
+
+    pipe, img2img = sd15_pair(text_encoder_dtype=HALF, scheduler_mismatch=False)
+    enable_sequential_offload(pipe)
+    vae = pipe.vae
+    harden(pipe, img2img)
+    built = []
+    monkeypatch.setattr(front._Fp32Vae, "_build", staticmethod(
+        lambda *a, _build=front._Fp32Vae._build: built.append(1) or _build(*a)))
+    latent = torch.randn(1, 4, 8, 8, dtype=HALF)
+    with torch.no_grad():
+        first = [vae.decode(latent).sample for _ in range(2)]
+        vae.enable_tiling()
+        vae.decode(latent)
+    guard = vae._sdfix_vae_guard
+    assert len(built) == 1 and guard.fp32.module.use_tiling is True, "cached, and it follows the VAE's settings"
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in guard.fp32.module.parameters())
+    assert "fp32 copy" in "; ".join(fix_report(pipe).notes)
+
+    remove_hook_from_module(vae, recurse=True)  # offload taken off and put on again: new weights map
+    assert all(p.device.type == "cpu" and p.dtype == HALF for p in vae.parameters())
+    vae.disable_tiling()
+    cpu_offload(vae, torch.device("cpu"), offload_buffers=True)
+    with torch.no_grad():
+        assert torch.equal(vae.decode(latent).sample, first[0]) and len(built) == 2
+
+    monkeypatch.setattr(front._Fp32Vae, "_build", staticmethod(
+        lambda *a: (_ for _ in ()).throw(front._NoFp32Copy("no config"))))
+    guard.fp32 = None
+    with _convolutions_seen() as seen, torch.no_grad():
+        out = vae.decode(latent).sample
+    assert out.dtype == HALF and set(seen) == {(HALF, HALF, False, False)}, "own dtype, flags still guarded"
+    assert all(p.dtype == HALF and p.device.type == "meta" for p in vae.parameters())
+    assert "no config: ran in the VAE's own dtype" in "; ".join(fix_report(pipe).notes)
+    assert fix_report(pipe).failed == {}
 
 
 # --- 2. prompt embeddings ----------------------------------------------------------------------

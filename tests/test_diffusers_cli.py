@@ -73,3 +73,129 @@ def test_ab_loads_a_diffusers_model_folder(tmp_path, capsys):
     assert data["audit"]["without"]["embeds_dtype"]["present"] is True
     assert [c for c in CAUSES if data["audit"]["with"][c]["present"]] == []
     assert "report:" in capsys.readouterr().out
+
+
+# --- a missing [diffusers] extra: one clear line, exit 2 ------------------------------------------
+
+
+def _ab_without(module, tmp_path, *extra):
+    """``ab`` in a fresh interpreter where importing ``module`` fails as if it were not installed."""
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
+            "from lib_sdfix.__main__ import main\n"
+            f"sys.exit(main(['ab', '--out', {str(tmp_path / 'out')!r}, '--quiet', '--steps', '2', '--width', '64', "
+            f"*{list(extra)!r}]))")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("module, extra", [
+    ("tqdm", ()), ("diffusers", ()), ("transformers", ()), ("accelerate", ()), ("safetensors", ()),
+    ("spandrel", ("--hires",)),
+])
+def test_ab_without_the_extra_names_the_module_and_the_install_command(tmp_path, module, extra):
+    proc = _ab_without(module, tmp_path, *extra)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"missing module '{module}'" in lines[0] and "pip install -e .[diffusers]" in lines[0]
+    assert 'pip install "sdfix[diffusers]"' in lines[0]
+
+
+def test_ab_without_torch_says_to_install_pytorch_first(tmp_path):
+    proc = _ab_without("torch", tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "missing module 'torch'" in proc.stderr and "install PyTorch" in proc.stderr
+
+
+def test_a_module_missing_deeper_down_is_reported_the_same_way(tmp_path):
+    """One the up-front check cannot see: a dependency of diffusers, found missing mid-import."""
+    proc = _ab_without("huggingface_hub", tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "missing module 'huggingface_hub'" in last and "pip install -e .[diffusers]" in last
+
+
+# --- argument errors: argparse-style, naming the argument, exit 2 ---------------------------------
+
+
+def _exit_code(argv):
+    from lib_sdfix.__main__ import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("args, argument, says", [
+    (["--seed", "-1"], "--seed", "from 0 to 4294967295"),
+    (["--seed", "4294967296"], "--seed", "from 0 to 4294967295"),
+    (["--seed", "1.5"], "--seed", "whole number"),
+    (["--steps", "0"], "--steps", "from 1 to 150"),
+    (["--steps", "10000"], "--steps", "from 1 to 150"),
+    (["--width", "32"], "--width", "from 64 to 2048"),
+    (["--width", "4096"], "--width", "from 64 to 2048"),
+    (["--height", "100"], "--height", "multiple of 8"),
+    (["--hires-scale", "0"], "--hires-scale", "from 1 to 4"),
+    (["--hires-scale", "100"], "--hires-scale", "from 1 to 4"),
+    (["--hires-scale", "nan"], "--hires-scale", "from 1 to 4"),
+    (["--hires-scale", "two"], "--hires-scale", "expected a number"),
+    (["--denoise", "2"], "--denoise", "above 0 and at most 1"),
+    (["--denoise", "0"], "--denoise", "above 0 and at most 1"),
+    (["--denoise", "-0.5"], "--denoise", "above 0 and at most 1"),
+    (["--hires", "--steps", "3", "--denoise", "0.2"], "--denoise", "gives no Hires step"),
+    (["--model", "{tmp}/no-such-model"], "--model", "no such file or folder"),
+    (["--model", "{tmp}"], "--model", "without model_index.json"),
+    (["--upscaler", "{tmp}/no-such.pth"], "--upscaler", "no such file"),
+    (["--out", "{file}"], "--out", "is a file, not a folder"),
+    (["--out", "{file}/report"], "--out", "cannot be created"),
+    (["--device", "gpu"], "--device", "expected auto, cpu, cuda"),
+])
+def test_bad_arguments_fail_with_a_usage_error_naming_them(tmp_path, capsys, args, argument, says):
+    (tmp_path / "a-file.txt").write_text("not a folder")
+    args = [a.format(tmp=tmp_path, file=tmp_path / "a-file.txt") for a in args]
+    assert _exit_code(["ab", "--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"error: argument {argument}: " in err and says in err, err
+    assert not (tmp_path / "out").exists(), "nothing written"
+
+
+def test_arguments_at_their_bounds_are_accepted():
+    from lib_sdfix.__main__ import build_parser
+
+    parse = build_parser().parse_args
+    low = parse(["ab", "--seed", "0", "--steps", "1", "--width", "64", "--height", "64", "--hires-scale", "1",
+                 "--denoise", "0.01"])
+    high = parse(["ab", "--seed", str(2**32 - 1), "--steps", "150", "--width", "2048", "--height", "2048",
+                  "--hires-scale", "4", "--denoise", "1"])
+    assert (low.seed, low.steps, low.width, low.hires_scale, low.denoise) == (0, 1, 64, 1.0, 0.01)
+    assert (high.seed, high.steps, high.height, high.hires_scale, high.denoise) == (2**32 - 1, 150, 2048, 4.0, 1.0)
+
+
+# --- the output folder ---------------------------------------------------------------------------
+
+
+def test_out_must_be_empty_or_missing_unless_forced(tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()  # empty: fine
+    run = ["ab", "--out", str(out), "--steps", "1", "--width", "64", "--quiet"]
+    assert _exit_code(run) == 0
+    first = (out / "report.json").read_bytes()
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+
+    assert _exit_code(run + ["--seed", "7"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: argument --out: {out} is not empty" in err and "--force" in err and "Traceback" not in err
+    assert (out / "report.json").read_bytes() == first, "nothing overwritten"
+
+    assert _exit_code(run + ["--seed", "7", "--force"]) == 0
+    assert json.loads((out / "report.json").read_text())["config"]["seed"] == 7
+    assert (out / "notes.txt").read_text() == "mine", "--force replaces the report's files, nothing else"
+
+
+def test_force_is_documented_in_the_help(capsys):
+    assert _exit_code(["ab", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--force" in text and "non-empty --out folder" in text and "must be missing or empty unless --force" in text

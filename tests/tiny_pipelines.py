@@ -165,3 +165,17 @@ def enable_offload_like_diffusers_0_27(pipe: Any, device: str = "cpu") -> None:
     for model in modules.values():
         _, extra = cpu_offload_with_hook(model, device)
         pipe._all_hooks.append(extra)
+
+
+def enable_sequential_offload(pipe: Any) -> None:
+    """What ``pipe.enable_sequential_cpu_offload()`` does, with the CPU as the execution device.
+
+    diffusers passes the device as "cpu:0"; there ``Parameter.to("cpu:0")`` returns a plain tensor,
+    and accelerate then fails at the second forward of every offloaded module, SDFix or not.  On a
+    GPU the device is "cuda:0" and nothing of the kind happens; "cpu" behaves like it.
+    """
+    from accelerate import cpu_offload
+
+    for name, model in pipe.components.items():
+        if isinstance(model, torch.nn.Module) and name not in pipe._exclude_from_cpu_offload:
+            cpu_offload(model, torch.device("cpu"), offload_buffers=len(model._parameters) > 0)
