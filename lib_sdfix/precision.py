@@ -120,14 +120,16 @@ class _Switch:
     """A plain stored switch (no inheritance, no links to other switches)."""
 
     name: str  # public attribute under torch.backends
+    owner: Any  # the object holding it, looked up once
+    attr: str  # its name there
     split_k: bool = False  # reduced-precision reduction whose companion ``<name>_split_k`` exists
 
     def get(self) -> Any:
-        value = _get_attr(self.name)
-        return (value, _get_attr(self.name + "_split_k")) if self.split_k else value
+        value = getattr(self.owner, self.attr)
+        return (value, getattr(self.owner, self.attr + "_split_k")) if self.split_k else value
 
     def set(self, value: Any) -> None:
-        _set_attr(self.name, value)  # torch takes (allow, allow_split_k) as one tuple
+        setattr(self.owner, self.attr, value)  # torch takes (allow, allow_split_k) as one tuple
 
     def inside(self, before: Any) -> Any:
         """The guarded value: off; a split-k companion stays as it was (off needs no split-k change)."""
@@ -183,7 +185,9 @@ def _caps() -> _Caps:
         except AttributeError:
             continue
         if isinstance(value, bool):
-            switches.append(_Switch(name, split_k=_readable(lambda n=name: _get_attr(n + "_split_k"))))
+            split_k = _readable(lambda n=name: _get_attr(n + "_split_k"))
+            owner, _, attr = name.rpartition(".")
+            switches.append(_Switch(name, _obj(owner), attr, split_k))
     C = getattr(_torch, "_C", None)
     levels: Tuple[Level, ...] = ()
     if callable(getattr(C, "_get_fp32_precision_getter", None)) and callable(getattr(C, "_set_fp32_precision_setter", None)):
@@ -211,8 +215,8 @@ def _raw_levels(levels: Tuple[Level, ...], probe: bool) -> Dict[Level, str]:
 
     A level reading "none", or anything its parent does not pass down, holds that value itself.  One
     reading the same as its parent may hold it or inherit it; with ``probe`` its ancestors are set to
-    "none" for a moment to tell (which can only turn reduced precision off, and is undone at once),
-    otherwise inheriting is assumed (it reads the same).
+    "none" for a moment to tell (undone at once; other threads may see it, as they see the guard's own
+    writes), otherwise inheriting is assumed (it reads the same).
     """
     reads = {level: _level_get(level) for level in levels}
     raw: Dict[Level, str] = {}
