@@ -17,6 +17,7 @@ _LAZY = {
     "guarded_vae_call": "precision",
     "vae_in_fp32": "precision",
     "read_flags": "precision",
+    "effective_tf32": "precision",
     "resolve_hires_sampling": "parity",
     "HiresSampling": "parity",
     "resize_after_upscale": "resize",
