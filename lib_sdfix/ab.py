@@ -823,7 +823,8 @@ _BODY_FIELDS = ("payload", "variants", "heatmap_gain", "save")
 
 
 def ab_request_from_body(body: Any, base: SDFixSettings, *,
-                         choices: Optional[Mapping[str, Any]] = None) -> ABRequest:
+                         choices: Optional[Mapping[str, Any]] = None,
+                         extra_rules: Optional[Mapping[str, Any]] = None) -> ABRequest:
     """Validate the JSON body of POST /sdfix/v1/ab (and of the A/B tab's form) before anything runs.
 
     ``{"payload": {txt2img fields}, "variants": "ab" | "ablation" | [...] (default "ab"),
@@ -846,7 +847,7 @@ def ab_request_from_body(body: Any, base: SDFixSettings, *,
         problems["payload"] = "required: the txt2img fields (prompt, seed, steps, ...)"
     else:
         try:
-            fields = check_txt2img_payload(body["payload"], "payload", choices=choices)
+            fields = check_txt2img_payload(body["payload"], "payload", choices=choices, extra_rules=extra_rules)
         except SettingsError as err:
             problems.update(err.problems)
 

@@ -215,7 +215,7 @@ _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, ExactWeights]" = weakref.Wea
 
 
 def _signature(module: torch.nn.Module, files: Sequence[str]) -> Tuple[Any, ...]:
-    params = tuple((name, t.data_ptr(), t.dtype, tuple(t.shape), t._version) for name, t in _floating_tensors(module))
+    params = tuple((name, t.data_ptr(), t.dtype, tuple(t.shape)) for name, t in _floating_tensors(module))
     stats = []
     for path in files:
         try:

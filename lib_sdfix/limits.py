@@ -526,7 +526,8 @@ def hires_size(width: int, height: int, scale: float, resize_x: int, resize_y: i
 
 
 def check_txt2img_payload(payload: Any, path: str = "payload", *,
-                          choices: Optional[Mapping[str, Collection[str]]] = None) -> Dict[str, Any]:
+                          choices: Optional[Mapping[str, Collection[str]]] = None,
+                          extra_rules: Optional[Mapping[str, "Rule"]] = None) -> Dict[str, Any]:
     """The txt2img fields of an A/B body, checked against :data:`PAYLOAD_RULES`; a normalised copy.
 
     Unknown fields are refused (the WebUI's API model would ignore them: a typo such as "step"
@@ -535,8 +536,10 @@ def check_txt2img_payload(payload: Any, path: str = "payload", *,
     width/height; the UI itself allows 2048 x 4); ``override_settings`` per
     :func:`check_override_settings`; ``firstpass_image`` and ``alwayson_scripts.sdfix`` are refused.
     ``choices`` maps a name field to the names the host knows (e.g. ``{"hr_upscaler": [...]}``: the
-    WebUI fails with HTTP 500 on an unknown Hires upscaler).  Raises :class:`SettingsError`.
+    WebUI fails with HTTP 500 on an unknown Hires upscaler).  ``extra_rules`` adds the fields a fork's
+    API model has beyond AUTOMATIC1111's (Forge's ``hr_additional_modules``).  Raises :class:`SettingsError`.
     """
+    rules = {**PAYLOAD_RULES, **(extra_rules or {})}
     if not isinstance(payload, Mapping):
         raise SettingsError({path: f"expected an object of txt2img fields, got {type(payload).__name__}"})
     problems: Dict[str, str] = {}
@@ -544,11 +547,11 @@ def check_txt2img_payload(payload: Any, path: str = "payload", *,
     unknown = 0
     for key, value in payload.items():
         where = f"{path}.{key}"
-        rule = PAYLOAD_RULES.get(key) if isinstance(key, str) else None
+        rule = rules.get(key) if isinstance(key, str) else None
         if rule is None:
             unknown += 1
             if unknown <= _MAX_PROBLEMS:
-                near = _closest(key, PAYLOAD_RULES)
+                near = _closest(key, rules)
                 problems[where] = "unknown txt2img field" + (f"; did you mean {near}?" if near else "")
             continue
         if key == "firstpass_image" and value is not None:

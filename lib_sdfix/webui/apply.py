@@ -178,9 +178,9 @@ def _resolve_parity(p: Any, session: GenerationSession) -> None:
         p.hr_scheduler = choice.scheduler
     if choice.note:
         session.report.note(f"parity: {choice.note}")
-    if keep_sampler:
+    if keep_sampler and hr_sampler and hr_sampler != p.sampler_name:
         session.report.note(f"parity: Hires sampler {hr_sampler} set by the X/Y/Z plot, kept")
-    if keep_scheduler:
+    if keep_scheduler and hr_scheduler and hr_scheduler != choice.scheduler:
         session.report.note(f"parity: Hires schedule {hr_scheduler} set by the X/Y/Z plot, kept")
 
 

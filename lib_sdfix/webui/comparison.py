@@ -36,9 +36,10 @@ def request_from_body(body: Any) -> Any:
     from lib_sdfix import ab
     from lib_sdfix.webui.apply import settings_defaults
 
-    shared = current().shared
+    host = current()
+    shared = host.shared
     choices = {"hr_upscaler": [*shared.latent_upscale_modes, *[x.name for x in shared.sd_upscalers]]}
-    return ab.ab_request_from_body(body, settings_defaults(), choices=choices)
+    return ab.ab_request_from_body(body, settings_defaults(), choices=choices, extra_rules=host.txt2img_extra_fields())
 
 
 def txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:

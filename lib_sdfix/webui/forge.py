@@ -65,3 +65,12 @@ class ForgeHost(Host):
     def txt2img_defaults(self) -> Dict[str, Any]:
         # Forge's API raises on enable_hr unless this is a list ("Use same choices": no module change).
         return {"hr_additional_modules": ["Use same choices"]}
+
+    def txt2img_extra_fields(self) -> Dict[str, Any]:
+        from lib_sdfix.limits import Rule
+
+        cfg = "Forge's distilled CFG slider 0-30"
+        return {"hr_additional_modules": Rule("names", "Forge's Hires module list (VAE / text encoder files)",
+                                              maximum=16, nullable=True),
+                "distilled_cfg_scale": Rule("float", cfg, minimum=0.0, maximum=30.0, nullable=True),
+                "hr_distilled_cfg": Rule("float", cfg, minimum=0.0, maximum=30.0, nullable=True)}

@@ -129,6 +129,11 @@ class Host:
         """Fields this host's txt2img API needs beyond AUTOMATIC1111's defaults."""
         return {}
 
+    def txt2img_extra_fields(self) -> Dict[str, Any]:
+        """Fields this host's txt2img API model has beyond AUTOMATIC1111's, with their bounds
+        (``lib_sdfix.limits.Rule``), accepted in A/B payloads."""
+        return {}
+
     def audit(self) -> Dict[str, Any]:
         """What /sdfix/v1/status reports about this host's VAE precision setup."""
         import torch

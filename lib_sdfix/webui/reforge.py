@@ -43,3 +43,6 @@ class ReForgeHost(ForgeHost):
 
     def txt2img_defaults(self):
         return {}
+
+    def txt2img_extra_fields(self):
+        return {}

@@ -175,16 +175,17 @@ def _client(mode: str) -> WebUI:
     if not url:
         pytest.skip("set SDFIX_E2E_URL* to running WebUIs to run the e2e tests (see tests/e2e/conftest.py)")
     client = WebUI(mode, url)
-    status, flags = client.call("GET", "/sdapi/v1/cmd-flags")
-    assert status == 200, f"{url} is not a WebUI with --api: {flags}"
+    # SDFix's status, not /sdapi/v1/cmd-flags: Forge's cmd-flags answers 500 (its pydantic 2 model).
+    status, answer = client.call("GET", "/sdfix/v1/status")
+    assert status == 200, f"{url} is not a WebUI with --api and SDFix: {str(answer)[:300]}"
+    environment = answer["environment"]
     spec = MODES_ALL[mode]
+    assert environment["host"] == spec.host, f"{url} is {environment['host']}, expected {spec.host}"
     if spec.precision:
-        assert flags.get("precision") == spec.precision, f"{url} runs precision={flags.get('precision')}"
-    assert bool(flags.get("upcast_sampling")) == spec.upcast, f"{url}: --upcast-sampling is {flags.get('upcast_sampling')}"
+        assert environment["precision"] == spec.precision, f"{url} runs precision={environment['precision']}"
+    assert environment["upcast_sampling"] == spec.upcast, f"{url}: --upcast-sampling is {environment['upcast_sampling']}"
     status, _ = client.call("GET", "/sdfix-observer/flags")
     assert status == 200, "the SDFix e2e observer extension is not installed in this WebUI"
-    environment = client.ok("GET", "/sdfix/v1/status")["environment"]
-    assert environment["host"] == spec.host, f"{url} is {environment['host']}, expected {spec.host}"
     client.ok("POST", "/sdfix-observer/hide-sdfix", {"hide": False})
     client.ok("POST", "/sdfix-observer/inject-failure", {"target": "none"})
     return client

@@ -10,18 +10,20 @@ import pytest
 from PIL import Image
 
 from .conftest import REFERENCE_URLS, WebUI, call, encode_png, skip_slow
-from .test_webui import BOX, assert_guarded, assert_restored
+from .test_webui import BOX, assert_guarded, assert_restored, sampling_passes
 
 MARK = (255, 0, 255)
 
 
 def _xyz_args(webui: WebUI, x_label: str, x_values: str):
+    """The X/Y/Z script's args: axes with choices read the dropdown list, the others the text."""
     axes = webui.ok("GET", "/sdfix-observer/xyz-axes")
     x_type = axes.index(x_label)
+    dropdown = [v.strip() for v in x_values.split(",")]
     if webui.host == "reforge":  # draw_individual_labels, skip_grid, items_per_grid after draw_legend
-        return [x_type, x_values, [], 0, "", [], 0, "", [], True, False, False, 0, False, False,
+        return [x_type, x_values, dropdown, 0, "", [], 0, "", [], True, False, False, 0, False, False,
                 False, False, False, False, 0, False]
-    return [x_type, x_values, [], 0, "", [], 0, "", [], True, False, False, False, False, False, False, 0, False]
+    return [x_type, x_values, dropdown, 0, "", [], 0, "", [], True, False, False, False, False, False, False, 0, False]
 
 
 def test_a_failing_xyz_cell_leaves_no_patch_and_no_fix_behind(webui):
@@ -52,7 +54,7 @@ def test_parity_steps_aside_for_an_xyz_hires_sampler_axis(webui):
         enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.6, hr_second_pass_steps=1,
         sampler_name="DPM++ 2M", script_name="x/y/z plot",
         script_args=_xyz_args(webui, "Hires sampler", "Euler a, DPM++ 2M")))
-    passes = webui.ok("GET", "/sdfix-observer/records")["sampling"]
+    passes = sampling_passes(webui.ok("GET", "/sdfix-observer/records"))
     hires = [p["sampler"] for p in passes if p["is_hr_pass"]]
     assert hires == ["Euler a", "DPM++ 2M"], passes
     import json
@@ -110,10 +112,30 @@ def test_exact_fp32_weights_match_an_fp32_host():
     assert upcast_only.pixels() != exact.pixels()  # the bf16 VAE really differs
 
 
+def test_exact_fp32_weights_from_an_fp32_vae_file_on_a_half_precision_host():
+    """AUTOMATIC1111 --precision half with an fp32 VAE file: SDFix's decode equals a host that keeps
+    that VAE in fp32 (--no-half-vae), bit for bit; the in-place upcast would keep the fp16 rounding."""
+    from .conftest import URLS, _client
+
+    if not URLS["fp16"] or not REFERENCE_URLS["nohalfvae"]:
+        pytest.skip("set SDFIX_E2E_URL_FP16 and SDFIX_E2E_URL_NOHALFVAE, both with --vae-path of an fp32 VAE file "
+                    "(tests/e2e/make_fp32_vae.py)")
+    half = _client("fp16")
+    if half.ok("GET", "/sdfix/v1/status")["environment"]["vae_weights"]["mode"] != "exact":
+        pytest.skip("the fp16 instance's VAE file holds no more precision than it runs in (start it with --vae-path)")
+    body = half.body(seed=77)
+    status, reference = call(REFERENCE_URLS["nohalfvae"], "POST", "/sdapi/v1/txt2img",
+                             dict(body, alwayson_scripts={"sdfix": {"args": [{"enabled": False}]}}))
+    assert status == 200, reference
+    exact = half.txt2img(seed=77)
+    assert exact.params()["SDFix"].endswith("weights=exact")
+    assert exact.pixels() == _pixels(reference["images"][0])
+
+
 def test_fp16_vae_nan_is_avoided_by_the_guard(webui):
     """An fp16 VAE that overflows (SDXL at high resolution): the guarded decode runs fp32 and gives an
     image without the host's NaN fallback; without SDFix the host's own fallback still works."""
-    if "float16" not in webui.ok("GET", "/sdfix/v1/status")["environment"]["vae_weights_dtype"]:
+    if webui.ok("GET", "/sdfix/v1/status")["environment"]["vae_weights_dtype"] != "torch.float16":
         pytest.skip("needs a host whose VAE runs in fp16")
     webui.ok("POST", "/sdfix-observer/inject-failure", {"target": "nan-half-vae"})
     try:
