@@ -89,7 +89,12 @@ def _swap_in(module: torch.nn.Module, exact: Optional[Dict[str, torch.Tensor]]) 
         for name, tensor in _floating_tensors(module):
             original = tensor.data
             source = exact.get(name) if exact else None
-            new = source.to(original.device) if source is not None else original.to(torch.float32)
+            if source is not None:
+                new = source.to(original.device)
+                if new.stride() != original.stride():  # channels-last weights pick other kernels: keep the layout
+                    new = torch.empty_like(original, dtype=torch.float32).copy_(new)
+            else:
+                new = original.to(torch.float32)
             tensor.data = new
             state.swaps.append(_Swap(name, tensor, original, new.data_ptr(), original.dtype))
     except BaseException:

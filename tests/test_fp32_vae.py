@@ -660,6 +660,28 @@ def test_the_module_is_exactly_as_before_after_exact_mode(tmp_path):
         assert same_bits(result.tensors[name], t.detach()), name
 
 
+def test_exact_weights_keep_a_channels_last_layout(tmp_path):
+    """A channels-last VAE (a host's channels-last option): the file's values are laid out as the
+    weights were, so the convolutions run the kernels an fp32 channels-last VAE runs, bit for bit."""
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, padding=1))
+    path = save({PREFIX + k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "m.safetensors")
+    reference = reference.to(memory_format=torch.channels_last).eval()
+    module = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, padding=1))
+    module.load_state_dict(reference.state_dict())
+    module = module.to(torch.bfloat16).to(memory_format=torch.channels_last).eval()
+    strides = {name: t.stride() for name, t in floating(module).items()}
+    result = exact_weights(module, [path])
+    x = torch.randn(1, 64, 24, 24)
+    with torch.no_grad():
+        expected = reference(x)
+        with fp32_vae(module, exact=result.tensors) as mode:
+            assert mode == "exact"
+            assert {name: t.stride() for name, t in floating(module).items()} == strides
+            assert same_bits(module(x), expected)
+    assert {name: t.stride() for name, t in floating(module).items()} == strides
+
+
 def test_host_moving_the_module_in_exact_mode_gets_the_file_values_cast_back(tmp_path):
     """Moved inside an exact call: the tensors end in the module's dtype where they now are, holding
     its own low-precision values (the file's fp32 values round to them)."""
