@@ -10,10 +10,12 @@ precision as a host loads it.  Each configuration runs in a fresh process and ti
   values (first call: file read and content match; later calls: the cached tensors);
 * reference -- the same checkpoint loaded in fp32, decoded under the guard alone.
 
-Printed: first-call time (exact: including ``exact_weights()``), later-call median, peak memory above
-the loaded model during the calls (CPU: ``ru_maxrss``; CUDA: ``torch.cuda.max_memory_allocated``),
-the exact-weights cache size, exact/upcast ratios, and whether each output equals the reference bit
-for bit.  The CPU stands in for a GPU running a bf16/fp16 VAE; ``--device cuda`` runs the same.
+Printed: first-call time (exact: including ``exact_weights()``), later-call median, the fp32 swap in
+and out alone (what differs between the modes; median of 5), peak memory above the loaded model
+during the calls (CPU: ``ru_maxrss``; CUDA: ``torch.cuda.max_memory_allocated``, and what stays
+allocated), the exact-weights cache size, exact/upcast ratios, and whether each output equals the
+reference bit for bit.  The CPU stands in for a GPU running a bf16/fp16 VAE; ``--device cuda`` runs
+the same.
 
     python bench/exact_weights.py [--size 64] [--calls 3] [--dtype bf16] [--device cpu]
 
@@ -112,15 +114,18 @@ def child(args: argparse.Namespace) -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    def decode():
+    def guarded(body):
         with torch.no_grad(), precision_guard():
             if args.child == "exact":
                 cache = exact_weights(vae, [args.checkpoint])
                 assert cache.mode == "exact", cache.reason
                 with fp32_vae(vae, exact=cache.tensors) as mode:
-                    return mode, vae.decode(latent).sample
+                    return mode, body()
             with fp32_vae(vae) as mode:
-                return mode, vae.decode(latent).sample
+                return mode, body()
+
+    def decode():
+        return guarded(lambda: vae.decode(latent).sample)
 
     gc.collect()
     sync()
@@ -142,12 +147,19 @@ def child(args: argparse.Namespace) -> None:
             first = out.float().cpu()
         del out
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    swaps = []
+    for _ in range(5):  # what differs between the modes: getting the fp32 weights in and out
+        start = time.perf_counter()
+        guarded(sync)
+        swaps.append(time.perf_counter() - start)
     result = {
         "mode": mode,
         "first_s": times[0],
         "later_s": statistics.median(times[1:]) if args.calls else None,
         "match_s": match_s,
         "rss_delta": rss_peak - rss_before,
+        "swap_s": statistics.median(swaps),
+        "held_gpu": (torch.cuda.memory_allocated() - gpu_before) if cuda else None,
         "gpu_delta": (torch.cuda.max_memory_allocated() - gpu_before) if cuda else None,
         "cache_bytes": exact_weights(vae, [args.checkpoint]).nbytes if args.child == "exact" else 0,
         "weights_dtype": str(next(vae.parameters()).dtype),
@@ -217,12 +229,15 @@ def main() -> None:
     print(f"{'':28s}{'upcast':>14s}{'exact':>14s}{'exact/upcast':>14s}")
     print(f"{'first call':28s}{up['first_s']:13.3f}s{ex['first_s']:13.3f}s{ex['first_s'] / up['first_s']:14.3f}")
     print(f"{'  of which exact_weights()':28s}{'':>14s}{ex['match_s']:13.3f}s")
+    print(f"{'fp32 in+out, no decode':28s}{up['swap_s']:13.3f}s{ex['swap_s']:13.3f}s{ex['swap_s'] / up['swap_s']:14.3f}")
     if args.calls:
         print(f"{'later calls (median)':28s}{up['later_s']:13.3f}s{ex['later_s']:13.3f}s{ex['later_s'] / up['later_s']:14.3f}")
     print(f"{memory_label:28s}{mib(up[memory]):>14s}{mib(ex[memory]):>14s}"
           f"{(ex[memory] / up[memory]) if up[memory] else float('nan'):14.3f}")
     if cuda:
         print(f"{'peak RSS above the model':28s}{mib(up['rss_delta']):>14s}{mib(ex['rss_delta']):>14s}")
+    if cuda:
+        print(f"{'GPU memory still held after':28s}{mib(up['held_gpu']):>14s}{mib(ex['held_gpu']):>14s}")
     print(f"{'cache (fp32, CPU)':28s}{mib(up['cache_bytes']):>14s}{mib(ex['cache_bytes']):>14s}"
           f"   ({ex['cache_bytes']} bytes)")
     reference = outputs["reference"]
