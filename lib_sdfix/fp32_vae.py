@@ -53,6 +53,7 @@ def dtype_attributes(module: torch.nn.Module) -> List[Tuple[Any, str]]:
 
 @dataclass
 class _Swap:
+    name: str
     tensor: torch.Tensor  # the Parameter / buffer object (kept)
     original: torch.Tensor  # its data before
     ours_ptr: int
@@ -61,6 +62,7 @@ class _Swap:
 
 @dataclass
 class _ModuleState:
+    module: Optional[torch.nn.Module] = None
     users: int = 0
     swaps: List[_Swap] = field(default_factory=list)
     exact: bool = False
@@ -82,14 +84,19 @@ def _floating_tensors(module: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]
 
 
 def _swap_in(module: torch.nn.Module, exact: Optional[Dict[str, torch.Tensor]]) -> _ModuleState:
-    state = _ModuleState(exact=bool(exact))
+    state = _ModuleState(module=module, exact=bool(exact))
     try:
         for name, tensor in _floating_tensors(module):
             original = tensor.data
             source = exact.get(name) if exact else None
-            new = source.to(original.device) if source is not None else original.to(torch.float32)
+            if source is not None:
+                new = source.to(original.device)
+                if new.stride() != original.stride():  # channels-last weights pick other kernels: keep the layout
+                    new = torch.empty_like(original, dtype=torch.float32).copy_(new)
+            else:
+                new = original.to(torch.float32)
             tensor.data = new
-            state.swaps.append(_Swap(tensor, original, new.data_ptr(), original.dtype))
+            state.swaps.append(_Swap(name, tensor, original, new.data_ptr(), original.dtype))
     except BaseException:
         _swap_out(state)  # out of memory half-way: never leave a half-cast VAE behind
         raise
@@ -103,7 +110,26 @@ def _swap_out(state: _ModuleState) -> None:
             tensor.data = swap.original
         elif tensor.dtype != swap.dtype:
             tensor.data = tensor.data.to(swap.dtype)  # moved or re-cast inside the call: back to its dtype there
+        now = _registered(state.module, swap.name)
+        if now is not None and now is not tensor and now.is_floating_point() and now.dtype != swap.dtype:
+            # The host put another tensor there inside the call (``module.to`` makes new buffers, and
+            # new Parameters across device types): that one goes back to the dtype, where it is.
+            now.data = now.data.to(swap.dtype)
     state.swaps.clear()
+    state.module = None
+
+
+def _registered(module: Optional[torch.nn.Module], name: str) -> Optional[torch.Tensor]:
+    """The parameter or buffer registered under ``name`` now, if any."""
+    if module is None:
+        return None
+    owner_name, _, leaf = name.rpartition(".")
+    try:
+        owner = module.get_submodule(owner_name) if owner_name else module
+    except AttributeError:
+        return None
+    tensor = owner._parameters.get(leaf)
+    return tensor if tensor is not None else owner._buffers.get(leaf)
 
 
 # --- dtype attributes ---------------------------------------------------------------------------
@@ -114,6 +140,7 @@ class _AttrState:
     owner: Any
     name: str
     previous: Any
+    changed: bool = False
     users: int = 0
 
 
@@ -121,17 +148,23 @@ _ATTRS: Dict[Tuple[int, str], _AttrState] = {}
 
 
 def _attrs_enter(attrs: Sequence[Tuple[Any, str]]) -> List[Tuple[int, str]]:
-    keys = []
-    for owner, name in attrs:
-        key = (id(owner), name)
-        state = _ATTRS.get(key)
-        if state is None:
-            previous = getattr(owner, name)
-            state = _ATTRS[key] = _AttrState(owner, name, previous)
-            if isinstance(previous, torch.dtype) and previous != torch.float32:
-                setattr(owner, name, torch.float32)
-        state.users += 1
-        keys.append(key)
+    keys: List[Tuple[int, str]] = []
+    try:
+        for owner, name in attrs:
+            key = (id(owner), name)
+            state = _ATTRS.get(key)
+            if state is None:
+                previous = getattr(owner, name)
+                state = _AttrState(owner, name, previous)
+                if isinstance(previous, torch.dtype) and previous != torch.float32:
+                    setattr(owner, name, torch.float32)
+                    state.changed = True
+                _ATTRS[key] = state
+            state.users += 1
+            keys.append(key)
+    except BaseException:
+        _attrs_exit(keys)  # one unreadable attribute: the ones already set go back
+        raise
     return keys
 
 
@@ -141,8 +174,9 @@ def _attrs_exit(keys: Sequence[Tuple[int, str]]) -> None:
         state.users -= 1
         if state.users == 0:
             del _ATTRS[key]
-            # Put it back unless the host changed it deliberately meanwhile (e.g. its NaN fallback).
-            if getattr(state.owner, state.name) is torch.float32 and state.previous is not torch.float32:
+            # Put back only what was set here, and only unless the host changed it deliberately
+            # meanwhile (another dtype; the attribute removed).
+            if state.changed and getattr(state.owner, state.name, None) is torch.float32:
                 setattr(state.owner, state.name, state.previous)
 
 
@@ -253,7 +287,11 @@ def exact_weights(module: Optional[torch.nn.Module], files: Sequence[str]) -> Ex
     for path in files:
         if not path.endswith(".safetensors") or not os.path.isfile(path):
             continue
-        result = _match_file(low, path)
+        try:
+            result = _match_file(low, path)
+        except Exception as exc:  # noqa: BLE001 -- a damaged file costs the exact values only
+            base = os.path.basename(path)
+            result = ExactWeights(None, base, f"{base}: not readable ({type(exc).__name__}: {exc})")
         if result.tensors:
             break
     result.signature = signature
@@ -268,7 +306,7 @@ def _match_file(low: List[Tuple[str, torch.Tensor]], path: str) -> ExactWeights:
     for name, tensor in low:
         wanted.setdefault((tensor.dtype, tensor.numel(), _digest(tensor)), []).append(name)
     sizes = {(dtype, numel) for dtype, numel, _ in wanted}
-    found: Dict[str, torch.Tensor] = {}
+    candidates: Dict[str, List[Tuple[str, torch.Tensor]]] = {}
     lower = False
     with safe_open(path, framework="pt") as handle:
         keys = list(handle.keys())
@@ -292,7 +330,8 @@ def _match_file(low: List[Tuple[str, torch.Tensor]], path: str) -> ExactWeights:
                     lower = True
                     continue
                 for name in names:
-                    found.setdefault(name, tensor)
+                    candidates.setdefault(name, []).append((key, tensor))
+    found = {name: t for name, t in ((n, _pick(n, options)) for n, options in candidates.items()) if t is not None}
     base = os.path.basename(path)
     missing = [name for name, _ in low if name not in found]
     if missing:
@@ -302,3 +341,24 @@ def _match_file(low: List[Tuple[str, torch.Tensor]], path: str) -> ExactWeights:
     shapes = {name: tuple(t.shape) for name, t in low}
     tensors = {name: t.to(torch.float32).reshape(shapes[name]).contiguous() for name, t in found.items()}
     return ExactWeights(tensors, base, f"fp32 weights from {base}")
+
+
+def _pick(name: str, options: List[Tuple[str, torch.Tensor]]) -> Optional[torch.Tensor]:
+    """The file tensor for parameter ``name`` among those that round to it: the only one, the one
+    stored under its own name, or any of several equal ones.  Different ones (tensors that differ in
+    the file but round alike) and no name to tell them apart: none -- never a guess."""
+    if len(options) == 1:
+        return options[0][1]
+    for key, tensor in options:
+        if _without_prefix(key) == name:
+            return tensor
+    if len({(t.dtype, _digest(t)) for _, t in options}) == 1:
+        return options[0][1]
+    return None
+
+
+def _without_prefix(key: str) -> str:
+    for prefix in _VAE_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
