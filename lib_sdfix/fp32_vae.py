@@ -248,8 +248,17 @@ class ExactWeights:
 _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, ExactWeights]" = weakref.WeakKeyDictionary()
 
 
+def _version(tensor: torch.Tensor) -> Any:
+    """The tensor's in-place version counter (a load_state_dict into the same storage bumps it); None for
+    inference-mode tensors (Forge loads its weights under inference mode), which have none."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
+
+
 def _signature(module: torch.nn.Module, files: Sequence[str]) -> Tuple[Any, ...]:
-    params = tuple((name, t.data_ptr(), t.dtype, tuple(t.shape)) for name, t in _floating_tensors(module))
+    params = tuple((name, t.data_ptr(), t.dtype, tuple(t.shape), _version(t)) for name, t in _floating_tensors(module))
     stats = []
     for path in files:
         try:

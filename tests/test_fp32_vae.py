@@ -766,3 +766,19 @@ def test_cache_is_recomputed_when_weights_are_loaded_in_place(tmp_path, counted)
     assert {name: t.data_ptr() for name, t in floating(module).items()} == ptrs
     result = exact_weights(module, [path])
     assert len(counted) == 2 and result.mode == "upcast"
+
+
+def test_inference_mode_weights_without_a_version_counter(tmp_path):
+    """Forge loads its weights under torch.inference_mode(): such tensors have no version counter."""
+    reference = tiny()
+    path = checkpoint(tmp_path / "model.safetensors", reference.state_dict())
+    with torch.inference_mode():
+        module = tiny().to(torch.bfloat16)
+        with pytest.raises(RuntimeError):
+            next(module.parameters())._version
+        result = exact_weights(module, [path])
+        assert result.mode == "exact"
+        assert exact_weights(module, [path]) is result  # cached
+        x = torch.randn(1, 3, 6, 6)
+        with fp32_vae(module, exact=result.tensors) as mode:
+            assert mode == "exact" and same_bits(module(x), reference(x))
