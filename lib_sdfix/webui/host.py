@@ -144,8 +144,11 @@ class Host:
             weights = next((str(p.dtype) for p in module.parameters() if p.is_floating_point()), None)
         from modules import devices
 
+        model = self.sd_model()
         return {
             "host": self.name,
+            "sdxl": bool(getattr(model, "is_sdxl", False)),
+            "checkpoint": getattr(getattr(model, "sd_checkpoint_info", None), "name_for_extra", None),
             "vae_weights_dtype": weights,
             "vae_dtype_setting": str(getattr(devices, "dtype_vae", None)),
             "no_half_vae": bool(self.cmd_opt("no_half_vae", False)),

@@ -15,8 +15,8 @@ SDFIX_E2E_URL_REFORGE reforge   reForge, ``--always-cpu --vae-in-bf16`` and ``SD
 ====================  ========  =========================================================================
 
 Reference instances used by single tests: ``SDFIX_E2E_URL_FORGE_FP32`` (Forge ``--vae-in-fp32``),
-``SDFIX_E2E_URL_NOHALFVAE`` (AUTOMATIC1111 ``--precision half --no-half-vae``), ``SDFIX_E2E_URL_NOAPI``
-(AUTOMATIC1111 started without ``--api``).  Every instance needs ``tests/e2e/observer`` installed as a
+``SDFIX_E2E_URL_HALFVAE`` (AUTOMATIC1111 ``--precision half --vae-path`` of an fp32 VAE file, see
+``make_fp32_vae.py``), ``SDFIX_E2E_URL_NOAPI`` (AUTOMATIC1111 started without ``--api``).  Every instance needs ``tests/e2e/observer`` installed as a
 second extension and ``SDFIX_OBSERVER_TF32=1`` in its environment (sets TF32/benchmark at start as
 an Ampere+ GPU does, so a CPU run reproduces a GPU user's flags).
 """
@@ -38,7 +38,6 @@ import pytest
 class Mode:
     variable: str
     host: str
-    native_vae: str  # the dtype the host's VAE runs in without SDFix
     precision: Optional[str] = None  # AUTOMATIC1111's --precision
     upcast: bool = False
     sdxl: bool = False
@@ -46,16 +45,16 @@ class Mode:
 
 
 MODES_ALL = {
-    "fp32": Mode("SDFIX_E2E_URL", "a1111", "torch.float32", precision="full"),
-    "fp16": Mode("SDFIX_E2E_URL_FP16", "a1111", "torch.float16", precision="half", slow=True),
-    "upcast": Mode("SDFIX_E2E_URL_UPCAST", "a1111", "torch.float16", precision="half", upcast=True, slow=True),
-    "sdxl": Mode("SDFIX_E2E_URL_SDXL", "a1111", "torch.float16", sdxl=True, slow=True),
-    "forge": Mode("SDFIX_E2E_URL_FORGE", "forge", "torch.bfloat16"),
-    "reforge": Mode("SDFIX_E2E_URL_REFORGE", "reforge", "torch.bfloat16"),
+    "fp32": Mode("SDFIX_E2E_URL", "a1111", precision="full"),
+    "fp16": Mode("SDFIX_E2E_URL_FP16", "a1111", precision="half", slow=True),
+    "upcast": Mode("SDFIX_E2E_URL_UPCAST", "a1111", precision="half", upcast=True, slow=True),
+    "sdxl": Mode("SDFIX_E2E_URL_SDXL", "a1111", sdxl=True),
+    "forge": Mode("SDFIX_E2E_URL_FORGE", "forge"),
+    "reforge": Mode("SDFIX_E2E_URL_REFORGE", "reforge"),
 }
 URLS = {name: os.environ.get(mode.variable, "").rstrip("/") for name, mode in MODES_ALL.items()}
 REFERENCE_URLS = {name: os.environ.get(f"SDFIX_E2E_URL_{name.upper()}", "").rstrip("/")
-                  for name in ("forge_fp32", "nohalfvae", "noapi")}
+                  for name in ("forge_fp32", "halfvae", "noapi")}
 TIMEOUT = float(os.environ.get("SDFIX_E2E_TIMEOUT", "900"))
 # "user:password" when the WebUI runs with --api-auth (sent with every request unless auth=False)
 AUTH = os.environ.get("SDFIX_E2E_AUTH", "")
@@ -93,6 +92,11 @@ class WebUI:
     @property
     def host(self) -> str:
         return self.spec.host
+
+    @property
+    def slow(self) -> bool:
+        """Half precision on this CPU: R-ESRGAN and Hires passes take many minutes."""
+        return self.spec.slow or self.ok("GET", "/sdfix/v1/status")["environment"]["precision"] == "half"
 
     def call(self, method: str, path: str, body: Optional[Any] = None, auth: Optional[bool] = None) -> Tuple[int, Any]:
         return call(self.url, method, path, body, auth)
@@ -184,6 +188,7 @@ def _client(mode: str) -> WebUI:
     if spec.precision:
         assert environment["precision"] == spec.precision, f"{url} runs precision={environment['precision']}"
     assert environment["upcast_sampling"] == spec.upcast, f"{url}: --upcast-sampling is {environment['upcast_sampling']}"
+    assert environment["sdxl"] == spec.sdxl, f"{url}: the loaded checkpoint is {environment['checkpoint']}"
     status, _ = client.call("GET", "/sdfix-observer/flags")
     assert status == 200, "the SDFix e2e observer extension is not installed in this WebUI"
     client.ok("POST", "/sdfix-observer/hide-sdfix", {"hide": False})
@@ -203,5 +208,5 @@ def encode_png(image) -> str:
 
 
 def skip_slow(webui: WebUI, what: str) -> None:
-    if webui.spec.slow:
+    if webui.slow:
         pytest.skip(f"{what} in half precision on this CPU takes many minutes (shared/webui-offline/README.md)")

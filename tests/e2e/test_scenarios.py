@@ -113,23 +113,26 @@ def test_exact_fp32_weights_match_an_fp32_host():
 
 
 def test_exact_fp32_weights_from_an_fp32_vae_file_on_a_half_precision_host():
-    """AUTOMATIC1111 --precision half with an fp32 VAE file: SDFix's decode equals a host that keeps
-    that VAE in fp32 (--no-half-vae), bit for bit; the in-place upcast would keep the fp16 rounding."""
-    from .conftest import URLS, _client
-
-    if not URLS["fp16"] or not REFERENCE_URLS["nohalfvae"]:
-        pytest.skip("set SDFIX_E2E_URL_FP16 and SDFIX_E2E_URL_NOHALFVAE, both with --vae-path of an fp32 VAE file "
-                    "(tests/e2e/make_fp32_vae.py)")
-    half = _client("fp16")
-    if half.ok("GET", "/sdfix/v1/status")["environment"]["vae_weights"]["mode"] != "exact":
-        pytest.skip("the fp16 instance's VAE file holds no more precision than it runs in (start it with --vae-path)")
-    body = half.body(seed=77)
-    status, reference = call(REFERENCE_URLS["nohalfvae"], "POST", "/sdapi/v1/txt2img",
-                             dict(body, alwayson_scripts={"sdfix": {"args": [{"enabled": False}]}}))
-    assert status == 200, reference
-    exact = half.txt2img(seed=77)
+    """AUTOMATIC1111 --precision half with an fp32 VAE file (--vae-path): SDFix's decode equals the decode
+    of that VAE loaded in fp32, bit for bit; the in-place upcast keeps the fp16 rounding."""
+    url = REFERENCE_URLS["halfvae"]
+    if not url:
+        pytest.skip("set SDFIX_E2E_URL_HALFVAE: AUTOMATIC1111 --precision half --vae-path <fp32 VAE file> "
+                    "(tests/e2e/make_fp32_vae.py writes one)")
+    client = WebUI("fp16", url)
+    environment = client.ok("GET", "/sdfix/v1/status")["environment"]
+    assert environment["vae_weights_dtype"] == "torch.float16" and environment["vae_weights"]["mode"] == "exact"
+    exact = client.txt2img(seed=77)
+    upcast = client.txt2img([{"enabled": False}], seed=77)
     assert exact.params()["SDFix"].endswith("weights=exact")
-    assert exact.pixels() == _pixels(reference["images"][0])
+    assert client.ok("POST", "/sdfix-observer/vae-dtype", {"dtype": "fp32"})["weights"] == "torch.float32"
+    try:
+        reference = client.txt2img([{"enabled": False}], seed=77)  # same fp16 UNet, same latent, fp32 VAE
+    finally:
+        client.ok("POST", "/sdfix-observer/vae-dtype", {"dtype": "fp16"})
+    assert reference.vae("decoder")[0]["weight_dtype"] == "torch.float32"
+    assert exact.pixels() == reference.pixels()
+    assert upcast.pixels() != exact.pixels()  # the fp16 VAE really differs
 
 
 def test_fp16_vae_nan_is_avoided_by_the_guard(webui):

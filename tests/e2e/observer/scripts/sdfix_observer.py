@@ -322,6 +322,19 @@ def inject_failure(target):
     return target
 
 
+def set_vae_dtype(name):
+    """Reload the external VAE file into an fp32 (or back into an fp16) VAE, as --no-half-vae would load
+    it: the fp32 reference for exact weights on a half-precision AUTOMATIC1111."""
+    from modules import devices, sd_vae
+
+    model = shared.sd_model
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[name]
+    devices.dtype_vae = dtype
+    model.first_stage_model.to(dtype)  # so load_state_dict keeps the file's fp32 values
+    sd_vae.load_vae(model, sd_vae.loaded_vae_file, "sdfix-observer")
+    return str(next(model.first_stage_model.parameters()).dtype)
+
+
 def on_app_started(demo, app):
     from fastapi import Body
 
@@ -355,6 +368,10 @@ def on_app_started(demo, app):
     @app.post("/sdfix-observer/hide-sdfix")
     def hide(body: dict = Body(...)):
         return {"alwayson": hide_sdfix(bool(body.get("hide")))}
+
+    @app.post("/sdfix-observer/vae-dtype")
+    def vae_dtype(body: dict = Body(...)):
+        return {"weights": set_vae_dtype(body.get("dtype", "fp16"))}
 
     @app.post("/sdfix-observer/inject-failure")
     def inject(body: dict = Body(...)):
