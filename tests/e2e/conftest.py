@@ -41,7 +41,7 @@ class Mode:
     precision: Optional[str] = None  # AUTOMATIC1111's --precision
     upcast: bool = False
     sdxl: bool = False
-    slow: bool = False  # half precision on this CPU: R-ESRGAN and Hires passes take minutes
+    slow: bool = False  # half precision on this CPU: R-ESRGAN takes over 10 minutes
 
 
 MODES_ALL = {
@@ -95,7 +95,7 @@ class WebUI:
 
     @property
     def slow(self) -> bool:
-        """Half precision on this CPU: R-ESRGAN and Hires passes take many minutes."""
+        """Half precision on this CPU: R-ESRGAN takes over 10 minutes (fp16 convolutions)."""
         return self.spec.slow or self.ok("GET", "/sdfix/v1/status")["environment"]["precision"] == "half"
 
     def call(self, method: str, path: str, body: Optional[Any] = None, auth: Optional[bool] = None) -> Tuple[int, Any]:

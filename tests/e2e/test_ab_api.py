@@ -8,7 +8,7 @@ import os
 import pytest
 from PIL import Image
 
-from .conftest import AUTH, skip_slow
+from .conftest import AUTH
 
 PAYLOAD = {"prompt": "a portrait, detailed skin", "negative_prompt": "blurry", "seed": 4321, "steps": 2,
            "width": 64, "height": 64, "cfg_scale": 5, "sampler_name": "Euler"}
@@ -78,7 +78,6 @@ def test_ablation_and_saving(webui):
 def test_hires_comparison_with_the_same_sampler_samples_once(webui):
     """SDFix off vs on with the default "use same sampler" and a latent upscaler differ only in the
     decode: one sampling (first pass and Hires pass), the other variant decoded from it."""
-    skip_slow(webui, "a Hires pass")
     payload = dict(_payload(webui), enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.6,
                    hr_second_pass_steps=1)
     webui.ok("POST", "/sdfix-observer/reset")
@@ -94,7 +93,6 @@ def test_hires_comparison_with_the_same_sampler_samples_once(webui):
 
 
 def test_hires_comparison_shares_the_first_pass(webui):
-    skip_slow(webui, "a Hires pass")
     payload = dict(_payload(webui), enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.6,
                    hr_second_pass_steps=1, hr_sampler_name="DPM++ 2M")
     webui.ok("POST", "/sdfix-observer/reset")

@@ -42,8 +42,6 @@ def _screens(tmp_path) -> Path:
 def test_ab_tab_use_last_run_slider_zoom(page, tmp_path, webui):
     if AUTH:
         pytest.skip("the UI itself is not behind --api-auth; run this against a WebUI without it")
-    if webui.slow:
-        pytest.skip("half precision on this CPU: too slow for a browser session")
     webui.txt2img(prompt="browser test portrait", seed=777)  # becomes "the last txt2img" (params.txt)
     page.goto(page.sdfix_url, timeout=120_000)
     # the top-level tab button (gradio 3: .tab-nav button; gradio 4 on Forge: button[role=tab])

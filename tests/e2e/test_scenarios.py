@@ -48,7 +48,6 @@ def test_a_failing_xyz_cell_leaves_no_patch_and_no_fix_behind(webui):
 
 
 def test_parity_steps_aside_for_an_xyz_hires_sampler_axis(webui):
-    skip_slow(webui, "Hires passes")
     webui.ok("POST", "/sdfix-observer/reset")
     answer = webui.ok("POST", "/sdapi/v1/txt2img", webui.body(
         enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.6, hr_second_pass_steps=1,

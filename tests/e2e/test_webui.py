@@ -113,7 +113,6 @@ def test_bad_args_fail_with_422_naming_the_field(webui, args, field, flags_befor
 
 
 def test_hires_latent_parity_overrides_explicit_sampler_and_says_so(webui, flags_before):
-    skip_slow(webui, "a Hires pass")
     hires = dict(enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.6,
                  hr_second_pass_steps=2, sampler_name="DPM++ 2M", scheduler="Exponential",
                  hr_sampler_name="Euler", hr_scheduler="Uniform")
@@ -138,7 +137,6 @@ def test_hires_latent_parity_overrides_explicit_sampler_and_says_so(webui, flags
 
 
 def test_latent_upscaler_with_low_denoising_is_noted_not_changed(webui):
-    skip_slow(webui, "a Hires pass")
     result = webui.txt2img(enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.3,
                            hr_second_pass_steps=1)
     assert "bilinear" in result.params()["SDFix notes"]
