@@ -124,21 +124,27 @@ def script_args_for(runner: Any, alwayson: Dict[str, Any], settings: SDFixSettin
 
 class _Sampling:
     """The latents the samplers of one run return, in order (first pass, Hires pass), and the latents
-    queued to hand them instead of sampling."""
+    queued to hand them instead of sampling.
 
-    def __init__(self, inject: List[Any]) -> None:
+    Only the run's own samplers count (the host sets ``sampler.p`` before launching): an extension that
+    runs a generation of its own from a hook on this thread (ADetailer, from ``postprocess_image``)
+    samples as usual, and its latent is neither recorded as the run's nor replaced."""
+
+    def __init__(self, inject: List[Any], owner: Any = None) -> None:
         self.inject = list(inject)
         self.outputs: List[Any] = []
+        self.owner = owner
 
     def wrap(self, sampler: Any) -> Any:
-        index = len(self.outputs)
-        self.outputs.append(None)
-        latent = self.inject[index] if index < len(self.inject) else None
         launch = sampler.launch_sampling
 
         def launch_sampling(steps: int, func: Callable[[], Any]) -> Any:
+            if self.owner is not None and getattr(sampler, "p", self.owner) is not self.owner:
+                return launch(steps, func)  # another generation's sampler
+            index = len(self.outputs)
+            latent = self.inject[index] if index < len(self.inject) else None
             result = latent.clone() if latent is not None else launch(steps, func)
-            self.outputs[index] = result.clone()
+            self.outputs.append(result.clone())
             return result
 
         sampler.launch_sampling = launch_sampling
@@ -157,10 +163,10 @@ def _create_sampler(original: Callable) -> Callable:
 
 
 @contextlib.contextmanager
-def _sampling(inject: List[Any]) -> Iterator[_Sampling]:
+def _sampling(inject: List[Any], owner: Any = None) -> Iterator[_Sampling]:
     from modules import sd_samplers
 
-    _LOCAL.sampling = sampling = _Sampling(inject)
+    _LOCAL.sampling = sampling = _Sampling(inject, owner)
     PATCHES.acquire(sd_samplers, "create_sampler", _create_sampler)
     try:
         yield sampling
@@ -213,7 +219,7 @@ class _Run:
         from modules import processing
 
         p = self._processing()
-        with contextlib.closing(p), _sampling(inject) as sampling:
+        with contextlib.closing(p), _sampling(inject, owner=p) as sampling:
             processed = processing.process_images(p)
         outputs = [o for o in sampling.outputs if o is not None]
         self.first_pass = outputs[0] if len(outputs) > 1 else None
@@ -258,21 +264,22 @@ def run_comparison(request: Any) -> Dict[str, Any]:
     latent_upscaler = upscaler is None or upscaler in shared.latent_upscale_modes
     groups = ab.sampling_groups(request.variants, hires=hires, latent_upscaler=latent_upscaler,
                                 parity_changes_sampler=hires and not sampler_already_equal(fields))
-    plan = [(group, decode) for group in groups for decode in group.decodes]
+    plan = [run for group in groups for run in _group_runs(group)]
     shared.state.job_count = len(plan)
 
     images: Dict[str, Any] = {}
     infotexts: Dict[str, str] = {}
     times: Dict[str, float] = {}
     runs: List[Dict[str, Any]] = []
+    run_notes: List[str] = []
     first_pass: Optional[Any] = None
     scripts_note: Optional[str] = None
     for group in groups:
         final: Optional[Any] = None
-        for decode in group.decodes:
+        sampled_by: Tuple[int, Any] = (0, None)  # the run that sampled this group, and its decode
+        for decode, members in _group_runs(group):
             if shared.state.interrupted:
                 break
-            members = group.variants_for(decode)
             run = _Run(fields, alwayson, members[0].settings)
             if final is not None:
                 inject, kind = ([first_pass] if hires else []) + [final], "decode only (shared sampling)"
@@ -284,16 +291,17 @@ def run_comparison(request: Any) -> Dict[str, Any]:
             processed = run.run(inject)
             elapsed = time.perf_counter() - start
             scripts_note = scripts_note or run.scripts_note
-            if not processed.images:
-                break
+            if shared.state.interrupted or not processed.images:
+                break  # an interrupted generation's image is not the variant's, nor its latent the group's
             if final is None:
-                final = run.final
+                final, sampled_by = run.final, (len(runs) + 1, decode)
             if first_pass is None and hires:
                 first_pass = run.first_pass
             image, infotext = _first_image(processed)
             for variant in members:
                 images[variant.name], infotexts[variant.name], times[variant.name] = image, infotext, elapsed
             runs.append({"variants": [v.name for v in members], "kind": kind, "time_s": elapsed})
+            run_notes.append(_run_note(len(runs), runs[-1], sampled_by, decode))
 
     done = [v for v in request.variants if v.name in images]
     reference = request.reference
@@ -314,27 +322,35 @@ def run_comparison(request: Any) -> Dict[str, Any]:
     rows = ab.metrics_table({v.name: images[v.name] for v in done}, times, reference.name,
                             labels={v.name: v.label for v in done})
     result["metrics"] = rows
-    result["notes"] = ab.effect_notes(done, images, context) + _run_notes(runs, scripts_note)
+    result["notes"] = ab.effect_notes(done, images, context) + run_notes + ([scripts_note] if scripts_note else [])
     result["heatmap"] = ab.heatmap(images[reference.name], images[done[-1].name], request.heatmap_gain)
     if request.save:
         result["saved"] = save_comparison(fields, done, images, infotexts, rows, result["notes"])
     return result
 
 
-def _run_notes(runs: List[Dict[str, Any]], scripts_note: Optional[str]) -> List[str]:
-    notes = []
-    for i, run in enumerate(runs):
-        names = ", ".join(run["variants"])
-        if i == 0:
-            notes.append(f"run 1 ({names}): {run['kind']}")
-        elif run["kind"].startswith("decode only"):
-            notes.append(f"run {i + 1} ({names}): decode only -- sampled as run 1's group, only SDFix's decode differs")
-        else:
-            notes.append(f"run {i + 1} ({names}): {run['kind']} -- the Hires pass differs (parity or the "
-                         "decode/resize/encode fixes shape its input)")
-    if scripts_note:
-        notes.append(scripts_note)
-    return notes
+def _group_runs(group: Any) -> List[Tuple[Any, Tuple[Any, ...]]]:
+    """(decode, variants) per run of a sampling group: one run per distinct settings.  Variants that
+    decode alike share the sampling but not the run: each writes its own infotext (its SDFix entry)."""
+    runs = []
+    for decode in group.decodes:
+        by_settings: Dict[SDFixSettings, List[Any]] = {}
+        for variant in group.variants_for(decode):
+            by_settings.setdefault(variant.settings, []).append(variant)
+        runs += [(decode, tuple(members)) for members in by_settings.values()]
+    return runs
+
+
+def _run_note(number: int, run: Dict[str, Any], sampled_by: Tuple[int, Any], decode: Any) -> str:
+    names = ", ".join(run["variants"])
+    if number == 1:
+        return f"run 1 ({names}): {run['kind']}"
+    if run["kind"].startswith("decode only"):
+        source, source_decode = sampled_by
+        why = "only SDFix's decode differs" if decode != source_decode else "same decode, its own infotext"
+        return f"run {number} ({names}): decode only -- sampled as run {source}'s group, {why}"
+    return (f"run {number} ({names}): {run['kind']} -- the Hires pass differs (parity or the "
+            "decode/resize/encode fixes shape its input)")
 
 
 def save_comparison(fields: Dict[str, Any], variants: List[Any], images: Dict[str, Any],
