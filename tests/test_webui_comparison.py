@@ -295,7 +295,7 @@ def test_other_extensions_scripts_run_in_every_variant_with_the_payloads_args(we
     for name in ("A", "B"):
         assert result["images"][name].getpixel((0, 0)) == (255, 0, 255), name
         assert "Marker: m1" in result["infotexts"][name], name
-    assert result["scripts"] == {"ran": ["Sampler", "Marker"], "note": None}
+    assert result["scripts"] == {"ran": ["Marker"], "note": None}  # not the built-in UI-only "Sampler"
     calls = webui.marker_script.calls
     assert [(c["enabled"], c["tag"]) for c in calls] == [(True, "m1"), (True, "m1")]
     assert_clean(webui)
@@ -456,6 +456,31 @@ def test_a_generation_that_raises_leaves_nothing_behind(webui, fail_at):
     assert_clean(webui)
     webui.shared.sd_model.unet_hook = None
     assert compare(webui, PAYLOAD).result["complete"]  # and the next comparison runs as usual
+    assert_clean(webui)
+
+
+def test_a_skipped_run_is_not_a_finished_variant_and_the_next_run_goes_on(webui):
+    payload = dict(HIRES, hr_sampler_name="Euler")
+    run_one = payload["steps"] + payload["hr_second_pass_steps"]
+
+    def skip(calls):
+        if calls == run_one + 1:  # "Skip" pressed during B's Hires pass
+            webui.shared.state.skipped = True
+
+    webui.shared.sd_model.unet_hook = skip
+    result = compare(webui, payload, "ablation").result
+    # the parity-off group finished; the parity group's Hires pass was skipped: its variants are missing
+    assert sorted(result["images"]) == ["baseline", "encode", "guard", "resize"] and not result["complete"]
+    assert webui.shared.state.skipped is False
+    assert_clean(webui)
+
+
+@pytest.mark.parametrize("name", ["Eulr", "DPM++ 2M Karrass"])
+def test_an_unknown_sampler_is_refused_not_replaced(webui, name):
+    with pytest.raises(SettingsError) as err:
+        compare(webui, dict(PAYLOAD, sampler_name=name))
+    assert "payload.sampler_name" in err.value.problems
+    assert compare(webui, dict(PAYLOAD, sampler_name="DPM++ 2M Karras")).result["complete"]  # legacy combined name
     assert_clean(webui)
 
 

@@ -58,10 +58,11 @@ def txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
         raise SettingsError({"payload." + ".".join(str(x) for x in e["loc"]): e["msg"] for e in err.errors()}) from None
     except TypeError as err:
         raise SettingsError({"payload": str(err)}) from None
-    sampler, scheduler = sd_samplers.get_sampler_and_scheduler(request.sampler_name or request.sampler_index,
-                                                               request.scheduler)
-    if sampler not in sd_samplers.all_samplers_map:
-        raise SettingsError({"payload.sampler_name": f"sampler not found: {request.sampler_name!r}"})
+    requested = request.sampler_name or request.sampler_index
+    if requested and not _known_sampler(requested):
+        # The host would silently run its first sampler instead: a typo must not compare something else.
+        raise SettingsError({"payload.sampler_name": f"unknown sampler {requested!r}"})
+    sampler, scheduler = sd_samplers.get_sampler_and_scheduler(requested, request.scheduler)
     fields = {k: v for k, v in vars(request).items() if k not in _PAYLOAD_DROPPED and not k.startswith("_")}
     fields.pop("script_name", None)
     fields["sampler_name"] = sampler
@@ -71,6 +72,22 @@ def txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
         raise SettingsError({"payload.batch_size": "A/B compares one image: batch_size and n_iter must be 1"})
     fields["override_settings_restore_afterwards"] = True
     return fields
+
+
+def _known_sampler(name: str) -> bool:
+    """A sampler name or alias the host knows, optionally followed by a schedule type ("DPM++ 2M Karras")."""
+    from modules import sd_samplers, sd_schedulers
+
+    def known(text: str) -> bool:
+        return text in sd_samplers.all_samplers_map or text.lower() in getattr(sd_samplers, "samplers_map", {})
+
+    if known(name):
+        return True
+    for scheduler in sd_schedulers.schedulers:
+        for option in (scheduler.label, scheduler.name, *(getattr(scheduler, "aliases", None) or [])):
+            if name.endswith(" " + option) and known(name[:-len(option) - 1]):
+                return True
+    return False
 
 
 # --- script args ------------------------------------------------------------------------------------
@@ -232,10 +249,13 @@ def _first_image(processed: Any) -> Tuple[Any, str]:
     return processed.images[index], processed.infotexts[index]
 
 
-def _ran_scripts(alwayson: Dict[str, Any]) -> List[str]:
+def _ran_scripts() -> List[str]:
+    """Other extensions' AlwaysOn scripts that ran in every variant (built-in UI-only ones do not run
+    for an API-style generation)."""
     from modules import scripts
 
-    return [s.title() for s in scripts.scripts_txt2img.alwayson_scripts if s.title() != "SDFix"]
+    return [s.title() for s in scripts.scripts_txt2img.alwayson_scripts
+            if s.title() != "SDFix" and not getattr(s, "setup_for_ui_only", False)]
 
 
 def sampler_already_equal(fields: Dict[str, Any]) -> bool:
@@ -293,6 +313,11 @@ def run_comparison(request: Any) -> Dict[str, Any]:
             scripts_note = scripts_note or run.scripts_note
             if shared.state.interrupted or not processed.images:
                 break  # an interrupted generation's image is not the variant's, nor its latent the group's
+            if getattr(shared.state, "skipped", False):  # "Skip": this run's image is partial; go on with the next
+                shared.state.skipped = False
+                if final is None:
+                    break  # the group's sampling was cut short: its other runs have nothing to share
+                continue
             if final is None:
                 final, sampled_by = run.final, (len(runs) + 1, decode)
             if first_pass is None and hires:
@@ -311,7 +336,7 @@ def run_comparison(request: Any) -> Dict[str, Any]:
         "images": images, "infotexts": infotexts, "times": times,
         "runs": sum(1 for r in runs if not r["kind"].startswith("decode only")),  # runs that sampled
         "plan": runs,
-        "scripts": {"ran": [] if scripts_note else _ran_scripts(alwayson), "note": scripts_note},
+        "scripts": {"ran": [] if scripts_note else _ran_scripts(), "note": scripts_note},
         "metrics": [], "notes": [], "heatmap": None, "saved": None,
     }
     if reference.name not in images or len(done) < 2:
