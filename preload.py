@@ -8,8 +8,10 @@ def preload(parser):
         help="SDFix: load the extension but apply no fix and patch nothing",
     )
     parser.add_argument(
-        "--sdfix-decode-dtype",
+        "--sdfix-vae-dtype",
+        "--sdfix-decode-dtype",  # its older name
+        dest="sdfix_vae_dtype",
         choices=["fp32", "auto"],
         default=None,
-        help="SDFix: VAE dtype during decode/encode (fp32, or auto = leave the WebUI's); overrides the setting",
+        help="SDFix: VAE dtype for its decodes and encodes (fp32, or auto = leave the WebUI's); overrides the setting",
     )

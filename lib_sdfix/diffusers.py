@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 from PIL import Image
 
 from lib_sdfix.resize import resize_after_upscale, upscaler_passes
-from lib_sdfix.safety import FixReport, logger
+from lib_sdfix.failsafe import FixReport, logger
 from lib_sdfix.settings import SDFixSettings
 
 __all__ = [
@@ -169,8 +169,8 @@ def _audit_vae(pipes: Sequence[Any]) -> Finding:
     dtype = _module_dtype(vae)
     half = dtype is not None and dtype != torch.float32
     if guard is not None and guard.active("decode"):
-        if half and guard.options.decode_dtype != "fp32":
-            return Finding("vae_precision", True, f"decode guarded, but decode_dtype=auto keeps the {_dtype_name(dtype)} VAE")
+        if half and guard.options.vae_dtype != "fp32":
+            return Finding("vae_precision", True, f"decode guarded, but vae_dtype=auto keeps the {_dtype_name(dtype)} VAE")
         return Finding("vae_precision", False, "decode" + (" and encode" if guard.active("encode") else "") + " run under the precision guard in fp32")
     flags = read_flags()
     reduced = [name for name in ("cudnn.allow_tf32", "cuda.matmul.allow_tf32") if flags.get(name) is True]
@@ -484,7 +484,7 @@ class _VaeGuard:
         )
 
     def _guarded(self, kind: str, original: Callable[..., Any], vae: Any, args: Tuple, kwargs: Dict[str, Any]) -> Any:
-        upcast = self.options.decode_dtype == "fp32"
+        upcast = self.options.upcast
         in_dtype = _first_floating_dtype(args, kwargs)
         oom = _oom_errors()
         try:
@@ -501,7 +501,7 @@ class _VaeGuard:
                    args: Tuple, kwargs: Dict[str, Any]) -> Any:
         """The VAE call did not fit: tiles first (diffusers' own tiling), then, if the VAE was being
         upcast, the VAE's own dtype -- flags still guarded."""
-        from lib_sdfix.precision import guarded_vae_call
+        from lib_sdfix.fp32_vae import guarded_vae_call
 
         oom = _oom_errors()
         _free_device_memory()
@@ -524,7 +524,7 @@ class _VaeGuard:
                 kwargs: Dict[str, Any]) -> Any:
         """One guarded call: the VAE cast in place for the call, or -- where accelerate's offload
         hooks own its weights -- an fp32 copy of it, so the offloaded VAE is never touched."""
-        from lib_sdfix.precision import guarded_vae_call
+        from lib_sdfix.fp32_vae import guarded_vae_call
 
         hooks = _weight_offload_hooks(vae)
         if not hooks:
@@ -550,7 +550,7 @@ class _VaeGuard:
 
     @staticmethod
     def _on_copy(kind: str, fp32: _Fp32Vae, args: Tuple, kwargs: Dict[str, Any]) -> Any:
-        from lib_sdfix.precision import guarded_vae_call
+        from lib_sdfix.fp32_vae import guarded_vae_call
 
         module, device = fp32.module, fp32.device
         back = _first_tensor_device(args, kwargs)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Union
+from pathlib import PurePath
+from typing import Any, Dict, Mapping, Union
 
 import numpy as np
 from PIL import Image
@@ -21,6 +22,8 @@ __all__ = [
     "laplacian_variance",
     "high_frequency_energy",
     "difference_heatmap",
+    "detail_ratio",
+    "json_safe",
 ]
 
 ImageLike = Union[Image.Image, np.ndarray]
@@ -121,11 +124,11 @@ class DetailReport:
 
     @property
     def laplacian_ratio(self) -> float:
-        return _ratio(self.laplacian_variance_b, self.laplacian_variance_a)
+        return detail_ratio(self.laplacian_variance_b, self.laplacian_variance_a)
 
     @property
     def high_frequency_ratio(self) -> float:
-        return _ratio(self.high_frequency_b, self.high_frequency_a)
+        return detail_ratio(self.high_frequency_b, self.high_frequency_a)
 
     def as_dict(self) -> Dict[str, float]:
         out = asdict(self)
@@ -134,10 +137,30 @@ class DetailReport:
         return out
 
 
-def _ratio(b: float, a: float) -> float:
-    if a == 0.0:
-        return 1.0 if b == 0.0 else math.inf
-    return b / a
+def detail_ratio(value: float, reference: float) -> float:
+    """``value / reference``: > 1 means more detail than the reference; a flat reference gives 1 or inf."""
+    if reference == 0.0:
+        return 1.0 if value == 0.0 else math.inf
+    return value / reference
+
+
+def json_safe(value: Any) -> Any:
+    """A strict-JSON copy of metrics: infinities (PSNR of identical images, a ratio against a flat
+    reference) become "inf"/"-inf" -- JSON has no Infinity, and null would read as "not measured" --
+    NaN becomes null; mappings and sequences are copied through, paths become text."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
 
 
 def compare_detail(a: ImageLike, b: ImageLike) -> DetailReport:

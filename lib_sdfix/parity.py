@@ -9,13 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["HiresSampling", "resolve_hires_sampling", "SAME_SAMPLER", "SAME_SCHEDULER", "AUTOMATIC"]
+__all__ = ["HiresSampling", "resolve_hires_sampling", "latent_upscale_note", "SAME_SAMPLER", "SAME_SCHEDULER", "AUTOMATIC",
+           "SAME_MARKERS", "is_same_marker"]
 
 SAME_SAMPLER = "Use same sampler"
 SAME_SCHEDULER = "Use same scheduler"
 AUTOMATIC = "Automatic"
 
-_SAME_MARKERS = {None, "", SAME_SAMPLER, SAME_SCHEDULER, "None"}
+#: What the WebUI (its UI, its API, a pasted infotext) says for "as the first pass" in a Hires
+#: sampler/scheduler field.  The one list: the A/B form, infotext parsing and parity read it.
+SAME_MARKERS = frozenset({"", SAME_SAMPLER, SAME_SCHEDULER, "None"})
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,9 @@ class HiresSampling:
         return self.sampler_overridden or self.scheduler_overridden
 
 
-def _is_same_marker(value: Optional[str]) -> bool:
-    return value is None or value.strip() in _SAME_MARKERS
+def is_same_marker(value: Optional[str]) -> bool:
+    """Whether a Hires sampler/scheduler value means "as the first pass"."""
+    return value is None or (isinstance(value, str) and value.strip() in SAME_MARKERS)
 
 
 def resolve_hires_sampling(
@@ -52,10 +56,10 @@ def resolve_hires_sampling(
     pass used a named schedule.  With ``parity`` off, explicit choices are kept and only the "same"
     markers are resolved.
     """
-    first_scheduler = AUTOMATIC if _is_same_marker(first_scheduler) else first_scheduler.strip()
+    first_scheduler = AUTOMATIC if is_same_marker(first_scheduler) else first_scheduler.strip()
     first_sampler = first_sampler.strip()
-    want_sampler = first_sampler if _is_same_marker(hires_sampler) else hires_sampler.strip()
-    want_scheduler = first_scheduler if _is_same_marker(hires_scheduler) else hires_scheduler.strip()
+    want_sampler = first_sampler if is_same_marker(hires_sampler) else hires_sampler.strip()
+    want_scheduler = first_scheduler if is_same_marker(hires_scheduler) else hires_scheduler.strip()
     if not parity:
         return HiresSampling(want_sampler, want_scheduler)
 
@@ -73,3 +77,15 @@ def resolve_hires_sampling(
         scheduler_overridden,
         "; ".join(notes),
     )
+
+
+def latent_upscale_note(upscaler: Optional[str], latent_mode: Optional[dict], denoising: float,
+                        threshold: float) -> Optional[str]:
+    """A note when a bilinear latent upscaler meets low denoising: a known blur source SDFix reports
+    but never changes silently."""
+    if latent_mode is None or latent_mode.get("mode") != "bilinear" or threshold <= 0:
+        return None
+    if denoising is None or denoising >= threshold:
+        return None
+    return (f"Hires upscaler {upscaler or 'Latent'} is bilinear: with denoising {denoising:g} below "
+            f"{threshold:g} it blurs detail (use an upscaler model or more denoising)")

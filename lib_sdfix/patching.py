@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Tuple
 
-from lib_sdfix.safety import log_once
+from lib_sdfix.failsafe import log_once
 
 __all__ = ["PatchSet", "is_replacement"]
 

@@ -47,14 +47,12 @@ import torch
 __all__ = [
     "precision_guard",
     "precision_guarded",
-    "vae_in_fp32",
-    "guarded_vae_call",
+    "autocast_disabled",
     "read_flags",
     "restore_flags",
     "effective_tf32",
     "flag_api",
     "guard_depth",
-    "vae_weight_dtype",
 ]
 
 _torch: Any = torch  # every flag is reached through this name, so tests can stand in an older torch
@@ -535,77 +533,6 @@ def precision_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-# --- fp32 VAE -----------------------------------------------------------------------------------
-
-_UPCAST_LOCK = threading.RLock()
-_UPCAST_COUNT: Dict[int, int] = {}
-_UPCAST_ORIGINAL: Dict[int, Tuple[List[Tuple[torch.Tensor, torch.dtype]], List[Tuple[Any, Any]]]] = {}
-
-
-def _low_precision_tensors(module: torch.nn.Module) -> List[Tuple[torch.Tensor, torch.dtype]]:
-    tensors = list(module.parameters()) + list(module.buffers())
-    return [(t, t.dtype) for t in tensors if t.is_floating_point() and t.dtype != torch.float32]
-
-
-def _cached_dtypes(module: torch.nn.Module) -> List[Tuple[Any, Any]]:
-    """Modules that cache their dtype (PyTorch Lightning's ``_dtype``, behind ``.dtype``; the ldm VAE
-    is one): code inside the VAE reads it to cast its inputs, so it must follow the weights."""
-    return [(m, m._dtype) for m in module.modules() if isinstance(getattr(m, "_dtype", None), torch.dtype)]
-
-
-def vae_weight_dtype(module: torch.nn.Module) -> torch.dtype:
-    """The dtype the VAE's weights have right now (a cached ``.dtype`` can lag behind in-place casts)."""
-    for tensor in module.parameters():
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float32
-
-
-@contextlib.contextmanager
-def vae_in_fp32(module: Optional[torch.nn.Module]) -> Iterator[None]:
-    """Run the block with ``module``'s floating weights in fp32, then give them their dtype back.
-
-    fp16/bf16 -> fp32 -> fp16/bf16 is exact, so the weights come back bit-identical; casting in
-    place costs no second VAE in memory.  Reference-counted per module: concurrent users of one VAE
-    keep it in fp32 until the last one leaves.
-    """
-    if module is None:
-        yield
-        return
-    key = id(module)
-    with _UPCAST_LOCK:
-        count = _UPCAST_COUNT.get(key, 0)
-        if count == 0:
-            tensors, cached = _low_precision_tensors(module), _cached_dtypes(module)
-            done = 0
-            try:
-                for tensor, _ in tensors:
-                    tensor.data = tensor.data.to(torch.float32)
-                    done += 1
-            except BaseException:
-                # Out of memory half-way (a big VAE on a full GPU): never leave a half-cast VAE behind.
-                for tensor, dtype in tensors[:done]:
-                    tensor.data = tensor.data.to(dtype)
-                raise
-            if tensors:
-                for owner, _ in cached:
-                    owner._dtype = torch.float32
-            _UPCAST_ORIGINAL[key] = (tensors, cached if tensors else [])
-        _UPCAST_COUNT[key] = count + 1
-    try:
-        yield
-    finally:
-        with _UPCAST_LOCK:
-            _UPCAST_COUNT[key] -= 1
-            if _UPCAST_COUNT[key] == 0:
-                del _UPCAST_COUNT[key]
-                tensors, cached = _UPCAST_ORIGINAL.pop(key, ([], []))
-                for tensor, dtype in tensors:
-                    tensor.data = tensor.data.to(dtype)
-                for owner, dtype in cached:
-                    owner._dtype = dtype
-
-
 @contextlib.contextmanager
 def autocast_disabled() -> Iterator[None]:
     """Autocast off on the CPU and, where present, CUDA, so nothing casts the VAE math back to half."""
@@ -614,31 +541,3 @@ def autocast_disabled() -> Iterator[None]:
         if torch.cuda.is_available():
             stack.enter_context(torch.autocast("cuda", enabled=False))
         yield
-
-
-def _to_fp32(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
-        return value.to(torch.float32)
-    return value
-
-
-def guarded_vae_call(
-    fn: Callable[..., Any],
-    vae: Optional[torch.nn.Module],
-    *args: Any,
-    upcast: bool = True,
-    **kwargs: Any,
-) -> Any:
-    """Call ``fn(*args, **kwargs)`` -- a VAE decode or encode -- under the full precision guard.
-
-    Flags guarded; with ``upcast`` the VAE runs in fp32 with autocast off and floating tensor
-    arguments (the latent, the image) are upcast to fp32 (never cast down).  The result is what
-    ``fn`` returns, in fp32.
-    """
-    with precision_guard():
-        if not upcast:
-            return fn(*args, **kwargs)
-        with vae_in_fp32(vae), autocast_disabled():
-            args = tuple(_to_fp32(a) for a in args)
-            kwargs = {k: _to_fp32(v) for k, v in kwargs.items()}
-            return fn(*args, **kwargs)

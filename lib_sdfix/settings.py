@@ -1,28 +1,35 @@
-"""The one settings model of SDFix, shared by the UI, the Settings panel, the infotext and the API.
+"""The one settings model of SDFix and its one fix table, read by every consumer.
 
-Every option is declared once in :data:`FIELDS` with its type, default, allowed values and help
-text.  Parsing is strict: a wrong type, an unknown key or an out-of-range value raises
-:class:`SettingsError` naming the field -- never a silent default.
+Every option is declared once in :data:`OPTIONS` (type, default, allowed values, label, help text,
+infotext key, older names); :class:`SDFixSettings` is generated from it.  Every fix is declared once
+in :data:`FIXES`: its key is the option that turns it on and its name everywhere -- notes, the A/B
+ablation, X/Y/Z axes, the diffusers audit cause it removes, the host hooks it needs.  Parsing is
+strict: a wrong type, an unknown key or an out-of-range value raises :class:`SettingsError` naming
+the field -- never a silent default.
 """
 from __future__ import annotations
 
 import itertools
 import math
 import reprlib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
-    "Field",
-    "FIELDS",
+    "Option",
+    "OPTIONS",
+    "PANEL_OPTIONS",
+    "Fix",
+    "FIXES",
     "UI_ARG_ORDER",
     "SDFixSettings",
     "SettingsError",
     "INFOTEXT_KEY",
     "NOTES_INFOTEXT_KEY",
-    "PANEL_FIELDS",
     "OPTION_PREFIX",
     "defaults_from_options",
+    "option",
+    "fix",
     "describe",
 ]
 
@@ -74,21 +81,23 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
-class Field:
-    """Declaration of one option."""
+class Option:
+    """Declaration of one option: what it accepts, how the UI shows it, its infotext key, older names."""
 
     name: str
     kind: type  # bool, str or float
     default: Any
     label: str
     help: str
-    infotext: str  # short key in the "SDFix: ..." infotext fragment
+    infotext: str  # short key in the "SDFix: ..." infotext entry
     choices: Tuple[str, ...] = ()
     minimum: Optional[float] = None
     maximum: Optional[float] = None
+    aliases: Tuple[str, ...] = ()  # older API / Settings names, still accepted
+    infotext_aliases: Tuple[str, ...] = ()  # older infotext keys, still pasted
 
     def validate(self, value: Any) -> Any:
-        """The value, checked (ints are accepted for float fields); raises ValueError with the reason."""
+        """The value, checked (ints are accepted for float options); raises ValueError with the reason."""
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise ValueError(f"expected true or false, got {type(value).__name__} {describe(value)}")
@@ -110,49 +119,59 @@ class Field:
         return value
 
 
-FIELDS: Tuple[Field, ...] = (
-    Field(
+@dataclass(frozen=True)
+class Fix:
+    """One fix.  ``key`` is its option and its name everywhere (notes, ablation variants, axes)."""
+
+    key: str
+    label: str  # short name for the UI, notes and the ablation ("precision guard only")
+    cause: str  # the diffusers audit cause it removes (lib_sdfix.diffusers.CAUSES), "" if none
+    patches: Tuple[str, ...]  # host hooks it needs while a generation runs: "decode", "encode", "resize"
+
+
+OPTIONS: Tuple[Option, ...] = (
+    Option(
         "enabled", bool, True, "Enable SDFix",
         "Master switch. Off: SDFix changes nothing and the output is identical to the WebUI without it.",
         "on",
     ),
-    Field(
+    Option(
         "precision_guard", bool, True, "Full-precision VAE decode",
         "Decode latents with TF32 and cuDNN autotuning off and the VAE in fp32, so skin, hair and eye "
         "highlights are not flattened into an oil-painting look. Flags are restored right after.",
         "guard",
     ),
-    Field(
+    Option(
         "guard_encode", bool, True, "Full-precision VAE encode",
         "Same protection for the VAE encode of img2img/inpaint init images and of the Hires.fix "
         "upscaled image, so detail lost on the way in is not baked into the result.",
         "encode",
     ),
-    Field(
+    Option(
         "hires_parity", bool, True, "Hires pass uses the first pass's sampler",
         "Run the Hires.fix pass with the same sampler and schedule type as the first pass; a different "
         "or uniform schedule at low denoising smooths away detail. Overrides are noted in the infotext.",
         "parity",
     ),
-    Field(
+    Option(
         "post_resize", bool, True, "Sharp resize after the upscaler",
         "Resize an upscaler's native output to the Hires/img2img target in one high-quality pass, "
         "instead of a blurring filter or two resamplings in a row.",
         "resize",
     ),
-    Field(
+    Option(
         "resize_filter", str, "LANCZOS", "Resize filter",
         "Filter for that single resize. LANCZOS keeps the most detail; BICUBIC is softer; BOX suits "
         "large reductions.",
         "filter", choices=("LANCZOS", "BICUBIC", "BOX"),
     ),
-    Field(
-        "decode_dtype", str, "fp32", "VAE decode dtype",
-        "fp32: run the VAE in float32 during decode/encode (recommended). auto: keep the dtype the "
-        "WebUI chose (flags are still guarded).",
-        "dtype", choices=("fp32", "auto"),
+    Option(
+        "vae_dtype", str, "fp32", "VAE dtype",
+        "fp32: run the VAE in float32 for its decodes and encodes (recommended). auto: keep the dtype "
+        "the WebUI chose (flags are still guarded).",
+        "vae", choices=("fp32", "auto"), aliases=("decode_dtype",), infotext_aliases=("dtype",),
     ),
-    Field(
+    Option(
         "latent_denoise_warning", float, 0.5, "Warn below this denoising with a Latent upscaler",
         "A Latent (bilinear) Hires upscaler with denoising strength below this value is a known blur "
         "source; SDFix notes it in the infotext (it never changes it silently). 0 turns the note off.",
@@ -160,9 +179,16 @@ FIELDS: Tuple[Field, ...] = (
     ),
 )
 
+FIXES: Tuple[Fix, ...] = (
+    Fix("precision_guard", "precision guard", "vae_precision", ("decode",)),
+    Fix("guard_encode", "guard encode", "vae_precision", ("encode",)),
+    Fix("hires_parity", "Hires parity", "scheduler_mismatch", ()),
+    Fix("post_resize", "post-resize", "hires_resize", ("resize",)),
+)
+
 #: Options that exist only in the WebUI's Settings panel (not per generation, not in the API args).
-PANEL_FIELDS: Tuple[Field, ...] = (
-    Field(
+PANEL_OPTIONS: Tuple[Option, ...] = (
+    Option(
         "add_infotext", bool, True, "Add SDFix info to infotext",
         "Write what SDFix applied (and anything it could not apply) into the image's generation "
         "parameters, so pasting them restores the toggles.",
@@ -170,11 +196,13 @@ PANEL_FIELDS: Tuple[Field, ...] = (
     ),
 )
 
-#: Settings-panel option key of a field: ``sdfix_<name>``.
+#: Settings-panel option key of an option: ``sdfix_<name>``.
 OPTION_PREFIX = "sdfix_"
 
-_BY_NAME: Dict[str, Field] = {f.name: f for f in FIELDS}
-_BY_INFOTEXT: Dict[str, Field] = {f.infotext: f for f in FIELDS}
+_BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
+_BY_ALIAS: Dict[str, Option] = {alias: o for o in OPTIONS for alias in o.aliases}
+_BY_INFOTEXT: Dict[str, Option] = {key: o for o in OPTIONS for key in (o.infotext, *o.infotext_aliases)}
+_FIXES_BY_KEY: Dict[str, Fix] = {f.key: f for f in FIXES}
 
 #: Options that existed once: refused by name with the reason (an API client gets told, not ignored).
 REMOVED_OPTIONS = {
@@ -186,50 +214,62 @@ REMOVED_OPTIONS = {
 INFOTEXT_RESULT_KEYS = ("weights", "previews")
 
 #: Order of the positional script args the UI sends (the WebUI passes component values in order).
-UI_ARG_ORDER: Tuple[str, ...] = tuple(f.name for f in FIELDS)
+UI_ARG_ORDER: Tuple[str, ...] = tuple(o.name for o in OPTIONS)
 
 
-@dataclass(frozen=True)
-class SDFixSettings:
+class _SettingsModel:
     """Validated SDFix options.  Build with :meth:`from_mapping`, :meth:`from_args` or :meth:`from_infotext`."""
-
-    enabled: bool = True
-    precision_guard: bool = True
-    guard_encode: bool = True
-    hires_parity: bool = True
-    post_resize: bool = True
-    resize_filter: str = "LANCZOS"
-    decode_dtype: str = "fp32"
-    latent_denoise_warning: float = 0.5
 
     def __post_init__(self) -> None:
         problems = {}
-        for f in FIELDS:
+        for o in OPTIONS:
             try:
-                object.__setattr__(self, f.name, f.validate(getattr(self, f.name)))
+                object.__setattr__(self, o.name, o.validate(getattr(self, o.name)))
             except ValueError as err:
-                problems[f.name] = str(err)
+                problems[o.name] = str(err)
         if problems:
             raise SettingsError(problems)
+
+    # -- fixes ----------------------------------------------------------------------------------
+
+    def wants(self, fix_key: str) -> bool:
+        """Whether fix ``fix_key`` is on (SDFix enabled and its option set)."""
+        return bool(self.enabled and getattr(self, _FIXES_BY_KEY[fix_key].key))  # KeyError: no such fix
+
+    def fixes_on(self) -> List[str]:
+        """The keys of the fixes that are on, in :data:`FIXES` order."""
+        return [f.key for f in FIXES if self.wants(f.key)]
+
+    @property
+    def upcast(self) -> bool:
+        """Whether the VAE runs in fp32 for its guarded calls."""
+        return self.vae_dtype == "fp32"
 
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], base: Optional["SDFixSettings"] = None) -> "SDFixSettings":
-        """Named values (API dict); missing keys come from ``base`` (the Settings defaults)."""
+        """Named values (API dict); missing keys come from ``base`` (the Settings defaults).  Older
+        names (``decode_dtype``) are read as their option."""
         if not isinstance(values, Mapping):
             raise SettingsError({"args": f"expected an object of named options, got {type(values).__name__}"})
-        problems = {}
-        for key in values:
+        problems: Dict[str, str] = {}
+        named: Dict[str, Any] = {}
+        for key, value in values.items():
+            option = _BY_NAME.get(key) or _BY_ALIAS.get(key)
             if key in REMOVED_OPTIONS:
                 problems[str(key)] = REMOVED_OPTIONS[key]
-            elif key not in _BY_NAME:
+            elif option is None:
                 problems[str(key)] = f"unknown option; known options are {list(UI_ARG_ORDER)}"
                 if len(problems) >= 50:  # a dict of 100,000 unknown keys needs no 100,000 entries
                     break
+            elif option.name in named:
+                problems[str(key)] = f"given twice (also as {option.name!r} or one of its older names)"
+            else:
+                named[option.name] = value
         if problems:
             raise SettingsError(problems)
-        return replace(base or cls(), **dict(values))
+        return replace(base or cls(), **named)
 
     @classmethod
     def from_args(cls, args: Sequence[Any], base: Optional["SDFixSettings"] = None) -> "SDFixSettings":
@@ -271,20 +311,20 @@ class SDFixSettings:
         Holds no commas or colons, so the WebUI writes it unquoted and reads it back intact.
         """
         parts = []
-        for f in FIELDS:
-            value = getattr(self, f.name)
-            if f.kind is bool:
+        for o in OPTIONS:
+            value = getattr(self, o.name)
+            if o.kind is bool:
                 text = "1" if value else "0"
-            elif f.kind is float:
+            elif o.kind is float:
                 text = repr(value)
             else:
                 text = value
-            parts.append(f"{f.infotext}={text}")
+            parts.append(f"{o.infotext}={text}")
         return " ".join(parts)
 
     @classmethod
     def from_infotext(cls, text: str, base: Optional["SDFixSettings"] = None) -> "SDFixSettings":
-        """Parse the value written by :meth:`to_infotext`; keys it lacks come from ``base``."""
+        """Parse the value written by :meth:`to_infotext` (older keys included); keys it lacks come from ``base``."""
         if not isinstance(text, str):
             raise SettingsError({INFOTEXT_KEY: f"expected text, got {type(text).__name__}"})
         values: Dict[str, Any] = {}
@@ -293,25 +333,34 @@ class SDFixSettings:
             key, sep, raw = token.partition("=")
             if sep and key in INFOTEXT_RESULT_KEYS:
                 continue
-            field = _BY_INFOTEXT.get(key)
-            if not sep or field is None:
+            option = _BY_INFOTEXT.get(key)
+            if not sep or option is None:
                 problems[key or token] = f"unknown SDFix infotext entry {describe(token)}"
                 continue
             try:
-                values[field.name] = _parse_infotext_value(field, raw)
+                values[option.name] = _parse_infotext_value(option, raw)
             except ValueError as err:
-                problems[field.name] = str(err)
+                problems[option.name] = str(err)
         if problems:
             raise SettingsError(problems)
         return cls.from_mapping(values, base)
 
 
-def _parse_infotext_value(field: Field, raw: str) -> Any:
-    if field.kind is bool:
+SDFixSettings = make_dataclass(
+    "SDFixSettings",
+    [(o.name, o.kind, field(default=o.default)) for o in OPTIONS],
+    bases=(_SettingsModel,),
+    frozen=True,
+    namespace={"__doc__": _SettingsModel.__doc__, "__module__": __name__},
+)
+
+
+def _parse_infotext_value(option: Option, raw: str) -> Any:
+    if option.kind is bool:
         if raw not in ("0", "1"):
             raise ValueError(f"expected 0 or 1, got {describe(raw)}")
         return raw == "1"
-    if field.kind is float:
+    if option.kind is float:
         try:
             return float(raw)
         except ValueError:
@@ -319,23 +368,34 @@ def _parse_infotext_value(field: Field, raw: str) -> Any:
     return raw
 
 
-def defaults_from_options(read: Callable[[str, Any], Any]) -> SDFixSettings:
-    """The Settings-panel defaults: ``read(option_key, default)`` for every generation field.
+_MISSING = object()
+
+
+def defaults_from_options(read: Callable[[str, Any], Any]) -> "SDFixSettings":
+    """The Settings-panel defaults: ``read(option_key, default)`` for every option (an older name's
+    stored value where the current one was never saved).
 
     A stored value that no longer validates (edited config.json, older version) raises
     :class:`SettingsError` naming the option.
     """
-    values = {f.name: read(OPTION_PREFIX + f.name, f.default) for f in FIELDS}
+    values = {}
+    for o in OPTIONS:
+        value = read(OPTION_PREFIX + o.name, _MISSING)
+        for alias in o.aliases:
+            if value is _MISSING:
+                value = read(OPTION_PREFIX + alias, _MISSING)
+        values[o.name] = o.default if value is _MISSING else value
     try:
         return SDFixSettings.from_mapping(values)
     except SettingsError as err:
         raise SettingsError({OPTION_PREFIX + k: v for k, v in err.problems.items()}) from None
 
 
-def field(name: str) -> Field:
+def option(name: str) -> Option:
     """The declaration of option ``name``."""
     return _BY_NAME[name]
 
 
-assert tuple(f.name for f in fields(SDFixSettings)) == UI_ARG_ORDER, "FIELDS and SDFixSettings disagree"
-assert all(getattr(SDFixSettings(), f.name) == f.default for f in FIELDS), "defaults disagree"
+def fix(key: str) -> Fix:
+    """The declaration of fix ``key``."""
+    return _FIXES_BY_KEY[key]

@@ -6,7 +6,7 @@ from typing import Any, List
 import modules.scripts as scripts
 
 from lib_sdfix import __version__
-from lib_sdfix.safety import logger
+from lib_sdfix.failsafe import logger
 from lib_sdfix.webui import apply, register
 
 

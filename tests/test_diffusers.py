@@ -123,7 +123,7 @@ def test_vae_options_are_followed_and_can_change_by_hardening_again():
             encoded = vae.encode(image).latent_dist.mean
         return seen.of("decoder")[0], seen.of("encoder")[0], decoded, encoded
 
-    decoder, encoder, decoded, encoded = observe(SDFixSettings(decode_dtype="auto"))
+    decoder, encoder, decoded, encoded = observe(SDFixSettings(vae_dtype="auto"))
     assert decoder["weight"] == HALF and not decoder["cudnn_tf32"] and not decoder["benchmark"]
     assert audit(pipe, img2img)["vae_precision"].present is True  # auto keeps the half VAE
 
@@ -362,7 +362,7 @@ def test_embeddings_also_move_to_the_execution_device():
     """Compel on a CPU text encoder hands over CPU tensors; the UNet runs elsewhere ("meta" stands
     in for the GPU here)."""
     from lib_sdfix.diffusers import cast_prompt_embeds
-    from lib_sdfix.safety import FixReport
+    from lib_sdfix.failsafe import FixReport
 
     class Pipe:
         def __init__(self):

@@ -15,8 +15,7 @@ __all__ = ["register", "unload"]
 
 def unload() -> None:
     """Before the WebUI unloads its scripts: every patched function back to the host's own."""
-    from lib_sdfix.generation import thread_sessions
-    from lib_sdfix.webui.session import PATCHES
+    from lib_sdfix.webui.session import PATCHES, thread_sessions
 
     for session in thread_sessions():
         session.finish()
@@ -40,7 +39,7 @@ def register() -> None:
     callbacks (a full reload clears them first): registering only what is missing keeps both right."""
     from modules import script_callbacks
 
-    from lib_sdfix.safety import log_once
+    from lib_sdfix.failsafe import log_once
 
     callback_map = getattr(script_callbacks, "callback_map", {})
     for register_name, map_key, fn in _callbacks():

@@ -5,8 +5,8 @@ import functools
 import sys
 from typing import Any, Callable, Optional, Sequence, Set
 
-from lib_sdfix.generation import FIX_PARITY, GenerationSession, latent_upscale_note
-from lib_sdfix.safety import log_once
+from lib_sdfix.parity import latent_upscale_note
+from lib_sdfix.failsafe import log_once
 from lib_sdfix.settings import (
     INFOTEXT_KEY,
     NOTES_INFOTEXT_KEY,
@@ -16,6 +16,7 @@ from lib_sdfix.settings import (
     defaults_from_options,
 )
 from lib_sdfix.webui import session as sessions
+from lib_sdfix.webui.session import GenerationSession
 from lib_sdfix.webui.host import current
 
 __all__ = ["settings_defaults", "disabled_by_flag", "setup", "process", "postprocess", "apply_settings",
@@ -32,15 +33,15 @@ def disabled_by_flag() -> bool:
 
 
 def settings_defaults() -> SDFixSettings:
-    """The Settings-panel defaults, with ``--sdfix-decode-dtype`` on top."""
+    """The Settings-panel defaults, with ``--sdfix-vae-dtype`` on top."""
     shared = current().shared
     try:
         defaults = defaults_from_options(lambda key, default: getattr(shared.opts, key, default))
     except SettingsError as err:
         log_once("bad-options", f"ignoring invalid SDFix settings, using built-in defaults: {err}")
         defaults = SDFixSettings()
-    dtype = current().cmd_opt("sdfix_decode_dtype")
-    return defaults.changed(decode_dtype=dtype) if dtype else defaults
+    dtype = current().cmd_opt("sdfix_vae_dtype")
+    return defaults.changed(vae_dtype=dtype) if dtype else defaults
 
 
 def add_infotext() -> bool:
@@ -130,7 +131,7 @@ def apply_settings(p: Any, settings: SDFixSettings) -> Optional[GenerationSessio
     try:
         if getattr(p, "enable_hr", False):
             if settings.hires_parity:
-                session.report.run(FIX_PARITY, _resolve_parity, lambda *a: None, p, session)
+                session.report.run("hires_parity", _resolve_parity, lambda *a: None, p, session)
             _latent_note(p, session)
     except Exception as exc:  # noqa: BLE001 -- never break a generation
         log_once("process", f"SDFix could not set up this generation: {exc}", exc)

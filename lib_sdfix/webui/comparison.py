@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from lib_sdfix.safety import log_once
+from lib_sdfix.failsafe import log_once
 from lib_sdfix.settings import SDFixSettings, SettingsError
 from lib_sdfix.webui.host import current
 from lib_sdfix.webui.session import PATCHES

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping
 
-from lib_sdfix.settings import FIELDS, INFOTEXT_KEY, UI_ARG_ORDER, Field, SDFixSettings, SettingsError
+from lib_sdfix.settings import FIXES, INFOTEXT_KEY, OPTIONS, UI_ARG_ORDER, Option, SDFixSettings, SettingsError
 
 __all__ = ["build_script_controls", "infotext_paste_value"]
 
@@ -17,7 +17,7 @@ def build_script_controls(defaults: SDFixSettings, elem_id: Callable[[str], str]
 
     controls: Dict[str, Any] = {}
 
-    def make(field: Field) -> Any:
+    def make(field: Option) -> Any:
         value = getattr(defaults, field.name)
         common = dict(label=field.label, value=value, elem_id=elem_id(field.name), info=field.help)
         if field.kind is bool:
@@ -26,16 +26,17 @@ def build_script_controls(defaults: SDFixSettings, elem_id: Callable[[str], str]
             return gr.Slider(minimum=field.minimum, maximum=field.maximum, step=0.05, **common)
         return gr.Radio(choices=list(field.choices), **common)
 
-    by_name = {f.name: f for f in FIELDS}
+    fixes = {f.key for f in FIXES}
     with gr.Accordion("SDFix", open=False, elem_id=elem_id("accordion")):
-        controls["enabled"] = make(by_name["enabled"])
-        with gr.Row():
-            for name in ("precision_guard", "guard_encode", "hires_parity", "post_resize"):
-                controls[name] = make(by_name[name])
-        with gr.Row():
-            controls["resize_filter"] = make(by_name["resize_filter"])
-            controls["decode_dtype"] = make(by_name["decode_dtype"])
-        controls["latent_denoise_warning"] = make(by_name["latent_denoise_warning"])
+        controls["enabled"] = make(OPTIONS[0])
+        with gr.Row():  # one toggle per fix
+            for spec in OPTIONS:
+                if spec.name in fixes:
+                    controls[spec.name] = make(spec)
+        with gr.Row():  # the fixes' parameters
+            for spec in OPTIONS[1:]:
+                if spec.name not in fixes:
+                    controls[spec.name] = make(spec)
     return [controls[name] for name in UI_ARG_ORDER]
 
 

@@ -7,7 +7,7 @@ Forge builds that VAE in bf16 on recent NVIDIA cards and leaves cuDNN TF32 on (P
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 from lib_sdfix.webui.host import Host, PatchTarget, has_module
 
@@ -46,13 +46,13 @@ class ForgeHost(Host):
         info = getattr(self.sd_model(), "sd_checkpoint_info", None)
         return vae_like + ([info.filename] if getattr(info, "filename", None) else [])
 
-    def patch_targets(self, decode: bool, encode: bool, resize: bool) -> List[PatchTarget]:
+    def patch_targets(self, hooks: Set[str]) -> List[PatchTarget]:
         from backend.patcher import vae
 
-        targets = super().patch_targets(decode, encode, resize)
-        if decode:
+        targets = super().patch_targets(hooks)
+        if "decode" in hooks:
             targets.append((vae.VAE, "decode_inner", "wrapper_decode"))
-        if encode:
+        if "encode" in hooks:
             targets.append((vae.VAE, "encode_inner", "wrapper_encode"))
         return targets
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
-from lib_sdfix.generation import FIX_DECODE, FIX_ENCODE, FIX_RESIZE, GenerationSession, current_session
+from lib_sdfix.webui.session import GenerationSession, current_session
 from lib_sdfix.webui.host import current
 
 __all__ = ["FACTORIES", "vae_call"]
@@ -27,7 +27,7 @@ def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, m
 
     def guarded() -> Any:
         with precision_guard(), autocast_disabled():
-            if not session.upcast:
+            if not session.settings.upcast:
                 return call()
             vae_wrapper = wrapper if wrapper is not None else host.vae_wrapper(model)
             module = host.vae_module(model, vae_wrapper)
@@ -46,7 +46,7 @@ def _wants(fix: str) -> Optional[GenerationSession]:
 
 
 def _approximate(session: GenerationSession, fix: str, method: str) -> None:
-    what = "decode" if fix == FIX_DECODE else "encode"
+    what = "decode" if fix == "precision_guard" else "encode"
     session.report.mark_skipped(fix, f"VAE {what} method {method} does not run the VAE")
 
 
@@ -57,15 +57,15 @@ def decode_first_stage(original: Callable) -> Callable:
     """``decode_first_stage(model, x)``: every final decode of a generation (the host's decode method)."""
 
     def replacement(model, x, *args, **kwargs):
-        session = _wants(FIX_DECODE)
+        session = _wants("precision_guard")
         if session is None:
             return original(model, x, *args, **kwargs)
         host = current()
         method = host.decode_method()
         if host.approximation_index(method) != 0:
-            _approximate(session, FIX_DECODE, method)
+            _approximate(session, "precision_guard", method)
             return original(model, x, *args, **kwargs)
-        return vae_call(session, FIX_DECODE, lambda: original(model, x, *args, **kwargs), model=model)
+        return vae_call(session, "precision_guard", lambda: original(model, x, *args, **kwargs), model=model)
 
     return replacement
 
@@ -76,11 +76,11 @@ def samples_to_images_tensor(original: Callable) -> Callable:
     (``approximation=None``) are left alone: they run on another thread, at the same time as sampling."""
 
     def replacement(sample, approximation=None, model=None, *args, **kwargs):
-        session = _wants(FIX_DECODE)
+        session = _wants("precision_guard")
         host = current()
         if session is None or approximation != 0 or _fast_interrupt(host):
             return original(sample, approximation, model, *args, **kwargs)
-        return vae_call(session, FIX_DECODE, lambda: original(sample, approximation, model, *args, **kwargs),
+        return vae_call(session, "precision_guard", lambda: original(sample, approximation, model, *args, **kwargs),
                         model=model)
 
     return replacement
@@ -96,10 +96,10 @@ def wrapper_decode(original: Callable) -> Callable:
     """A VAE wrapper's decode (Forge ``decode_inner``, reForge ``decode``): whoever calls it."""
 
     def replacement(self, samples, *args, **kwargs):
-        session = _wants(FIX_DECODE)
+        session = _wants("precision_guard")
         if session is None:
             return original(self, samples, *args, **kwargs)
-        return vae_call(session, FIX_DECODE, lambda: original(self, samples, *args, **kwargs), wrapper=self)
+        return vae_call(session, "precision_guard", lambda: original(self, samples, *args, **kwargs), wrapper=self)
 
     return replacement
 
@@ -111,16 +111,16 @@ def images_tensor_to_samples(original: Callable) -> Callable:
     """``images_tensor_to_samples(image, approximation, model)``: img2img init images and the Hires input."""
 
     def replacement(image, approximation=None, model=None, *args, **kwargs):
-        session = _wants(FIX_ENCODE)
+        session = _wants("guard_encode")
         if session is None:
             return original(image, approximation, model, *args, **kwargs)
         host = current()
         method = host.encode_method()
         index = approximation if approximation is not None else host.approximation_index(method)
         if index == 3:
-            _approximate(session, FIX_ENCODE, "TAESD")
+            _approximate(session, "guard_encode", "TAESD")
             return original(image, approximation, model, *args, **kwargs)
-        return vae_call(session, FIX_ENCODE, lambda: original(image, approximation, model, *args, **kwargs),
+        return vae_call(session, "guard_encode", lambda: original(image, approximation, model, *args, **kwargs),
                         model=model, result_dtype=host.encode_result_dtype())
 
     return replacement
@@ -128,10 +128,10 @@ def images_tensor_to_samples(original: Callable) -> Callable:
 
 def wrapper_encode(original: Callable) -> Callable:
     def replacement(self, pixels, *args, **kwargs):
-        session = _wants(FIX_ENCODE)
+        session = _wants("guard_encode")
         if session is None:
             return original(self, pixels, *args, **kwargs)
-        return vae_call(session, FIX_ENCODE, lambda: original(self, pixels, *args, **kwargs), wrapper=self)
+        return vae_call(session, "guard_encode", lambda: original(self, pixels, *args, **kwargs), wrapper=self)
 
     return replacement
 
@@ -148,7 +148,7 @@ def _is_base_upscale(fn: Any) -> bool:
 
 def _native_upscaler(session: GenerationSession, upscaler_name: str) -> Callable[[Any, float], Any]:
     """``upscale(image, scale)`` giving the named upscaler's native output, as the host's resize picks it."""
-    from lib_sdfix.generation import upscale_natively
+    from lib_sdfix.resize import upscale_natively
 
     host = current()
     shared = host.shared
@@ -172,10 +172,10 @@ def _native_upscaler(session: GenerationSession, upscaler_name: str) -> Callable
 def resize_image(original: Callable) -> Callable:
     """``images.resize_image``: where an upscaler model runs on the main image, one resize from its native
     output with the chosen filter; everything else (no upscaler, masks, downscales) is the host's own."""
-    from lib_sdfix.generation import resize_image_one_pass, resize_sizes
+    from lib_sdfix.resize import resize_image_one_pass, resize_sizes
 
     def replacement(resize_mode, im, width, height, upscaler_name=None, *args, **kwargs):
-        session = _wants(FIX_RESIZE)
+        session = _wants("post_resize")
         host = current()
         call = lambda: original(resize_mode, im, width, height, upscaler_name, *args, **kwargs)  # noqa: E731
         if session is None or args or set(kwargs) - set(host.resize_extra_keywords()) or kwargs.get("force_RGBA"):
@@ -192,30 +192,29 @@ def resize_image(original: Callable) -> Callable:
             return resize_image_one_pass(resize_mode, image, width, height, _native_upscaler(session, name),
                                          session.settings.resize_filter)
 
-        return session.report.run(FIX_RESIZE, fixed, call)
+        return session.report.run("post_resize", fixed, call)
 
     return replacement
 
 
 def upscaler_upscale(original: Callable) -> Callable:
     """``Upscaler.upscale`` called directly (the SD upscale script): native passes, then one resize."""
-    from lib_sdfix.generation import upscale_natively
-    from lib_sdfix.resize import resize_after_upscale
+    from lib_sdfix.resize import resize_after_upscale, upscale_natively, upscale_target
 
     def replacement(self, img, scale, selected_model=None, *args, **kwargs):
-        session = _wants(FIX_RESIZE)
+        session = _wants("post_resize")
         if session is None or args or kwargs:
             return original(self, img, scale, selected_model, *args, **kwargs)
         host = current()
 
         def fixed():
             self.scale = scale
-            dest = (int((img.width * scale) // 8 * 8), int((img.height * scale) // 8 * 8))
+            dest = upscale_target(img.size, scale)
             native = upscale_natively(img, scale, lambda im: self.do_upscale(im, selected_model),
                                       lambda: bool(host.shared.state.interrupted), host.upscale_stop(scale))
             return resize_after_upscale(native, dest, session.settings.resize_filter)
 
-        return session.report.run(FIX_RESIZE, fixed, lambda: original(self, img, scale, selected_model))
+        return session.report.run("post_resize", fixed, lambda: original(self, img, scale, selected_model))
 
     return replacement
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 __all__ = ["Host", "current", "detect"]
 
@@ -91,19 +91,20 @@ class Host:
 
         return sd_samplers_common.approximation_indexes.get(method, 0)
 
-    def patch_targets(self, decode: bool, encode: bool, resize: bool) -> List[PatchTarget]:
-        """The host functions SDFix replaces while a generation wants the fixes."""
+    def patch_targets(self, hooks: Set[str]) -> List[PatchTarget]:
+        """The host functions SDFix replaces while a generation wants fixes needing ``hooks``
+        ("decode", "encode", "resize": lib_sdfix.settings.Fix.patches)."""
         from modules import images, processing, sd_samplers_common, upscaler
 
         targets: List[PatchTarget] = []
-        if decode:
+        if "decode" in hooks:
             targets += [(processing, "decode_first_stage", "decode_first_stage"),
                         (sd_samplers_common, "decode_first_stage", "decode_first_stage"),
                         (sd_samplers_common, "samples_to_images_tensor", "samples_to_images_tensor")]
-        if encode:
+        if "encode" in hooks:
             targets += [(processing, "images_tensor_to_samples", "images_tensor_to_samples"),
                         (sd_samplers_common, "images_tensor_to_samples", "images_tensor_to_samples")]
-        if resize:
+        if "resize" in hooks:
             targets += [(images, "resize_image", "resize_image"), (upscaler.Upscaler, "upscale", "upscaler_upscale")]
         return targets
 

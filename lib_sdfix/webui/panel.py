@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from lib_sdfix.settings import FIELDS, OPTION_PREFIX, PANEL_FIELDS, Field
+from lib_sdfix.settings import OPTION_PREFIX, OPTIONS, PANEL_OPTIONS, Option
 
 __all__ = ["OptionSpec", "SETTINGS_SECTION", "settings_panel_options", "on_ui_settings", "component_of"]
 
@@ -23,7 +23,7 @@ class OptionSpec:
     info: str
 
 
-def component_of(field: Field) -> Tuple[str, Optional[Dict[str, Any]]]:
+def component_of(field: Option) -> Tuple[str, Optional[Dict[str, Any]]]:
     if field.kind is bool:
         return "checkbox", None
     if field.kind is float:
@@ -34,9 +34,9 @@ def component_of(field: Field) -> Tuple[str, Optional[Dict[str, Any]]]:
 def settings_panel_options() -> List[OptionSpec]:
     """Defaults for every per-generation toggle, then the panel-only options."""
     specs = []
-    for spec in FIELDS + PANEL_FIELDS:
+    for spec in OPTIONS + PANEL_OPTIONS:
         component, args = component_of(spec)
-        label = spec.label if spec in PANEL_FIELDS else f"Default: {spec.label}"
+        label = spec.label if spec in PANEL_OPTIONS else f"Default: {spec.label}"
         specs.append(OptionSpec(OPTION_PREFIX + spec.name, spec.default, label, component, args, spec.help))
     return specs
 

@@ -8,7 +8,7 @@ AUTOMATIC1111's when the image already exceeds the target.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Set
 
 from lib_sdfix.webui.forge import ForgeHost
 from lib_sdfix.webui.host import Host, PatchTarget, has_module
@@ -27,13 +27,13 @@ class ReForgeHost(ForgeHost):
     def vae_source_files(self) -> List[str]:
         return Host.vae_source_files(self)
 
-    def patch_targets(self, decode: bool, encode: bool, resize: bool) -> List[PatchTarget]:
+    def patch_targets(self, hooks: Set[str]) -> List[PatchTarget]:
         from ldm_patched.modules import sd
 
-        targets = Host.patch_targets(self, decode, encode, resize)
-        if decode:
+        targets = Host.patch_targets(self, hooks)
+        if "decode" in hooks:
             targets.append((sd.VAE, "decode", "wrapper_decode"))
-        if encode:
+        if "encode" in hooks:
             targets.append((sd.VAE, "encode", "wrapper_encode"))
         return targets
 

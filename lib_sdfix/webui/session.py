@@ -1,24 +1,133 @@
-"""One SDFix session per generation object ``p``: opened when ``p`` gets its settings, closed with ``p``.
+"""Per-job state: one SDFix session per generation object ``p``, bound to the thread that runs it.
 
 Why here and not in the script: the WebUI re-executes ``scripts/sdfix.py`` on "Reload script
 bodies", so any state kept there would be duplicated; this module is imported once per process.
 
-Lifetime: a session opens when the WebUI hands ``p`` its script arguments (``setup``, before a
-selectable script such as SD upscale runs its upscaler) or, at the latest, in ``process``.  It ends at
-``postprocess`` or when ``p`` is closed, and otherwise as soon as no frame of the thread holds ``p``
-any more (a generation that raised where nothing closed it) -- see :mod:`lib_sdfix.generation`.
+A :class:`GenerationSession` holds one generation's validated settings and its :class:`FixReport`.
+It is bound to the thread that runs the generation, so a decode running elsewhere (a live preview
+served by another request thread, a second generation) is never affected by it.  It opens when the
+WebUI hands ``p`` its script arguments (``setup``, before a selectable script such as SD upscale
+runs its upscaler) or, at the latest, in ``process``; it ends at ``postprocess`` or when ``p`` is
+closed, and otherwise as soon as no frame of the thread holds ``p`` any more (a generation that
+raised where nothing closed it, e.g. an X/Y/Z cell whose exception the plot swallows): it is
+finished the next time anything looks for a session, so no fix of a dead job applies to later work.
 Patches are installed when the first session wanting them opens and removed when the last one ends.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+import sys
+import threading
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
-from lib_sdfix.generation import GenerationSession, current_session, drop_stale_sessions, push_session
+from lib_sdfix.failsafe import FixReport
 from lib_sdfix.patching import PatchSet
-from lib_sdfix.settings import SDFixSettings
+from lib_sdfix.settings import FIXES, SDFixSettings
 
-__all__ = ["PATCHES", "open_session", "session_of", "finish", "scoped_session", "current_session"]
+__all__ = ["PATCHES", "GenerationSession", "open_session", "session_of", "finish", "scoped_session", "current_session",
+           "thread_sessions", "bound_session", "referenced_on_stack"]
+
+
+class GenerationSession:
+    """One generation's SDFix settings and what happened to each fix."""
+
+    def __init__(self, settings: SDFixSettings, owner: Any = None) -> None:
+        self.settings = settings
+        self.report = FixReport()
+        self.owner: Any = owner  # the host's generation object (the WebUI's ``p``); None: a scoped session
+        self.patches: List[Tuple[Any, str, Any]] = []  # (owner, attribute, factory) the host installed
+        self.finished = False
+        self.on_finish: List[Callable[["GenerationSession"], None]] = []
+
+    def wants(self, fix: str) -> bool:
+        """Whether this generation wants fix ``fix`` (a key of lib_sdfix.settings.FIXES)."""
+        return self.settings.wants(fix)
+
+    def infotext_notes(self) -> Optional[str]:
+        """The "SDFix notes" infotext value, or None when there is nothing to say."""
+        return self.report.summary() or None
+
+    def finish(self) -> None:
+        """Unbind from this thread and run the finish callbacks (the host drops its patches); idempotent."""
+        if self.finished:
+            return
+        self.finished = True
+        pop_session(self)
+        for callback in self.on_finish:
+            callback(self)
+
+
+_LOCAL = threading.local()
+
+
+def _stack() -> List[GenerationSession]:
+    stack = getattr(_LOCAL, "stack", None)
+    if stack is None:
+        stack = _LOCAL.stack = []
+    return stack
+
+
+def referenced_on_stack(obj: Any, start: int = 2) -> bool:
+    """Whether any frame on this thread's stack holds ``obj`` in a local variable."""
+    frame = sys._getframe(start)
+    while frame is not None:
+        if any(value is obj for value in frame.f_locals.values()):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _alive(session: GenerationSession) -> bool:
+    return not session.finished and (session.owner is None or referenced_on_stack(session.owner, 3))
+
+
+def current_session() -> Optional[GenerationSession]:
+    """The innermost live session bound to this thread; stale ones found on the way are finished."""
+    stack = getattr(_LOCAL, "stack", None)
+    while stack:
+        session = stack[-1]
+        if _alive(session):
+            return session
+        session.finish()
+    return None
+
+
+def drop_stale_sessions() -> None:
+    """Finish every session of this thread whose generation is no longer in use."""
+    for session in list(getattr(_LOCAL, "stack", [])):
+        if not _alive(session):
+            session.finish()
+
+
+@contextlib.contextmanager
+def bound_session(session: GenerationSession) -> Iterator[GenerationSession]:
+    """Bind ``session`` to the current thread for the block; finished afterwards."""
+    push_session(session)
+    try:
+        yield session
+    finally:
+        session.finish()
+
+
+def push_session(session: GenerationSession) -> None:
+    _stack().append(session)
+
+
+def thread_sessions() -> List[GenerationSession]:
+    """The sessions bound to this thread, innermost last (a copy)."""
+    return list(getattr(_LOCAL, "stack", []))
+
+
+def pop_session(session: GenerationSession) -> bool:
+    """Unbind ``session`` from this thread; False if it was not bound here."""
+    stack = getattr(_LOCAL, "stack", [])
+    if session in stack:
+        stack.remove(session)
+        return True
+    return False
+
+
+# --- the host side: patches, ownership of p -----------------------------------------------------------
 
 PATCHES = PatchSet()
 _SESSION_ATTR = "_sdfix_session"
@@ -29,10 +138,8 @@ def _patch_targets(settings: SDFixSettings) -> list:
     from lib_sdfix.webui import hooks
     from lib_sdfix.webui.host import current
 
-    if not settings.enabled:
-        return []
-    targets = current().patch_targets(decode=settings.precision_guard, encode=settings.guard_encode,
-                                      resize=settings.post_resize)
+    needs = {hook for fix in FIXES if settings.wants(fix.key) for hook in fix.patches}
+    targets = current().patch_targets(needs) if needs else []
     return [(owner, attr, hooks.FACTORIES[kind]) for owner, attr, kind in targets]
 
 

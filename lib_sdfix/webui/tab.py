@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
+from lib_sdfix.parity import SAME_SAMPLER, SAME_SCHEDULER, is_same_marker
+
 __all__ = ["TabCallbacks", "FORM_FIELDS", "build_ab_tab", "payload_from_form", "form_from_payload", "MODE_CHOICES",
            "on_ui_tabs", "tab_outputs", "api_response"]
 
@@ -26,11 +28,10 @@ FORM_FIELDS: Tuple[Tuple[str, str, Any], ...] = (
     ("hr_scale", "Upscale by", 2.0),
     ("denoising_strength", "Denoising strength", 0.5),
     ("hr_second_pass_steps", "Hires steps (0: same)", 0),
-    ("hr_sampler_name", "Hires sampler", "Use same sampler"),
-    ("hr_scheduler", "Hires schedule type", "Use same scheduler"),
+    ("hr_sampler_name", "Hires sampler", SAME_SAMPLER),
+    ("hr_scheduler", "Hires schedule type", SAME_SCHEDULER),
 )
 _INT_FIELDS = {"seed", "steps", "width", "height", "hr_second_pass_steps"}
-_SAME = {"Use same sampler", "Use same scheduler", ""}
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def payload_from_form(values: Sequence[Any]) -> Dict[str, Any]:
     """Form values (in :data:`FORM_FIELDS` order) -> a txt2img payload; "same" choices left out."""
     payload: Dict[str, Any] = {}
     for (key, _, _), value in zip(FORM_FIELDS, values):
-        if key in ("hr_sampler_name", "hr_scheduler") and (value is None or value in _SAME):
+        if key in ("hr_sampler_name", "hr_scheduler") and is_same_marker(value):
             continue
         if key in _INT_FIELDS and value is not None:
             value = int(value)
@@ -70,7 +71,7 @@ def form_from_payload(payload: Dict[str, Any]) -> List[Any]:
         if key in payload:
             updates.append(gr.update(value=payload[key]))
         elif key in ("hr_sampler_name", "hr_scheduler") and "enable_hr" in payload:
-            updates.append(gr.update(value="Use same sampler" if key == "hr_sampler_name" else "Use same scheduler"))
+            updates.append(gr.update(value=SAME_SAMPLER if key == "hr_sampler_name" else SAME_SCHEDULER))
         else:
             updates.append(gr.update())
     return updates
@@ -148,8 +149,8 @@ def _form(gr: Any, callbacks: TabCallbacks) -> List[Any]:
             make("denoising_strength", gr.Slider, minimum=0.0, maximum=1.0, step=0.01)
             make("hr_second_pass_steps", gr.Slider, minimum=0, maximum=150, step=1)
         with gr.Row():
-            make("hr_sampler_name", gr.Dropdown, choices=["Use same sampler", *callbacks.samplers()])
-            make("hr_scheduler", gr.Dropdown, choices=["Use same scheduler", *callbacks.schedulers()])
+            make("hr_sampler_name", gr.Dropdown, choices=[SAME_SAMPLER, *callbacks.samplers()])
+            make("hr_scheduler", gr.Dropdown, choices=[SAME_SCHEDULER, *callbacks.schedulers()])
     return [components[key] for key, _, _ in FORM_FIELDS]
 
 

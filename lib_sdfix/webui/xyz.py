@@ -3,25 +3,30 @@ from __future__ import annotations
 
 from typing import Any, Callable, Tuple
 
-from lib_sdfix.settings import SettingsError, field
+from lib_sdfix.settings import FIXES, OPTIONS, SettingsError, option as option_spec
 
 __all__ = ["XYZ_AXES", "parse_axis_value", "add_xyz_axes"]
 
+
+def _axes() -> Tuple[Tuple[str, str, Tuple[str, ...]], ...]:
+    """(label, option, choices) for every on/off or choice option; fixes are labelled by the fix table."""
+    labels = {f.key: f.label for f in FIXES}
+    axes = []
+    for o in OPTIONS:
+        if o.kind is bool:
+            axes.append((f"SDFix: {labels.get(o.name, o.name)}", o.name, ("on", "off")))
+        elif o.kind is str:
+            axes.append((f"SDFix: {o.label}", o.name, o.choices))
+    return tuple(axes)
+
+
 #: X/Y/Z plot axes: (label, option, choices).  Booleans take "on"/"off".
-XYZ_AXES: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
-    ("SDFix: enabled", "enabled", ("on", "off")),
-    ("SDFix: precision guard", "precision_guard", ("on", "off")),
-    ("SDFix: guard encode", "guard_encode", ("on", "off")),
-    ("SDFix: Hires parity", "hires_parity", ("on", "off")),
-    ("SDFix: post-resize", "post_resize", ("on", "off")),
-    ("SDFix: resize filter", "resize_filter", field("resize_filter").choices),
-    ("SDFix: decode dtype", "decode_dtype", field("decode_dtype").choices),
-)
+XYZ_AXES = _axes()
 
 
 def parse_axis_value(option: str, raw: str) -> Any:
     """An X/Y/Z cell value as the option's type; raises SettingsError naming the option."""
-    spec = field(option)
+    spec = option_spec(option)
     text = str(raw).strip()
     if spec.kind is bool:
         lowered = text.lower()

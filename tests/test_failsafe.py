@@ -1,14 +1,14 @@
 """A failing fix is logged once, the generation goes on, and the report says it was not applied."""
 import pytest
 
-from lib_sdfix import safety
-from lib_sdfix.safety import FixReport, log_once
+from lib_sdfix import failsafe
+from lib_sdfix.failsafe import FixReport, log_once
 
 
 def test_failure_falls_back_logs_once_and_is_reported(monkeypatch):
     report = FixReport()
     logged = []
-    monkeypatch.setattr(safety.logger, "error", lambda msg, exc_info=None: logged.append((msg, exc_info)))
+    monkeypatch.setattr(failsafe.logger, "error", lambda msg, exc_info=None: logged.append((msg, exc_info)))
 
     def broken(x):
         raise RuntimeError("boom")

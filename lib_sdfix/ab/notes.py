@@ -1,0 +1,128 @@
+"""Which fixes changed something in a comparison, and why one could not, in one line each."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from lib_sdfix.ab.plan import Variant
+from lib_sdfix.settings import FIXES
+
+__all__ = ["RunContext", "effect_notes"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the comparison's generation did, to explain why a fix could not change anything.
+
+    ``upscaler`` is the Hires upscaler as the WebUI names it (None = its default latent mode).
+    """
+
+    hires: bool = False
+    upscaler: Optional[str] = None
+    first_sampler: Optional[str] = None
+    first_scheduler: Optional[str] = None
+    hires_sampler: Optional[str] = None
+    hires_scheduler: Optional[str] = None
+
+    @property
+    def latent_upscaler(self) -> bool:
+        return self.upscaler is None or self.upscaler.strip().startswith("Latent")
+
+    @property
+    def sampler_already_equal(self) -> Optional[bool]:
+        """Whether the Hires pass already used the first pass's sampler and schedule (None: unknown)."""
+        if not self.hires or not self.first_sampler:
+            return None
+        from lib_sdfix.parity import resolve_hires_sampling
+
+        first = resolve_hires_sampling(self.first_sampler, self.first_scheduler, None, None, parity=False)
+        hires = resolve_hires_sampling(self.first_sampler, self.first_scheduler, self.hires_sampler,
+                                       self.hires_scheduler, parity=False)
+        return (first.sampler, first.scheduler) == (hires.sampler, hires.scheduler)
+
+
+def _no_effect_reasons(context: RunContext, variants: Sequence[Variant]) -> Dict[str, str]:
+    """fix -> why it cannot have changed anything in this run, from the run's shape alone."""
+    reasons: Dict[str, str] = {}
+    if not context.hires:
+        reasons["hires_parity"] = "no Hires pass"
+    elif context.sampler_already_equal:
+        reasons["hires_parity"] = "first and Hires sampler already equal"
+
+    if not context.hires:
+        reasons["post_resize"] = "no upscaler ran"
+    elif context.latent_upscaler:
+        reasons["post_resize"] = f"no upscaler model ran ({context.upscaler or 'Latent'})"
+    elif context.upscaler.strip() == "None":
+        # The WebUI's plain resize is LANCZOS too: only another filter can differ.
+        filters = {v.settings.resize_filter for v in variants if v.settings.wants("post_resize")}
+        if filters <= {"LANCZOS"}:
+            reasons["post_resize"] = "no upscaler model ran (None), and LANCZOS is the WebUI's own resize"
+    if not context.hires or context.latent_upscaler:
+        why = "latent Hires upscaler" if context.hires else "no Hires pass"
+        reasons["guard_encode"] = f"no VAE encode happened ({why}, not img2img)"
+    return reasons
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def _difference_text(image: Image.Image, baseline: Image.Image) -> Optional[str]:
+    """None when pixel-identical, else how much changed."""
+    a, b = _rgb(baseline), _rgb(image)
+    if a.shape != b.shape:
+        return f"size {image.size} differs from {baseline.size}"
+    diff = np.abs(a - b).max(axis=-1)
+    if not diff.any():
+        return None
+    share = float((diff > 0).mean()) * 100.0
+    return f"changed {share:.3g}% of pixels (largest difference {int(diff.max())}/255)"
+
+
+def effect_notes(variants: Sequence[Variant], images: Mapping[str, Image.Image], context: RunContext) -> List[str]:
+    """Which fixes actually changed something in this run, one line each.
+
+    A "fix alone" variant (SDFix on, only that toggle set) is compared pixel by pixel with the
+    baseline (the first variant with SDFix off): identical -> "<fix>: no effect ..." with the reason
+    when the run's shape explains it, e.g. "hires_parity: no effect, first and Hires sampler already equal".
+    Other variants (B, "all fixes") get how much they changed against the baseline.  Fixes turned on
+    somewhere but without a "fix alone" variant get a note only when the run's shape rules them out.
+    """
+    reasons = _no_effect_reasons(context, variants)
+    baseline = next((v for v in variants if not v.settings.enabled), None)
+    base_image = images.get(baseline.name) if baseline is not None else None
+    notes: List[str] = []
+    measured = set()
+
+    alone = {}
+    for v in variants:
+        on = v.settings.fixes_on()
+        if len(on) == 1:
+            alone.setdefault(on[0], v)
+    for fix in (f.key for f in FIXES):
+        variant = alone.get(fix)
+        if variant is None or base_image is None or variant.name not in images:
+            continue
+        measured.add(fix)
+        change = _difference_text(images[variant.name], base_image)
+        if change is None:
+            notes.append(f"{fix}: no effect, {reasons[fix]}" if fix in reasons else f"{fix}: no effect in this run")
+        else:
+            notes.append(f"{fix}: {change}")
+
+    for v in variants:
+        if v is baseline or v in alone.values() or v.name not in images or base_image is None:
+            continue
+        change = _difference_text(images[v.name], base_image)
+        notes.append(f"{v.label}: {change} vs {baseline.label}" if change else f"{v.label}: identical to {baseline.label}")
+
+    used = {fix for v in variants for fix in v.settings.fixes_on()}
+    for fix in (f.key for f in FIXES):
+        if fix in used and fix not in measured and fix in reasons:
+            notes.append(f"{fix}: no effect, {reasons[fix]}")
+    return notes
+

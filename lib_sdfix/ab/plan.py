@@ -1,0 +1,125 @@
+"""What a comparison renders and what it can share: the variants, and the sampling runs they need.
+
+Variants that differ only in the VAE decode share one sampling; with Hires.fix every variant shares
+the first pass (no fix touches it) and the Hires pass is shared by variants that agree on what shapes
+it (parity, and for an upscaler model the decode/resize/encode fixes before it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from lib_sdfix.settings import FIXES, SDFixSettings, SettingsError, describe
+
+__all__ = ["MODES", "MAX_VARIANTS", "Variant", "plan_variants", "DecodeConfig", "SamplingGroup", "sampling_groups",
+           "count_runs", "count_decodes"]
+
+#: Comparison modes: A = SDFix off / B = SDFix on, or baseline + each fix alone + all fixes.
+MODES = ("ab", "ablation")
+#: Most variants one comparison may render (each one is at least a VAE decode, up to a full sampling).
+MAX_VARIANTS = 8
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One image of the comparison: a short file-safe ``name``, what the UI shows, and its settings."""
+
+    name: str
+    label: str
+    settings: SDFixSettings
+
+
+def plan_variants(mode: str, base: SDFixSettings) -> List[Variant]:
+    """The variants of ``mode``; ``base`` (the user's SDFix settings) supplies filter, dtype and the rest.
+
+    "ab": A = SDFix off, B = ``base`` switched on.  "ablation": baseline (off), each fix alone (on,
+    with only that toggle set), all fixes on.  The first variant is always the reference.
+    """
+    off = base.changed(enabled=False)
+    if mode == "ab":
+        return [Variant("A", "A: SDFix off", off), Variant("B", "B: SDFix on", base.changed(enabled=True))]
+    if mode == "ablation":
+        variants = [Variant("baseline", "baseline (SDFix off)", off)]
+        for fix in FIXES:
+            alone = {other.key: other.key == fix.key for other in FIXES}
+            variants.append(Variant(fix.key, f"{fix.label} only", base.changed(enabled=True, **alone)))
+        variants.append(Variant("all", "all fixes", base.changed(enabled=True, **{f.key: True for f in FIXES})))
+        return variants
+    raise SettingsError({"variants": f"unknown mode {describe(mode)}; expected one of {list(MODES)} or a list of variants"})
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How a final latent is decoded: the WebUI's own decode (``guarded`` False), or guarded in ``dtype``."""
+
+    guarded: bool
+    dtype: Optional[str] = None
+
+    @classmethod
+    def of(cls, settings: SDFixSettings) -> "DecodeConfig":
+        guarded = settings.wants("precision_guard")
+        return cls(guarded, settings.vae_dtype if guarded else None)
+
+
+@dataclass(frozen=True)
+class SamplingGroup:
+    """Variants that can share one sampling run, and the distinct final decodes they need after it.
+
+    ``key`` lists what the shared run depends on as (option, effective value) pairs; it is empty
+    without Hires, where every variant shares the one and only sampling.
+    """
+
+    key: Tuple[Tuple[str, Any], ...]
+    variants: Tuple[Variant, ...]
+    decodes: Tuple[DecodeConfig, ...]
+    hires: bool = False
+
+    def variants_for(self, decode: DecodeConfig) -> Tuple[Variant, ...]:
+        """The variants whose image is this decode's output."""
+        return tuple(v for v in self.variants if DecodeConfig.of(v.settings) == decode)
+
+
+def _hires_key(settings: SDFixSettings, latent_upscaler: bool, parity_changes_sampler: bool) -> Tuple[Tuple[str, Any], ...]:
+    key: List[Tuple[str, Any]] = [("hires_parity", settings.wants("hires_parity") if parity_changes_sampler else None)]
+    if not latent_upscaler:
+        # An upscaler model decodes the first pass, upscales, resizes and encodes again: every fix that
+        # hooks one of those steps changes what the Hires pass starts from.
+        key += [(f.key, settings.wants(f.key)) for f in FIXES if f.patches]
+        vae = settings.wants("precision_guard") or settings.wants("guard_encode")
+        key += [("resize_filter", settings.resize_filter if settings.wants("post_resize") else None),
+                ("vae_dtype", settings.vae_dtype if vae else None)]
+    return tuple(key)
+
+
+def sampling_groups(variants: Sequence[Variant], *, hires: bool, latent_upscaler: bool,
+                    parity_changes_sampler: bool = True) -> List[SamplingGroup]:
+    """Group ``variants`` by the sampling they can share, in first-appearance order.
+
+    Without Hires the final VAE decode is the only stage after sampling: one group, one decode per
+    distinct decode config.  With Hires the first pass is shared by all (no fix touches it) and the
+    Hires pass is shared by variants that agree on parity and -- for a non-latent upscaler -- on
+    the decode/resize/encode fixes that shape its input.  ``parity_changes_sampler=False`` (the
+    first and Hires sampler/schedule are already equal) lets variants differing only in parity share.
+    """
+    buckets: Dict[Tuple[Tuple[str, Any], ...], List[Variant]] = {}
+    for variant in variants:
+        key = _hires_key(variant.settings, latent_upscaler, parity_changes_sampler) if hires else ()
+        buckets.setdefault(key, []).append(variant)
+    groups = []
+    for key, members in buckets.items():
+        decodes = tuple(dict.fromkeys(DecodeConfig.of(v.settings) for v in members))
+        groups.append(SamplingGroup(key, tuple(members), decodes, hires))
+    return groups
+
+
+def count_runs(groups: Sequence[SamplingGroup]) -> int:
+    """Sampling passes the groups need: one shared first pass, plus one Hires pass per group with Hires."""
+    if not groups:
+        return 0
+    return 1 + len(groups) if groups[0].hires else len(groups)
+
+
+def count_decodes(groups: Sequence[SamplingGroup]) -> int:
+    """Final VAE decodes the groups need (one per distinct decode config in each group)."""
+    return sum(len(g.decodes) for g in groups)
+
