@@ -54,7 +54,7 @@ def _on(settings):
 
 
 def test_ab_plan_is_sdfix_off_then_the_users_settings_on():
-    base = SDFixSettings(enabled=False, hires_parity=False, resize_filter="BICUBIC", decode_dtype="auto")
+    base = SDFixSettings(enabled=False, hires_parity=False, resize_filter="BICUBIC", vae_dtype="auto")
     a, b = plan_variants("ab", base)
     assert (a.name, b.name) == ("A", "B")
     assert a.settings.enabled is False and _on(a.settings) == ()
@@ -65,7 +65,7 @@ def test_ab_plan_is_sdfix_off_then_the_users_settings_on():
 def test_ablation_plan_is_baseline_each_fix_alone_and_all():
     base = SDFixSettings(resize_filter="BOX", post_resize=False)
     variants = plan_variants("ablation", base)
-    assert [v.name for v in variants] == ["baseline", "guard", "encode", "parity", "resize", "all"]
+    assert [v.name for v in variants] == ["baseline", "precision_guard", "guard_encode", "hires_parity", "post_resize", "all"]
     assert [_on(v.settings) for v in variants] == [
         (), ("precision_guard",), ("guard_encode",), ("hires_parity",), ("post_resize",), TOGGLES]
     assert all(v.settings.resize_filter == "BOX" for v in variants)
@@ -79,17 +79,17 @@ def test_unknown_mode_is_rejected():
 
 
 def test_parse_variants_accepts_modes_and_explicit_lists():
-    base = SDFixSettings(decode_dtype="auto")
+    base = SDFixSettings(vae_dtype="auto")
     assert parse_variants("ab", base) == plan_variants("ab", base)
     assert parse_variants(["ablation"], base) == plan_variants("ablation", base)
     variants = parse_variants([
         {"name": "off", "settings": {"enabled": False}},
-        {"name": "guard-fp32", "label": "guard, fp32", "settings": {"decode_dtype": "fp32", "guard_encode": False}},
+        {"name": "guard-fp32", "label": "guard, fp32", "settings": {"vae_dtype": "fp32", "guard_encode": False}},
         {"name": "defaults"},
     ], base)
     assert [v.name for v in variants] == ["off", "guard-fp32", "defaults"]
     assert variants[0].label == "off" and variants[1].label == "guard, fp32"
-    assert variants[1].settings == base.changed(decode_dtype="fp32", guard_encode=False)
+    assert variants[1].settings == base.changed(vae_dtype="fp32", guard_encode=False)
     assert variants[2].settings == base
 
 
@@ -125,8 +125,8 @@ def test_bad_variant_lists_name_the_field(value, field, text):
 
 def test_every_bad_variant_is_reported_at_once():
     with pytest.raises(SettingsError) as err:
-        parse_variants([_spec("a", enabled=1), {"name": "a"}, _spec("c", decode_dtype="fp8")], SDFixSettings())
-    assert set(err.value.fields) == {"variants[0].settings.enabled", "variants[1].name", "variants[2].settings.decode_dtype"}
+        parse_variants([_spec("a", enabled=1), {"name": "a"}, _spec("c", vae_dtype="fp8")], SDFixSettings())
+    assert set(err.value.fields) == {"variants[0].settings.enabled", "variants[1].name", "variants[2].settings.vae_dtype"}
 
 
 # --- work sharing ----------------------------------------------------------------------------
@@ -144,19 +144,19 @@ def test_ab_without_hires_is_one_sampling_and_two_decodes():
 
 def test_ablation_without_hires_shares_one_sampling_and_decodes_per_decode_config():
     variants = plan_variants("ablation", SDFixSettings())
-    variants.append(Variant("auto", "guard in auto dtype", SDFixSettings(decode_dtype="auto")))
-    variants.append(Variant("off-auto", "off, auto", SDFixSettings(enabled=False, decode_dtype="auto")))
+    variants.append(Variant("auto", "guard in auto dtype", SDFixSettings(vae_dtype="auto")))
+    variants.append(Variant("off-auto", "off, auto", SDFixSettings(enabled=False, vae_dtype="auto")))
     (group,) = sampling_groups(variants, hires=False, latent_upscaler=False)
     assert count_runs([group]) == 1
     # unguarded (baseline, encode, parity, resize, off-auto), guarded fp32 (guard, all), guarded auto
     assert group.decodes == (DecodeConfig(False), DecodeConfig(True, "fp32"), DecodeConfig(True, "auto"))
-    assert [v.name for v in group.variants_for(DecodeConfig(False))] == ["baseline", "encode", "parity", "resize", "off-auto"]
+    assert [v.name for v in group.variants_for(DecodeConfig(False))] == ["baseline", "guard_encode", "hires_parity", "post_resize", "off-auto"]
 
 
 def test_hires_with_latent_upscaler_shares_everything_but_parity():
     variants = plan_variants("ablation", SDFixSettings())
     groups = sampling_groups(variants, hires=True, latent_upscaler=True)
-    assert [[v.name for v in g.variants] for g in groups] == [["baseline", "guard", "encode", "resize"], ["parity", "all"]]
+    assert [[v.name for v in g.variants] for g in groups] == [["baseline", "precision_guard", "guard_encode", "post_resize"], ["hires_parity", "all"]]
     assert [g.key for g in groups] == [(("hires_parity", False),), (("hires_parity", True),)]
     assert count_runs(groups) == 3  # one first pass + two Hires passes
     assert count_decodes(groups) == 4
@@ -173,29 +173,29 @@ def test_hires_with_an_upscaler_model_groups_by_what_the_hires_pass_starts_from(
     assert all(len(g.decodes) == 1 for g in groups)
     # Filter and dtype only matter where a fix uses them.
     extra = [
-        Variant("off-box", "off, BOX", base.changed(enabled=False, resize_filter="BOX", decode_dtype="auto")),
+        Variant("off-box", "off, BOX", base.changed(enabled=False, resize_filter="BOX", vae_dtype="auto")),
         Variant("resize-box", "resize BOX", variants[4].settings.changed(resize_filter="BOX")),
-        Variant("guard-auto", "guard auto", variants[1].settings.changed(decode_dtype="auto")),
+        Variant("guard-auto", "guard auto", variants[1].settings.changed(vae_dtype="auto")),
     ]
     groups = sampling_groups(variants + extra, hires=True, latent_upscaler=False)
     names = [[v.name for v in g.variants] for g in groups]
     assert ["baseline", "off-box"] in names
-    assert ["resize"] in names and ["resize-box"] in names and ["guard"] in names and ["guard-auto"] in names
+    assert ["post_resize"] in names and ["resize-box"] in names and ["precision_guard"] in names and ["guard-auto"] in names
     assert sorted(v.name for g in groups for v in g.variants) == sorted(v.name for v in variants + extra)
 
 
-def test_group_settings_and_empty_input():
+def test_groups_and_empty_input():
     assert sampling_groups([], hires=True, latent_upscaler=False) == [] and count_runs([]) == 0
     variants = plan_variants("ab", SDFixSettings())
     groups = sampling_groups(variants, hires=True, latent_upscaler=False)
-    assert [g.settings for g in groups] == [variants[0].settings, variants[1].settings]
+    assert [g.variants for g in groups] == [(variants[0],), (variants[1],)]
     assert count_runs(groups) == 3
 
 
 # --- effect notes ----------------------------------------------------------------------------------
 
 
-def _ablation_images(photo, changed=("guard",)):
+def _ablation_images(photo, changed=("precision_guard",)):
     variants = plan_variants("ablation", SDFixSettings())
     sharper = photo.filter(ImageFilter.UnsharpMask(2, 80, 0))
     images = {v.name: (sharper if v.name in changed or v.name == "all" else photo.copy()) for v in variants}
@@ -207,11 +207,11 @@ def test_effect_notes_compare_each_fix_alone_with_the_baseline(photo):
     context = RunContext(hires=True, upscaler="R-ESRGAN 4x+", first_sampler="DPM++ 2M", first_scheduler="Karras",
                          hires_sampler="Use same sampler", hires_scheduler="Use same scheduler")
     notes = effect_notes(variants, images, context)
-    guard = next(n for n in notes if n.startswith("guard:"))
-    assert guard.startswith("guard: changed ") and "% of pixels" in guard
-    assert "encode: no effect in this run" in notes  # an encode happened, it just changed nothing
-    assert "parity: no effect, first and Hires sampler already equal" in notes
-    assert "resize: no effect in this run" in notes
+    guard = next(n for n in notes if n.startswith("precision_guard:"))
+    assert guard.startswith("precision_guard: changed ") and "% of pixels" in guard
+    assert "guard_encode: no effect in this run" in notes  # an encode happened, it just changed nothing
+    assert "hires_parity: no effect, first and Hires sampler already equal" in notes
+    assert "post_resize: no effect in this run" in notes
     assert any(n.startswith("all fixes: changed") and n.endswith("vs baseline (SDFix off)") for n in notes)
 
 
@@ -219,12 +219,12 @@ def test_effect_notes_explain_why_a_fix_could_not_act(photo):
     variants, images = _ablation_images(photo, changed=())
     latent = RunContext(hires=True, upscaler="Latent", first_sampler="Euler a", hires_sampler="DPM++ 2M")
     notes = effect_notes(variants, images, latent)
-    assert "guard: no effect in this run" in notes
-    assert "encode: no effect, no VAE encode happened (latent Hires upscaler, not img2img)" in notes
-    assert "resize: no effect, no upscaler model ran (Latent)" in notes
-    assert "parity: no effect in this run" in notes  # samplers differ: nothing explains it
+    assert "precision_guard: no effect in this run" in notes
+    assert "guard_encode: no effect, no VAE encode happened (latent Hires upscaler, not img2img)" in notes
+    assert "post_resize: no effect, no upscaler model ran (Latent)" in notes
+    assert "hires_parity: no effect in this run" in notes  # samplers differ: nothing explains it
     no_hires = effect_notes(variants, images, RunContext(first_sampler="Euler a"))
-    assert "parity: no effect, no Hires pass" in no_hires and "resize: no effect, no upscaler ran" in no_hires
+    assert "hires_parity: no effect, no Hires pass" in no_hires and "post_resize: no effect, no upscaler ran" in no_hires
 
 
 def test_effect_notes_in_ab_mode_use_the_run_shape(photo):
@@ -232,12 +232,13 @@ def test_effect_notes_in_ab_mode_use_the_run_shape(photo):
     images = {"A": photo, "B": photo.filter(ImageFilter.GaussianBlur(1))}
     notes = effect_notes(variants, images, RunContext(hires=False))
     assert notes[0].startswith("B: SDFix on: changed") and notes[0].endswith("vs A: SDFix off")
-    assert "parity: no effect, no Hires pass" in notes
-    assert "resize: no effect, no upscaler ran" in notes
-    assert "encode: no effect, no VAE encode happened (no Hires pass, not img2img)" in notes
-    assert not any(n.startswith("guard:") for n in notes)  # not measured alone, nothing rules it out
-    same = effect_notes(variants, {"A": photo, "B": photo.copy()}, RunContext(img2img=True))
-    assert same == ["B: SDFix on: identical to A: SDFix off", "parity: no effect, no Hires pass"]
+    assert "hires_parity: no effect, no Hires pass" in notes
+    assert "post_resize: no effect, no upscaler ran" in notes
+    assert "guard_encode: no effect, no VAE encode happened (no Hires pass, not img2img)" in notes
+    assert not any(n.startswith("precision_guard:") for n in notes)  # not measured alone, nothing rules it out
+    same = effect_notes(variants, {"A": photo, "B": photo.copy()}, RunContext(hires=True, upscaler="R-ESRGAN 4x+",
+                                                                             first_sampler="Euler", hires_sampler="Euler"))
+    assert same == ["B: SDFix on: identical to A: SDFix off", "hires_parity: no effect, first and Hires sampler already equal"]
 
 
 def test_effect_notes_for_the_plain_none_upscaler_depend_on_the_filter(photo):
@@ -245,7 +246,7 @@ def test_effect_notes_for_the_plain_none_upscaler_depend_on_the_filter(photo):
     lanczos = plan_variants("ab", SDFixSettings())
     box = plan_variants("ab", SDFixSettings(resize_filter="BOX"))
     images = {"A": photo, "B": photo.copy()}
-    assert any(n.startswith("resize: no effect, no upscaler model ran (None)") for n in effect_notes(lanczos, images, context))
+    assert any(n.startswith("post_resize: no effect, no upscaler model ran (None)") for n in effect_notes(lanczos, images, context))
     assert not any(n.startswith("resize:") for n in effect_notes(box, images, context))
 
 
@@ -295,14 +296,14 @@ def test_metrics_json_is_strict_json(photo):
     flat = Image.new("RGB", (32, 32), (128, 128, 128))
     rows = metrics_table({"A": flat, "B": photo.resize((32, 32))}, {"A": 1.0}, "A")
     rows[1]["ssim"] = float("nan")
-    document = metrics_json(rows, notes=["guard: no effect in this run"])
+    document = metrics_json(rows, notes=["precision_guard: no effect in this run"])
     text = json.dumps(document, allow_nan=False)
     back = json.loads(text)
     assert back["reference"] == "A" and back["format"] == "sdfix-ab-metrics/1"
     assert back["variants"][0]["psnr"] == "inf"
     assert back["variants"][1]["laplacian_ratio"] == "inf"  # detail against a flat reference
     assert back["variants"][1]["ssim"] is None and back["variants"][1]["time_s"] is None
-    assert back["notes"] == ["guard: no effect in this run"]
+    assert back["notes"] == ["precision_guard: no effect in this run"]
     assert isinstance(back["variants"][1]["psnr"], float)
 
 
@@ -496,10 +497,10 @@ def test_payload_from_infotext_names_bad_entries():
 
 
 def test_sdfix_settings_come_from_the_infotext_not_the_payload():
-    base = SDFixSettings(decode_dtype="auto")
+    base = SDFixSettings(vae_dtype="auto")
     assert "SDFix" not in payload_from_infotext(_parsed()) and "alwayson_scripts" not in payload_from_infotext(_parsed())
     settings = settings_from_infotext(_parsed(), base)
-    assert settings.guard_encode is False and settings.resize_filter == "BICUBIC" and settings.decode_dtype == "fp32"
+    assert settings.guard_encode is False and settings.resize_filter == "BICUBIC" and settings.vae_dtype == "fp32"
     assert settings_from_infotext({"Prompt": "x"}, base) is base
     with pytest.raises(SettingsError):
         settings_from_infotext({"SDFix": "on=maybe"}, base)

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont, ImageFile
 
 from lib_sdfix import limits
-from lib_sdfix.ab import MAX_LABEL_CHARS, _fit_label, ab_request_from_body, compose_grid, payload_from_infotext
+from lib_sdfix.ab import MAX_LABEL_CHARS, ab_request_from_body, compose_grid, payload_from_infotext
+from lib_sdfix.ab.output import _fit_label
 from lib_sdfix.webui.tab import FORM_FIELDS, payload_from_form
 from lib_sdfix.limits import (
     MAX_IMAGE_PIXELS,

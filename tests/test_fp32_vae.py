@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import types
 
 import pytest
 import torch
 
 from lib_sdfix import fp32_vae as fv
-from lib_sdfix.fp32_vae import dtype_attributes, exact_weights, fp32_vae, vae_weight_dtype
+from lib_sdfix.fp32_vae import dtype_attributes, exact_weights, fp32_vae, guarded_vae_call, vae_weight_dtype
 
 PREFIX = "first_stage_model."
 
@@ -782,3 +783,98 @@ def test_inference_mode_weights_without_a_version_counter(tmp_path):
         x = torch.randn(1, 3, 6, 6)
         with fp32_vae(module, exact=result.tensors) as mode:
             assert mode == "exact" and same_bits(module(x), reference(x))
+
+
+# --- the guarded call ---------------------------------------------------------------------------------
+
+
+def _conv(dtype: torch.dtype) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.GroupNorm(2, 8)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_vae_runs_in_fp32_and_weights_come_back_bit_identical(dtype):
+    vae = _conv(dtype)
+    weights_before = [p.detach().clone() for p in vae.parameters()]
+    seen = {}
+
+    def decode(latent):
+        seen["latent"] = latent.dtype
+        seen["weights"] = {p.dtype for p in vae.parameters()}
+        seen["flags"] = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+        return vae(latent)
+
+    latent = torch.randn(1, 4, 8, 8, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's autocast must not reach the VAE
+        out = guarded_vae_call(decode, vae, latent)
+    assert seen == {"latent": torch.float32, "weights": {torch.float32}, "flags": (False, False)}
+    assert out.dtype == torch.float32
+    assert all(p.dtype == dtype for p in vae.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(weights_before, vae.parameters()))
+    reference = _conv(torch.float32)(latent)
+    # fp32 math on weights that were rounded to `dtype`: close to the fp32 model, far closer than half math
+    assert torch.allclose(out, reference, atol=0.1)
+
+
+def test_low_precision_latent_is_upcast_never_downcast():
+    vae = _conv(torch.float16)
+    got = []
+    guarded_vae_call(lambda z: got.append(z.dtype) or vae(z), vae, torch.randn(1, 4, 4, 4, dtype=torch.float16))
+    assert got == [torch.float32]
+
+
+def test_upcast_off_leaves_dtypes_alone_but_still_guards_flags():
+    vae = _conv(torch.float16)
+    seen = []
+    guarded_vae_call(lambda z: seen.append((z.dtype, next(vae.parameters()).dtype, torch.backends.cudnn.allow_tf32)),
+                     vae, torch.randn(1, 4, 4, 4, dtype=torch.float16), upcast=False)
+    assert seen == [(torch.float16, torch.float16, False)]
+
+
+def test_vae_weights_restored_on_keyboard_interrupt():
+    vae = _conv(torch.float16)
+
+    def interrupted(z):
+        raise KeyboardInterrupt
+
+    before = torch.backends.cudnn.allow_tf32
+    with pytest.raises(KeyboardInterrupt):
+        guarded_vae_call(interrupted, vae, torch.randn(1, 4, 4, 4))
+    assert {p.dtype for p in vae.parameters()} == {torch.float16}
+    assert torch.backends.cudnn.allow_tf32 is before
+
+
+def test_shared_vae_stays_fp32_until_the_last_thread_leaves():
+    vae = _conv(torch.float16)
+    barrier = threading.Barrier(8)
+    problems = []
+
+    def worker(i):
+        with fp32_vae(vae):
+            barrier.wait()
+            time.sleep(0.001 * (i % 3))
+            if {p.dtype for p in vae.parameters()} != {torch.float32}:
+                problems.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not problems
+    assert {p.dtype for p in vae.parameters()} == {torch.float16}
+
+
+def test_cached_module_dtype_follows_the_upcast():
+    """PyTorch Lightning modules (the ldm VAE) cache their dtype behind .dtype; code inside reads it."""
+    vae = _conv(torch.float16)
+    vae._dtype = torch.float16
+    with fp32_vae(vae):
+        assert vae._dtype == torch.float32
+        assert vae_weight_dtype(vae) == torch.float32
+    assert vae._dtype == torch.float16 and vae_weight_dtype(vae) == torch.float16
+    fp32 = _conv(torch.float32)
+    fp32._dtype = torch.float32
+    with fp32_vae(fp32):
+        assert fp32._dtype == torch.float32

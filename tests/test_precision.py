@@ -16,12 +16,10 @@ import torch
 from lib_sdfix import precision
 from lib_sdfix.precision import (
     effective_tf32,
-    guarded_vae_call,
     precision_guard,
     precision_guarded,
     read_flags,
     restore_flags,
-    vae_in_fp32,
 )
 
 LEGACY = hasattr(torch.backends.cuda.matmul, "allow_tf32")
@@ -488,94 +486,3 @@ def test_legacy_only_torch_is_supported(monkeypatch, matmul_precision):
     fake.backends.cudnn.allow_tf32 = False
     restore_flags(snapshot)
     assert fake.flags() == before and read_flags() == snapshot
-
-
-def _conv(dtype: torch.dtype) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.GroupNorm(2, 8)).to(dtype)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_vae_runs_in_fp32_and_weights_come_back_bit_identical(dtype):
-    vae = _conv(dtype)
-    weights_before = [p.detach().clone() for p in vae.parameters()]
-    seen = {}
-
-    def decode(latent):
-        seen["latent"] = latent.dtype
-        seen["weights"] = {p.dtype for p in vae.parameters()}
-        seen["flags"] = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
-        return vae(latent)
-
-    latent = torch.randn(1, 4, 8, 8, dtype=torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's autocast must not reach the VAE
-        out = guarded_vae_call(decode, vae, latent)
-    assert seen == {"latent": torch.float32, "weights": {torch.float32}, "flags": (False, False)}
-    assert out.dtype == torch.float32
-    assert all(p.dtype == dtype for p in vae.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(weights_before, vae.parameters()))
-    reference = _conv(torch.float32)(latent)
-    # fp32 math on weights that were rounded to `dtype`: close to the fp32 model, far closer than half math
-    assert torch.allclose(out, reference, atol=0.1)
-
-
-def test_low_precision_latent_is_upcast_never_downcast():
-    vae = _conv(torch.float16)
-    got = []
-    guarded_vae_call(lambda z: got.append(z.dtype) or vae(z), vae, torch.randn(1, 4, 4, 4, dtype=torch.float16))
-    assert got == [torch.float32]
-
-
-def test_upcast_off_leaves_dtypes_alone_but_still_guards_flags():
-    vae = _conv(torch.float16)
-    seen = []
-    guarded_vae_call(lambda z: seen.append((z.dtype, next(vae.parameters()).dtype, torch.backends.cudnn.allow_tf32)),
-                     vae, torch.randn(1, 4, 4, 4, dtype=torch.float16), upcast=False)
-    assert seen == [(torch.float16, torch.float16, False)]
-
-
-def test_vae_weights_restored_on_keyboard_interrupt():
-    vae = _conv(torch.float16)
-
-    def interrupted(z):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        guarded_vae_call(interrupted, vae, torch.randn(1, 4, 4, 4))
-    assert {p.dtype for p in vae.parameters()} == {torch.float16}
-    assert torch.backends.cudnn.allow_tf32 is True
-
-
-def test_shared_vae_stays_fp32_until_the_last_thread_leaves():
-    vae = _conv(torch.float16)
-    barrier = threading.Barrier(8)
-    problems = []
-
-    def worker(i):
-        with vae_in_fp32(vae):
-            barrier.wait()
-            time.sleep(0.001 * (i % 3))
-            if {p.dtype for p in vae.parameters()} != {torch.float32}:
-                problems.append(i)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not problems
-    assert {p.dtype for p in vae.parameters()} == {torch.float16}
-
-
-def test_cached_module_dtype_follows_the_upcast():
-    """PyTorch Lightning modules (the ldm VAE) cache their dtype behind .dtype; code inside reads it."""
-    vae = _conv(torch.float16)
-    vae._dtype = torch.float16
-    with vae_in_fp32(vae):
-        assert vae._dtype == torch.float32
-        assert precision.vae_weight_dtype(vae) == torch.float32
-    assert vae._dtype == torch.float16 and precision.vae_weight_dtype(vae) == torch.float16
-    fp32 = _conv(torch.float32)
-    fp32._dtype = torch.float32
-    with vae_in_fp32(fp32):
-        assert fp32._dtype == torch.float32

@@ -1,12 +1,12 @@
 """The settings model: strict parsing of positional and named args, infotext round trip."""
 import pytest
 
-from lib_sdfix.settings import FIELDS, UI_ARG_ORDER, SDFixSettings, SettingsError
+from lib_sdfix.settings import OPTIONS, UI_ARG_ORDER, SDFixSettings, SettingsError
 
 
 def test_defaults_match_field_declarations():
     s = SDFixSettings()
-    assert s.as_dict() == {f.name: f.default for f in FIELDS}
+    assert s.as_dict() == {f.name: f.default for f in OPTIONS}
 
 
 def test_positional_args_in_ui_order_and_inverse():
@@ -51,8 +51,8 @@ def test_bad_input_names_the_field(args, field, text):
 
 def test_all_problems_reported_at_once():
     with pytest.raises(SettingsError) as err:
-        SDFixSettings.from_mapping({"enabled": "on", "decode_dtype": "fp8"})
-    assert set(err.value.fields) == {"enabled", "decode_dtype"}
+        SDFixSettings.from_mapping({"enabled": "on", "vae_dtype": "fp8"})
+    assert set(err.value.fields) == {"enabled", "vae_dtype"}
 
 
 def test_non_mapping_is_rejected():
@@ -63,7 +63,7 @@ def test_non_mapping_is_rejected():
 @pytest.mark.parametrize("settings", [
     SDFixSettings(),
     SDFixSettings(enabled=False, precision_guard=False, guard_encode=False, hires_parity=False, post_resize=False,
-                  resize_filter="BOX", decode_dtype="auto", latent_denoise_warning=0.0),
+                  resize_filter="BOX", vae_dtype="auto", latent_denoise_warning=0.0),
     SDFixSettings(latent_denoise_warning=0.3333333333333333, resize_filter="BICUBIC"),
 ])
 def test_infotext_round_trip_is_lossless(settings):

@@ -154,7 +154,7 @@ def test_ablation_samples_once_and_decodes_as_planned(webui):
     run = compare(webui, PAYLOAD, "ablation")
     result = run.result
     variants = run.request.variants
-    assert [v.name for v in variants] == ["baseline", "guard", "encode", "parity", "resize", "all"]
+    assert [v.name for v in variants] == ["baseline", "precision_guard", "guard_encode", "hires_parity", "post_resize", "all"]
     groups = ab.sampling_groups(variants, hires=False, latent_upscaler=True)
     assert len(groups) == 1 and groups[0].decodes == (ab.DecodeConfig(False), ab.DecodeConfig(True, "fp32"))
     assert result["complete"] and result["runs"] == 1 and len(run.unet) == PAYLOAD["steps"]
@@ -175,15 +175,15 @@ def test_ablation_samples_once_and_decodes_as_planned(webui):
     assert_clean(webui)
 
     notes = result["notes"]
-    assert "parity: no effect, no Hires pass" in notes
-    assert "encode: no effect, no VAE encode happened (no Hires pass, not img2img)" in notes
-    assert "resize: no effect, no upscaler ran" in notes
-    assert any(n.startswith("guard: changed") for n in notes)
+    assert "hires_parity: no effect, no Hires pass" in notes
+    assert "guard_encode: no effect, no VAE encode happened (no Hires pass, not img2img)" in notes
+    assert "post_resize: no effect, no upscaler ran" in notes
+    assert any(n.startswith("precision_guard: changed") for n in notes)
     assert any(n.startswith("all fixes: changed") for n in notes)
     assert "run 1 (baseline): full sampling" in notes
-    assert "run 2 (encode): decode only -- sampled as run 1's group, same decode, its own infotext" in notes
+    assert "run 2 (guard_encode): decode only -- sampled as run 1's group, same decode, its own infotext" in notes
     assert "run 6 (all): decode only -- sampled as run 1's group, only SDFix's decode differs" in notes
-    assert "run 5 (guard): decode only -- sampled as run 1's group, only SDFix's decode differs" in notes
+    assert "run 5 (precision_guard): decode only -- sampled as run 1's group, only SDFix's decode differs" in notes
     assert_plain(webui, run, PAYLOAD)
 
 
@@ -192,7 +192,7 @@ def test_every_variant_has_its_own_infotext_even_when_it_shares_a_decode(webui):
     run = compare(webui, PAYLOAD, "ablation")
     infotexts = run.result["infotexts"]
     assert "SDFix" not in infotexts["baseline"]
-    for name in ("guard", "encode", "parity", "resize", "all"):
+    for name in ("precision_guard", "guard_encode", "hires_parity", "post_resize", "all"):
         settings = next(v.settings for v in run.request.variants if v.name == name)
         assert f"SDFix: {settings.to_infotext()}" in infotexts[name], name
     assert "SDFix: on=1 guard=1 encode=1 parity=1 resize=1" in infotexts["all"]
@@ -231,13 +231,13 @@ def test_hires_with_another_hires_sampler_shares_only_the_first_pass(webui):
 
     ablation = compare(webui, payload, "ablation")
     groups = ab.sampling_groups(ablation.request.variants, hires=True, latent_upscaler=True)
-    assert [[v.name for v in g.variants] for g in groups] == [["baseline", "guard", "encode", "resize"], ["parity", "all"]]
+    assert [[v.name for v in g.variants] for g in groups] == [["baseline", "precision_guard", "guard_encode", "post_resize"], ["hires_parity", "all"]]
     assert ablation.result["runs"] == 2 and ablation.result["complete"]
     assert len(ablation.unet) == payload["steps"] + len(groups) * hires_steps
     assert [(r["variants"], r["kind"]) for r in ablation.result["plan"]] == [
-        (["baseline"], "full sampling"), (["encode"], "decode only (shared sampling)"),
-        (["resize"], "decode only (shared sampling)"), (["guard"], "decode only (shared sampling)"),
-        (["parity"], "Hires pass (shared first pass)"), (["all"], "decode only (shared sampling)")]
+        (["baseline"], "full sampling"), (["guard_encode"], "decode only (shared sampling)"),
+        (["post_resize"], "decode only (shared sampling)"), (["precision_guard"], "decode only (shared sampling)"),
+        (["hires_parity"], "Hires pass (shared first pass)"), (["all"], "decode only (shared sampling)")]
     assert "run 6 (all): decode only -- sampled as run 5's group, only SDFix's decode differs" in ablation.result["notes"]
     assert_clean(webui)
     assert_plain(webui, ablation, payload)
@@ -261,8 +261,8 @@ def test_hires_with_an_upscaler_model_splits_groups_by_the_decode_resize_encode_
     ablation = compare(webui, payload, "ablation")
     groups = ab.sampling_groups(ablation.request.variants, hires=True, latent_upscaler=False,
                                 parity_changes_sampler=False)
-    assert [[v.name for v in g.variants] for g in groups] == [["baseline", "parity"], ["guard"], ["encode"],
-                                                              ["resize"], ["all"]]
+    assert [[v.name for v in g.variants] for g in groups] == [["baseline", "hires_parity"], ["precision_guard"], ["guard_encode"],
+                                                              ["post_resize"], ["all"]]
     assert ablation.result["runs"] == len(groups) and ablation.result["complete"]
     kinds = [r["kind"] for r in ablation.result["plan"]]
     assert kinds == ["full sampling", "decode only (shared sampling)"] + ["Hires pass (shared first pass)"] * 4
@@ -271,8 +271,8 @@ def test_hires_with_an_upscaler_model_splits_groups_by_the_decode_resize_encode_
     assert_clean(webui)
     assert_plain(webui, ablation, payload)
     notes = ablation.result["notes"]
-    assert "parity: no effect, first and Hires sampler already equal" in notes
-    assert any(n.startswith("resize: changed") for n in notes)
+    assert "hires_parity: no effect, first and Hires sampler already equal" in notes
+    assert any(n.startswith("post_resize: changed") for n in notes)
 
 
 def test_override_settings_apply_to_every_variant_and_are_restored(webui):
@@ -470,7 +470,7 @@ def test_a_skipped_run_is_not_a_finished_variant_and_the_next_run_goes_on(webui)
     webui.shared.sd_model.unet_hook = skip
     result = compare(webui, payload, "ablation").result
     # the parity-off group finished; the parity group's Hires pass was skipped: its variants are missing
-    assert sorted(result["images"]) == ["baseline", "encode", "guard", "resize"] and not result["complete"]
+    assert sorted(result["images"]) == ["baseline", "guard_encode", "post_resize", "precision_guard"] and not result["complete"]
     assert webui.shared.state.skipped is False
     assert_clean(webui)
 

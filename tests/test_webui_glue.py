@@ -168,14 +168,14 @@ def test_an_approximate_decode_or_encode_method_is_reported_not_claimed(webui):
     webui.processing.images_tensor_to_samples(torch.rand(1, 3, 8, 8), None, webui.shared.sd_model)
     assert len(webui.vae.seen) == count  # the VAE never ran
     notes = p.extra_generation_params["SDFix notes"]()
-    assert "skipped: guard (VAE decode method TAESD does not run the VAE)" in notes
-    assert "encode (VAE encode method TAESD does not run the VAE)" in notes
+    assert "skipped: precision_guard (VAE decode method TAESD does not run the VAE)" in notes
+    assert "guard_encode (VAE encode method TAESD does not run the VAE)" in notes
     p.close()
 
 
 def test_decode_dtype_auto_keeps_the_host_dtype_but_guards_flags(webui):
     p = FakeP()
-    run(webui, p, {"decode_dtype": "auto"})
+    run(webui, p, {"vae_dtype": "auto"})
     decode(webui)
     seen = webui.vae.seen[-1]
     assert (seen["weight"], seen["input"], seen["cudnn_tf32"]) == (torch.float16, torch.float16, False)
@@ -396,7 +396,7 @@ def test_a_failing_guard_falls_back_leaves_the_vae_as_it_was_and_is_reported(web
     latent = torch.randn(1, 4, 8, 8)
     out = decode(webui, latent)
     assert out.shape[:2] == (1, 3) and webui.vae.seen[-1]["weight"] == torch.float16
-    assert "not applied: guard (RuntimeError: boom)" in p.extra_generation_params["SDFix notes"]()
+    assert "not applied: precision_guard (RuntimeError: boom)" in p.extra_generation_params["SDFix notes"]()
     p.close()
     assert _same(webui, webui.before)
     q = FakeP()
@@ -500,7 +500,7 @@ def test_settings_panel_registers_every_option(webui, monkeypatch):
     on_ui_settings()
     options = webui.shared.registered_options
     assert set(options) >= {"sdfix_enabled", "sdfix_precision_guard", "sdfix_hires_parity", "sdfix_resize_filter",
-                            "sdfix_decode_dtype", "sdfix_add_infotext"}
+                            "sdfix_vae_dtype", "sdfix_add_infotext"}
     assert "sdfix_guard_previews" not in options
     assert options["sdfix_latent_denoise_warning"].component == "Slider"
     assert options["sdfix_resize_filter"].component_args == {"choices": ["LANCZOS", "BICUBIC", "BOX"]}
@@ -509,11 +509,11 @@ def test_settings_panel_registers_every_option(webui, monkeypatch):
 
 def test_settings_defaults_and_cli_override_apply_to_named_args(webui):
     webui.shared.opts.sdfix_resize_filter = "BOX"
-    webui.shared.cmd_opts.sdfix_decode_dtype = "auto"
+    webui.shared.cmd_opts.sdfix_vae_dtype = "auto"
     p = FakeP()
     run(webui, p, {"hires_parity": False})
     s = SDFixSettings.from_infotext(p.extra_generation_params["SDFix"]())
-    assert (s.resize_filter, s.decode_dtype, s.hires_parity) == ("BOX", "auto", False)
+    assert (s.resize_filter, s.vae_dtype, s.hires_parity) == ("BOX", "auto", False)
     p.close()
 
 

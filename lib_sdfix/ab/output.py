@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from PIL import Image
 
 from lib_sdfix.ab.plan import Variant
-from lib_sdfix.settings import SettingsError
+from lib_sdfix.settings import SettingsError, describe
 
 __all__ = ["metrics_table", "metrics_json", "metrics_display", "heatmap", "compose_grid", "png_base64",
            "compare_html", "save_comparison"]
@@ -104,12 +104,12 @@ def heatmap(a: Image.Image, b: Image.Image, gain: float = 4.0) -> Image.Image:
     """|A - B| as a colour heatmap; ``gain`` (1-64) amplifies differences too small to see."""
     from lib_sdfix.metrics import difference_heatmap
 
-    if not _valid_gain(gain):
+    if not valid_heatmap_gain(gain):
         raise SettingsError({"heatmap_gain": f"must be a number between 1 and 64, got {describe(gain)}"})
     return difference_heatmap(a, b, float(gain))
 
 
-def _valid_gain(gain: Any) -> bool:
+def valid_heatmap_gain(gain: Any) -> bool:
     # Comparisons only: math.isnan() of a huge JSON integer raises OverflowError.
     return not isinstance(gain, bool) and isinstance(gain, (int, float)) and 1 <= gain <= 64
 

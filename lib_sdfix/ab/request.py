@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from lib_sdfix.ab.output import valid_heatmap_gain
 from lib_sdfix.ab.plan import MAX_VARIANTS, MODES, Variant, plan_variants
 from lib_sdfix.limits import check_text, check_txt2img_payload
 from lib_sdfix.parity import is_same_marker
@@ -311,7 +312,7 @@ def ab_request_from_body(body: Any, base: SDFixSettings, *,
         problems.update(err.problems)
 
     gain = body.get("heatmap_gain", 4.0)
-    if not _valid_gain(gain):
+    if not valid_heatmap_gain(gain):
         problems["heatmap_gain"] = f"must be a number between 1 and 64, got {describe(gain)}"
 
     save = body.get("save", False)

@@ -16,7 +16,8 @@ def _axes() -> Tuple[Tuple[str, str, Tuple[str, ...]], ...]:
         if o.kind is bool:
             axes.append((f"SDFix: {labels.get(o.name, o.name)}", o.name, ("on", "off")))
         elif o.kind is str:
-            axes.append((f"SDFix: {o.label}", o.name, o.choices))
+            label = o.label if o.label[1:2].isupper() else o.label[0].lower() + o.label[1:]  # "VAE dtype" stays
+            axes.append((f"SDFix: {label}", o.name, o.choices))
     return tuple(axes)
 
 
