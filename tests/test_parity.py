@@ -2,6 +2,7 @@
 import pytest
 
 from lib_sdfix.parity import AUTOMATIC, SAME_SAMPLER, SAME_SCHEDULER, resolve_hires_sampling
+from lib_sdfix.parity import latent_upscale_note
 
 
 @pytest.mark.parametrize("hr_sampler", [None, "", SAME_SAMPLER])
@@ -38,3 +39,12 @@ def test_automatic_is_an_explicit_schedule_choice():
 def test_missing_first_pass_schedule_means_automatic():
     got = resolve_hires_sampling("Euler", None, None, "Karras", parity=True)
     assert got.scheduler == AUTOMATIC and got.scheduler_overridden
+
+
+def test_latent_note():
+    bilinear = {"mode": "bilinear", "antialias": False}
+    assert "bilinear" in latent_upscale_note("Latent", bilinear, 0.3, 0.5)
+    assert latent_upscale_note("Latent", bilinear, 0.5, 0.5) is None
+    assert latent_upscale_note("Latent", bilinear, 0.3, 0.0) is None
+    assert latent_upscale_note("Latent (nearest)", {"mode": "nearest"}, 0.3, 0.5) is None
+    assert latent_upscale_note("R-ESRGAN 4x+", None, 0.3, 0.5) is None

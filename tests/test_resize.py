@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from lib_sdfix.resize import RESIZE_FILTERS, resize_after_upscale, upscaler_passes
+from lib_sdfix.resize import resize_image_one_pass, upscale_natively
 
 
 def _native(mode="RGB", size=(64, 48)):
@@ -71,3 +72,60 @@ def test_bad_size_is_rejected():
 ])
 def test_upscaler_passes(src, target, scale, passes):
     assert upscaler_passes(src, target, scale) == passes
+
+
+def _x4(im):
+    return im.resize((im.width * 4, im.height * 4), Image.NEAREST)
+
+
+def _img(w, h, mode="RGB"):
+    return Image.effect_noise((w, h), 50).convert(mode)
+
+
+@pytest.mark.parametrize("source,scale,passes,size", [((64, 64), 2, 1, (256, 256)), ((16, 16), 20, 3, (1024, 1024)),
+                                                      ((64, 64), 1, 1, (256, 256)), ((64, 64), 1.1, 0, (64, 64))])
+def test_upscale_natively_runs_like_the_webui_loop(source, scale, passes, size):
+    calls = []
+    out = upscale_natively(_img(*source), scale, lambda im: calls.append(im.size) or _x4(im))
+    assert len(calls) == passes and out.size == size
+
+
+def test_upscale_natively_stops_when_interrupted_or_stuck():
+    assert upscale_natively(_img(8, 8), 4, _x4, interrupted=lambda: True).size == (8, 8)
+    calls = []
+    upscale_natively(_img(8, 8), 4, lambda im: calls.append(1) or im)
+    assert calls == [1]
+
+
+def _resize_log(monkeypatch):
+    calls = []
+    original = Image.Image.resize
+
+    def spy(self, size, resample=None, *args, **kwargs):
+        calls.append((self.size, tuple(size), resample, kwargs.get("box")))
+        return original(self, size, resample, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    return calls
+
+
+@pytest.mark.parametrize("mode,expected_main", [(0, (200, 120)), (1, (200, 200)), (2, (120, 120))])
+def test_resize_modes_do_one_main_resample_from_native(monkeypatch, mode, expected_main):
+    calls = _resize_log(monkeypatch)
+    out = resize_image_one_pass(mode, _img(64, 64), 200, 120, lambda im, s: _x4(im), "LANCZOS")
+    assert out.size == (200, 120)
+    main = [c for c in calls if c[3] is None and c[0] == (256, 256)]
+    assert [(c[1], c[2]) for c in main] == [(expected_main, Image.LANCZOS)]
+
+
+def test_without_an_upscaler_the_hosts_lanczos_is_kept(monkeypatch):
+    """The filter choice only concerns the resize after an upscaler; masks and plain resizes stay LANCZOS."""
+    calls = _resize_log(monkeypatch)
+    resize_image_one_pass(0, _img(64, 64), 100, 100, None, "BICUBIC")
+    resize_image_one_pass(0, _img(64, 64, "L"), 100, 100, lambda im, s: pytest.fail("no upscaler for L"), "BOX")
+    assert [(c[0], c[1], c[2]) for c in calls] == [((64, 64), (100, 100), Image.LANCZOS)] * 2
+
+
+def test_downscale_never_runs_the_upscaler():
+    out = resize_image_one_pass(0, _img(64, 64), 32, 32, lambda im, s: pytest.fail("scale < 1"), "LANCZOS")
+    assert out.size == (32, 32)

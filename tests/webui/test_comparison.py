@@ -1,4 +1,4 @@
-"""The A/B runner (lib_sdfix.webui.comparison) in stand-ins of the hosts' generation (tests/webui_fakes.py).
+"""The A/B runner (lib_sdfix.webui.comparison) in stand-ins of the hosts' generation (tests/webui/fakes.py).
 
 Every variant of a comparison must be the image, and the infotext, a plain txt2img API call with that
 variant's SDFix settings gives -- while the UNet runs only as often as the plan (lib_sdfix.ab.sampling_groups)
@@ -15,7 +15,7 @@ import torch
 from lib_sdfix import ab
 from lib_sdfix.settings import SDFixSettings, SettingsError
 
-from .webui_fakes import HOSTS, Namespace, fake_gradio, install
+from .fakes import HOSTS, Namespace, fake_gradio, install
 
 pytest.importorskip("pydantic")
 pytest.importorskip("fastapi")

@@ -1,0 +1,110 @@
+"""lib_sdfix.ab.plan: the variants of a mode, and the sampling runs they share."""
+
+import pytest
+
+from lib_sdfix.ab import (
+    DecodeConfig,
+    Variant,
+    count_decodes,
+    count_runs,
+    plan_variants,
+    sampling_groups,
+)
+from lib_sdfix.settings import SDFixSettings, SettingsError
+
+TOGGLES = ("precision_guard", "guard_encode", "hires_parity", "post_resize")
+
+
+def _on(settings):
+    return tuple(name for name in TOGGLES if settings.enabled and getattr(settings, name))
+
+
+# --- variants ------------------------------------------------------------------------------------
+
+
+def test_ab_plan_is_sdfix_off_then_the_users_settings_on():
+    base = SDFixSettings(enabled=False, hires_parity=False, resize_filter="BICUBIC", vae_dtype="auto")
+    a, b = plan_variants("ab", base)
+    assert (a.name, b.name) == ("A", "B")
+    assert a.settings.enabled is False and _on(a.settings) == ()
+    assert b.settings == base.changed(enabled=True)
+    assert _on(b.settings) == ("precision_guard", "guard_encode", "post_resize")
+
+
+def test_ablation_plan_is_baseline_each_fix_alone_and_all():
+    base = SDFixSettings(resize_filter="BOX", post_resize=False)
+    variants = plan_variants("ablation", base)
+    assert [v.name for v in variants] == ["baseline", "precision_guard", "guard_encode", "hires_parity", "post_resize", "all"]
+    assert [_on(v.settings) for v in variants] == [
+        (), ("precision_guard",), ("guard_encode",), ("hires_parity",), ("post_resize",), TOGGLES]
+    assert all(v.settings.resize_filter == "BOX" for v in variants)
+    assert len({v.label for v in variants}) == 6 and variants[1].label == "precision guard only"
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(SettingsError) as err:
+        plan_variants("abc", SDFixSettings())
+    assert "variants" in err.value.problems
+
+
+# --- work sharing ----------------------------------------------------------------------------
+
+
+def test_ab_without_hires_is_one_sampling_and_two_decodes():
+    variants = plan_variants("ab", SDFixSettings())
+    groups = sampling_groups(variants, hires=False, latent_upscaler=False)
+    assert len(groups) == 1 and groups[0].key == () and groups[0].variants == tuple(variants)
+    assert count_runs(groups) == 1 and count_decodes(groups) == 2
+    plain, guarded = groups[0].decodes
+    assert plain == DecodeConfig(False) and guarded == DecodeConfig(True, "fp32")
+    assert groups[0].variants_for(plain) == (variants[0],) and groups[0].variants_for(guarded) == (variants[1],)
+
+
+def test_ablation_without_hires_shares_one_sampling_and_decodes_per_decode_config():
+    variants = plan_variants("ablation", SDFixSettings())
+    variants.append(Variant("auto", "guard in auto dtype", SDFixSettings(vae_dtype="auto")))
+    variants.append(Variant("off-auto", "off, auto", SDFixSettings(enabled=False, vae_dtype="auto")))
+    (group,) = sampling_groups(variants, hires=False, latent_upscaler=False)
+    assert count_runs([group]) == 1
+    # unguarded (baseline, encode, parity, resize, off-auto), guarded fp32 (guard, all), guarded auto
+    assert group.decodes == (DecodeConfig(False), DecodeConfig(True, "fp32"), DecodeConfig(True, "auto"))
+    assert [v.name for v in group.variants_for(DecodeConfig(False))] == ["baseline", "guard_encode", "hires_parity", "post_resize", "off-auto"]
+
+
+def test_hires_with_latent_upscaler_shares_everything_but_parity():
+    variants = plan_variants("ablation", SDFixSettings())
+    groups = sampling_groups(variants, hires=True, latent_upscaler=True)
+    assert [[v.name for v in g.variants] for g in groups] == [["baseline", "precision_guard", "guard_encode", "post_resize"], ["hires_parity", "all"]]
+    assert [g.key for g in groups] == [(("hires_parity", False),), (("hires_parity", True),)]
+    assert count_runs(groups) == 3  # one first pass + two Hires passes
+    assert count_decodes(groups) == 4
+    # Sampler already equal: parity cannot change the Hires pass, so it is shared too.
+    same = sampling_groups(variants, hires=True, latent_upscaler=True, parity_changes_sampler=False)
+    assert len(same) == 1 and count_runs(same) == 2
+
+
+def test_hires_with_an_upscaler_model_groups_by_what_the_hires_pass_starts_from():
+    base = SDFixSettings()
+    variants = plan_variants("ablation", base)
+    groups = sampling_groups(variants, hires=True, latent_upscaler=False)
+    assert len(groups) == 6 and count_runs(groups) == 7
+    assert all(len(g.decodes) == 1 for g in groups)
+    # Filter and dtype only matter where a fix uses them.
+    extra = [
+        Variant("off-box", "off, BOX", base.changed(enabled=False, resize_filter="BOX", vae_dtype="auto")),
+        Variant("resize-box", "resize BOX", variants[4].settings.changed(resize_filter="BOX")),
+        Variant("guard-auto", "guard auto", variants[1].settings.changed(vae_dtype="auto")),
+    ]
+    groups = sampling_groups(variants + extra, hires=True, latent_upscaler=False)
+    names = [[v.name for v in g.variants] for g in groups]
+    assert ["baseline", "off-box"] in names
+    assert ["post_resize"] in names and ["resize-box"] in names and ["precision_guard"] in names and ["guard-auto"] in names
+    assert sorted(v.name for g in groups for v in g.variants) == sorted(v.name for v in variants + extra)
+
+
+def test_groups_and_empty_input():
+    assert sampling_groups([], hires=True, latent_upscaler=False) == [] and count_runs([]) == 0
+    variants = plan_variants("ab", SDFixSettings())
+    groups = sampling_groups(variants, hires=True, latent_upscaler=False)
+    assert [g.variants for g in groups] == [(variants[0],), (variants[1],)]
+    assert count_runs(groups) == 3

@@ -1,0 +1,96 @@
+"""Helpers for the host-layer tests: a snapshot of everything SDFix may touch, a generation driver,
+an X/Y/Z cell as the plot runs it, and a spy on PIL's resize."""
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from .fakes import install
+
+A1111_PATCHED = [("processing", "decode_first_stage"), ("processing", "images_tensor_to_samples"),
+                 ("sd_samplers_common", "decode_first_stage"), ("sd_samplers_common", "samples_to_images_tensor"),
+                 ("sd_samplers_common", "images_tensor_to_samples"), ("images", "resize_image"),
+                 ("sd_samplers", "create_sampler")]
+
+
+def snapshot(env):
+    """Everything SDFix may touch: functions, VAE weights (objects and data), dtype attributes, flags."""
+    functions = {(mod, attr): getattr(getattr(env, mod), attr) for mod, attr in A1111_PATCHED}
+    functions["Upscaler.upscale"] = env.upscaler.Upscaler.__dict__["upscale"]
+    if env.wrapper is not None:
+        cls = type(env.wrapper)
+        functions["VAE"] = dict(vars(cls))
+    params = [(t, t.data_ptr(), t.dtype) for t in list(env.vae.parameters())]
+    attrs = (env.devices.dtype_vae, env.vae._dtype, getattr(env.wrapper, "vae_dtype", None))
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    return functions, params, attrs, flags
+
+
+def same(env, before) -> bool:
+    functions, params, attrs, flags = snapshot(env)
+    b_functions, b_params, b_attrs, b_flags = before
+    same_functions = all(functions[k] is v if k != "VAE" else functions[k] == v for k, v in b_functions.items())
+    same_params = [(id(t), p, d) for t, p, d in params] == [(id(t), p, d) for t, p, d in b_params]
+    return same_functions and same_params and attrs == b_attrs and flags == b_flags
+
+
+def make_env(monkeypatch, host="a1111", **options):
+    """The fakes of ``host`` installed, TF32 flags on as on an Ampere+ GPU, and what SDFix may touch recorded."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
+    env = install(monkeypatch, host, **options)
+    env.before = snapshot(env)
+    return env
+
+
+def run(env, p, *args):
+    script = env.glue.SDFixScript()
+    script.setup(p, *args)
+    script.process(p, *args)
+    return script
+
+
+def decode(env, latent=None):
+    latent = torch.randn(1, 4, 8, 8, dtype=torch.float16) if latent is None else latent
+    return env.processing.decode_first_stage(env.shared.sd_model, latent)
+
+
+
+def flags_on():
+    return torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+
+
+# An X/Y/Z cell as the plot script runs it: a function named "cell" in xyz_grid.py whose closure holds
+# the axes; the plot swallows the cell's exception.
+_XYZ_SOURCE = '''
+def make_cell(x_opt, y_opt, z_opt, generate):
+    def cell(pc):
+        x_opt.apply(pc); y_opt, z_opt
+        try:
+            return generate(pc)
+        except Exception as exc:
+            return exc
+    return cell
+'''
+
+
+def xyz_cell(x_label, apply, generate):
+    namespace = {}
+    exec(compile(_XYZ_SOURCE, "/webui/scripts/xyz_grid.py", "exec"), namespace)
+
+    class Axis:
+        def __init__(self, label, fn):
+            self.label, self.apply = label, fn
+
+    return namespace["make_cell"](Axis(x_label, apply), Axis("Nothing", None), Axis("Nothing", None), generate)
+
+
+def recording_resize(monkeypatch):
+    calls = []
+    original = Image.Image.resize
+
+    def spy(self, size, resample=None, *args, **kwargs):
+        calls.append((self.size, tuple(size), resample))
+        return original(self, size, resample, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    return calls
