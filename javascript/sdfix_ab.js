@@ -1,7 +1,8 @@
 // SDFix A/B comparison widget: enhances every `.sdfix-compare` block that lib_sdfix.ab.compare_html
 // renders (two <img>, data-role="a" and "b") into a slider (B clipped over A) or a side-by-side view,
 // both with one shared zoom/pan transform. Plain JS, no build step; the WebUI loads it into the page.
-// Why here: Gradio 3.41 has no component for synchronized zoom or a comparison slider.
+// Why here: Gradio (3.41 in AUTOMATIC1111 and reForge, 4.40 in Forge) has no component for synchronized
+// zoom or a comparison slider.
 (function () {
     "use strict";
 
@@ -111,57 +112,27 @@
         return null;
     }
 
-    // Drag with Pointer Events (mouse, touch, pen); mouse + touch events in browsers without them.
+    // Drag with Pointer Events (mouse, touch and pen alike; every browser the WebUI supports has them).
     function onDrag(target, start, move, end) {
-        var legacyOnly = typeof window.PointerEvent !== "function" && ("ontouchstart" in window || "onmousedown" in window);
-        if (!legacyOnly) {
-            var active = null;
-            target.addEventListener("pointerdown", function (e) {
-                if (e.button !== undefined && e.button !== 0) return;
-                active = e.pointerId;
-                if (target.setPointerCapture && e.pointerId !== undefined) target.setPointerCapture(e.pointerId);
-                start(e);
-                if (e.preventDefault) e.preventDefault();
-            });
-            target.addEventListener("pointermove", function (e) {
-                if (active !== null && e.pointerId === active) move(e);
-            });
-            var stop = function (e) {
-                if (active !== null && e.pointerId === active) {
-                    active = null;
-                    end(e);
-                }
-            };
-            target.addEventListener("pointerup", stop);
-            target.addEventListener("pointercancel", stop);
-            return;
-        }
-        var dragging = false;
-        var point = function (e) {
-            var t = e.touches && e.touches[0];
-            return t ? {clientX: t.clientX, clientY: t.clientY, shiftKey: e.shiftKey} : e;
-        };
-        var down = function (e) {
-            dragging = true;
-            start(point(e));
-            if (e.preventDefault) e.preventDefault();
-        };
-        var moving = function (e) {
-            if (dragging) move(point(e));
-        };
-        var up = function (e) {
-            if (dragging) {
-                dragging = false;
-                end(point(e));
+        var active = null;
+        target.addEventListener("pointerdown", function (e) {
+            if (e.button !== 0) return;
+            active = e.pointerId;
+            target.setPointerCapture(e.pointerId);
+            start(e);
+            e.preventDefault();
+        });
+        target.addEventListener("pointermove", function (e) {
+            if (e.pointerId === active) move(e);
+        });
+        var stop = function (e) {
+            if (e.pointerId === active) {
+                active = null;
+                end(e);
             }
         };
-        target.addEventListener("mousedown", down);
-        target.addEventListener("mousemove", moving);
-        target.addEventListener("mouseup", up);
-        target.addEventListener("mouseleave", up);
-        target.addEventListener("touchstart", down, {passive: false});
-        target.addEventListener("touchmove", moving, {passive: false});
-        target.addEventListener("touchend", up);
+        target.addEventListener("pointerup", stop);
+        target.addEventListener("pointercancel", stop);
     }
 
     // Turn one `.sdfix-compare` block into the widget; returns its controller, or null if it lacks images.
@@ -323,29 +294,11 @@
         enhanceAll: enhanceAll,
     };
 
-    // The WebUI calls onAfterUiUpdate callbacks after Gradio changes the page; elsewhere (or if this
-    // file runs before the WebUI's script.js) a MutationObserver does the same.
-    if (typeof window.onAfterUiUpdate === "function") {
-        window.onAfterUiUpdate(function () {
-            enhanceAll();
-        });
-    } else if (typeof window.MutationObserver === "function") {
-        var scheduled = false;
-        var observer = new window.MutationObserver(function () {
-            if (scheduled) return;
-            scheduled = true;
-            setTimeout(function () {
-                scheduled = false;
-                enhanceAll();
-            }, 50);
-        });
-        var watch = function () {
-            observer.observe(document.documentElement || document.body, {childList: true, subtree: true});
-            enhanceAll();
-        };
-        if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", watch);
-        else watch();
-    }
+    // The WebUI calls onAfterUiUpdate callbacks after Gradio changes the page (its script.js, loaded
+    // before extension scripts, defines it).
+    window.onAfterUiUpdate(function () {
+        enhanceAll();
+    });
 })();
 
 // Run button of the "SDFix A/B" tab: registers the job id so the WebUI's own progress bar (and its

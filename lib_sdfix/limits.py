@@ -7,7 +7,8 @@ only fails deep inside the WebUI (HTTP 500) could take the WebUI down for everyo
 are the WebUI v1.10.1 UI's own ranges (``modules/ui.py`` and friends), so everything a user can do
 in the txt2img tab passes; where the WebUI has no bound, the one chosen here says why.  Every
 refusal is a :class:`~lib_sdfix.settings.SettingsError` naming the field path, e.g.
-``payload.width``, which the routes answer with HTTP 422.
+``payload.width``, which the routes answer with HTTP 422.  (Over the usual ~400 lines: most of it
+is the tables -- one rule per txt2img field and per overridable option, each with its source.)
 """
 from __future__ import annotations
 

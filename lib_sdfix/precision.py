@@ -1,20 +1,19 @@
 """Precision guard for VAE work: full fp32 math while the VAE runs, the process's flags untouched after.
 
+(Longer than the project's usual ~400 lines on purpose: it is one model of torch's three flag APIs,
+their levels and the getters that raise, and splitting it would scatter rules that only hold together.)
+
 Why: the WebUI (and PyTorch's own default for cuDNN) leaves TF32 on for convolutions, and the VAE is
 almost all convolutions.  TF32 keeps a 10-bit mantissa, which flattens the fine colour gradients of
 skin and hair into the "oil painting" look.  Turning TF32 off only for matmul is not enough.
 
-Two independent pieces, combined by :func:`guarded_vae_call`:
-
-* :class:`precision_guard` -- no TF32 (nor oneDNN bf16) for convolutions, RNNs and matmul at any
-  level, fp32 matmul precision "highest", no reduced-precision fp16/bf16 reductions or fp16
-  accumulation, ``cudnn.benchmark`` off; afterwards every flag holds exactly what it held before.
-  Every switch is feature-detected, so torch 2.1-2.8 (``allow_tf32`` booleans only) and torch >= 2.9
-  (the ``fp32_precision`` tree as well) both work.  Re-entrant and thread-safe: one process-wide
-  depth counter; the first entrant snapshots and applies, the last one restores.
-* :func:`vae_in_fp32` -- casts the VAE's fp16/bf16 weights to fp32 in place for the call and back
-  after (lossless both ways, no second copy of the VAE in memory), with a per-module reference count
-  so two threads sharing one VAE never see it cast back under them.
+:class:`precision_guard`: no TF32 (nor oneDNN bf16) for convolutions, RNNs and matmul at any level,
+fp32 matmul precision "highest", no reduced-precision fp16/bf16 reductions or fp16 accumulation,
+``cudnn.benchmark`` off; afterwards every flag holds exactly what it held before.  Every switch is
+feature-detected, so torch 2.1-2.8 (``allow_tf32`` booleans only) and torch >= 2.9 (the
+``fp32_precision`` tree as well) both work.  Re-entrant and thread-safe: one process-wide depth
+counter; the first entrant snapshots and applies, the last one restores.  The VAE itself in fp32 for
+the call is :mod:`lib_sdfix.fp32_vae`; :func:`lib_sdfix.fp32_vae.guarded_vae_call` combines both.
 
 How torch >= 2.9 keeps these flags (what the guard must respect):
 

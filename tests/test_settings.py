@@ -1,7 +1,7 @@
 """The settings model: strict parsing of positional and named args, infotext round trip."""
 import pytest
 
-from lib_sdfix.settings import OPTIONS, UI_ARG_ORDER, SDFixSettings, SettingsError
+from lib_sdfix.settings import OPTIONS, UI_ARG_ORDER, SDFixSettings, SettingsError, defaults_from_options
 
 
 def test_defaults_match_field_declarations():
@@ -104,3 +104,27 @@ def test_defaults_from_options():
     with pytest.raises(SettingsError) as err:
         defaults_from_options(lambda key, default: "nope" if key == "sdfix_enabled" else default)
     assert err.value.fields == ["sdfix_enabled"]
+
+
+def test_the_fix_table_names_each_fix_by_its_option():
+    from lib_sdfix.settings import FIXES, fix, option
+
+    for f in FIXES:
+        assert option(f.key).kind is bool and fix(f.key) is f
+        assert set(f.patches) <= {"decode", "encode", "resize"}
+    s = SDFixSettings(hires_parity=False)
+    assert s.fixes_on() == ["precision_guard", "guard_encode", "post_resize"]
+    assert not SDFixSettings(enabled=False).fixes_on() and SDFixSettings().wants("hires_parity")
+
+
+def test_vae_dtype_reads_its_older_name_in_the_api_the_infotext_and_the_settings_panel():
+    assert SDFixSettings.from_mapping({"decode_dtype": "auto"}).vae_dtype == "auto"
+    assert SDFixSettings.from_infotext("on=1 dtype=auto").vae_dtype == "auto"  # images made before the rename
+    assert SDFixSettings(vae_dtype="auto").to_infotext().split()[6] == "vae=auto"
+    with pytest.raises(SettingsError) as err:
+        SDFixSettings.from_mapping({"decode_dtype": "auto", "vae_dtype": "fp32"})
+    assert "given twice" in str(err.value)
+    stored = {"sdfix_decode_dtype": "auto"}  # a config.json written before the rename
+    assert defaults_from_options(lambda key, default: stored.get(key, default)).vae_dtype == "auto"
+    stored["sdfix_vae_dtype"] = "fp32"
+    assert defaults_from_options(lambda key, default: stored.get(key, default)).vae_dtype == "fp32"

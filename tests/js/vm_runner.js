@@ -125,21 +125,15 @@ function parseInto(parent, html) {
 
 const source = fs.readFileSync(process.argv[2], "utf8");
 
-// A fresh page with the script loaded. options.onAfterUiUpdate: give the page the WebUI's hook;
-// options.mutationObserver: give it a MutationObserver; options.globals: extra window properties.
+// A fresh page with the script loaded, with the WebUI's onAfterUiUpdate hook (its script.js always
+// defines it before extension scripts run); options.globals: extra window properties.
 function load(options) {
     options = options || {};
     const document = makeDocument();
     const context = {document: document, console: console, setTimeout: setTimeout, clearTimeout: clearTimeout};
     context.window = context;
-    const hooks = {afterUpdate: [], observers: []};
-    if (options.onAfterUiUpdate) context.onAfterUiUpdate = (fn) => hooks.afterUpdate.push(fn);
-    if (options.mutationObserver) {
-        context.MutationObserver = function (callback) {
-            this.callback = callback;
-            this.observe = (target, init) => hooks.observers.push({target: target, init: init, callback: callback});
-        };
-    }
+    const hooks = {afterUpdate: []};
+    context.onAfterUiUpdate = (fn) => hooks.afterUpdate.push(fn);
     Object.assign(context, options.globals || {});
     vm.createContext(context);
     vm.runInContext(source, context, {filename: "sdfix_ab.js"});
