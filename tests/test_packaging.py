@@ -57,9 +57,10 @@ def test_preload_flags():
     exec((ROOT / "preload.py").read_text(), namespace)
     parser = argparse.ArgumentParser()
     namespace["preload"](parser)
-    args = parser.parse_args(["--sdfix-disable", "--sdfix-decode-dtype", "auto"])
-    assert args.sdfix_disable is True and args.sdfix_decode_dtype == "auto"
-    assert parser.parse_args([]).sdfix_decode_dtype is None
+    args = parser.parse_args(["--sdfix-disable", "--sdfix-decode-dtype", "auto"])  # the flag's older name
+    assert args.sdfix_disable is True and args.sdfix_vae_dtype == "auto"
+    assert parser.parse_args(["--sdfix-vae-dtype", "fp32"]).sdfix_vae_dtype == "fp32"
+    assert parser.parse_args([]).sdfix_vae_dtype is None
 
 
 def test_importing_the_package_is_light():
