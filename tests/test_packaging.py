@@ -69,10 +69,25 @@ def test_importing_the_package_is_light():
     assert out.strip() == "[]"
 
 
+def _diffusers_modules():
+    return sorted(f"lib_sdfix.diffusers.{p.stem}" for p in (ROOT / "lib_sdfix" / "diffusers").glob("*.py") if p.stem != "__init__")
+
+
 def test_diffusers_front_imports_nothing_heavy_until_used():
     heavy = ("torch", "diffusers", "transformers", "accelerate", "spandrel", "realesrgan", "basicsr", "torchvision", "scipy")
-    code = ("import sys, lib_sdfix.diffusers, lib_sdfix.diffusers_ab, lib_sdfix.report, lib_sdfix.__main__; "
+    modules = ["lib_sdfix.diffusers", *_diffusers_modules(), "lib_sdfix.__main__"]
+    assert {"lib_sdfix.diffusers.cli", "lib_sdfix.diffusers.compare", "lib_sdfix.diffusers.report"} <= set(modules)
+    code = (f"import sys, {', '.join(modules)}; "
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_diffusers_front_imports_nothing_of_the_webui_front():
+    """Not even at run time: the report and the A/B run share the WebUI-free lib_sdfix.ab, never a
+    WebUI session."""
+    code = ("import sys, lib_sdfix.diffusers, lib_sdfix.diffusers.report, lib_sdfix.diffusers.compare; "
+            "print(sorted(m for m in sys.modules if m.startswith('lib_sdfix.webui')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
