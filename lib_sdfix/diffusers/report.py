@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 from PIL import Image
 
 from lib_sdfix.ab import metrics_display, metrics_json, metrics_table
-from lib_sdfix.metrics import difference_heatmap
+from lib_sdfix.metrics import difference_heatmap, json_safe
 
 __all__ = ["write_report", "REPORT_NAME", "JSON_NAME"]
 
@@ -66,18 +66,6 @@ def _number(value: float, digits: int = 3) -> str:
     if isinstance(value, float) and math.isinf(value):
         return "identical" if value > 0 else "-inf"
     return f"{value:.{digits}f}"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _save(image: Optional[Image.Image], out: Path, name: str) -> Optional[str]:
@@ -139,7 +127,7 @@ def write_report(out: Path, result: Any) -> Path:
             for name, arm in arms.items()
         },
     }
-    (out / JSON_NAME).write_text(json.dumps(_json_safe(payload), indent=2), encoding="utf-8")
+    (out / JSON_NAME).write_text(json.dumps(json_safe(payload), indent=2), encoding="utf-8")
     page = out / REPORT_NAME
     page.write_text(_render(result, files, rows, heatmap), encoding="utf-8")
     return page

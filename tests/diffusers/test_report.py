@@ -6,8 +6,9 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .html_check import parse_strictly
-from lib_sdfix.report import JSON_NAME, REPORT_NAME, write_report
+from lib_sdfix.diffusers.report import JSON_NAME, REPORT_NAME, write_report
+
+from ..html_check import parse_strictly
 
 
 def _noise(seed, size=(64, 64)):

@@ -12,10 +12,10 @@ pytest.importorskip("diffusers")
 
 from lib_sdfix.diffusers import CAUSES  # noqa: E402
 
-from .html_check import parse_strictly  # noqa: E402
+from ..html_check import parse_strictly  # noqa: E402
 from .tiny_pipelines import one_thread  # noqa: E402,F401 -- autouse fixture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_ab_with_hires_and_ablation_writes_a_complete_report(tmp_path):

@@ -1,5 +1,6 @@
-"""Tiny random-weight diffusers pipelines wired like the first seed's service, and probes that
-record what the VAE and UNet actually see from inside their forward passes."""
+"""Tiny random-weight diffusers pipelines wired like a service whose txt2img and img2img pipelines
+share their components, probes that record what the VAE and UNet actually see from inside their
+forward passes, and the fixtures and calls the diffusers tests share."""
 from __future__ import annotations
 
 import contextlib
@@ -8,9 +9,10 @@ from typing import Any, Dict, List, Tuple
 import pytest
 import torch
 
-from lib_sdfix.diffusers_ab import byte_level_clip_tokenizer, tiny_sd15_components
+from lib_sdfix.diffusers.tiny import byte_level_clip_tokenizer, tiny_esrgan_state_dict, tiny_sd15_components
 
 HALF = torch.bfloat16  # the CPU's half precision; fp16 kernels on a CPU are slow
+STEPS = 3
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -23,15 +25,58 @@ def one_thread():
 
 
 def set_service_flags() -> None:
-    """The seed's pipelineCache.py "Ampere optimisation", process-wide."""
+    """TF32 and cuDNN autotuning on, process-wide, as services switch them on for speed on Ampere GPUs."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
 
 
+@pytest.fixture(autouse=True)
+def service_flags():
+    """The service's flags for the test, the process's own afterwards."""
+    from lib_sdfix.precision import read_flags, restore_flags
+
+    before = read_flags()
+    set_service_flags()
+    yield
+    restore_flags(before)
+
+
+@pytest.fixture(scope="module")
+def upscaler_file(tmp_path_factory):
+    """A tiny random x4 upscaler in Real-ESRGAN's layout, as .safetensors."""
+    import safetensors.torch
+
+    path = tmp_path_factory.mktemp("upscaler") / "tiny-realesrgan-x4.safetensors"
+    safetensors.torch.save_file(tiny_esrgan_state_dict(), str(path))
+    return path
+
+
+def prompt_embeds_of(pipe):
+    """What Compel hands over with an fp32 text encoder: raw fp32 embeddings."""
+    with torch.no_grad():
+        return pipe.encode_prompt(prompt="a face", device="cpu", num_images_per_prompt=1,
+                                  do_classifier_free_guidance=True, negative_prompt="blur")[:2]
+
+
+def run_txt2img(pipe, size=64, **kwargs):
+    kwargs.setdefault("prompt", "a face")
+    kwargs.setdefault("negative_prompt", "blur")
+    return pipe(height=size, width=size, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                output_type="pil", **kwargs).images[0]
+
+
+def run_img2img(img2img, image, **kwargs):
+    kwargs.setdefault("prompt", "a face")
+    kwargs.setdefault("negative_prompt", "blur")
+    return img2img(image=image, strength=0.6, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                   output_type="pil", **kwargs).images[0]
+
+
 def sd15_pair(text_encoder_dtype=torch.float32, dtype=HALF, scheduler_mismatch=True, offload=False,
               tokenizer_dir=None) -> Tuple[Any, Any]:
-    """txt2img + img2img sharing every module, as the seed's service built them."""
+    """txt2img + img2img sharing every module; DPM++ 2M Karras on txt2img only unless ``scheduler_mismatch``
+    is off."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     components = tiny_sd15_components(tokenizer_dir=tokenizer_dir)

@@ -1,0 +1,248 @@
+"""The A/B run: the same seed through a diffusers service without and with SDFix's fixes.
+
+``python -m lib_sdfix ab`` calls :func:`run_ab`.  The "without" arm is the unfixed service of
+:mod:`lib_sdfix.diffusers.service`; the "with" arm is the same service after
+:func:`lib_sdfix.diffusers.harden`; ``ablation`` adds one arm per fix alone.  Without a model the
+run uses the embedded random-weight model (:mod:`lib_sdfix.diffusers.tiny`), so it runs on a fresh
+CPU-only machine in well under a minute.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from PIL import Image
+
+from lib_sdfix.diffusers.causes import CAUSES, dtype_name
+from lib_sdfix.diffusers.hardening import audit, fix_report, harden
+from lib_sdfix.diffusers.hires import hires_fix
+from lib_sdfix.diffusers.service import Service, half_dtype, resolve_device
+from lib_sdfix.diffusers.tiny import tiny_esrgan_state_dict
+from lib_sdfix.diffusers.upscaler import load_upscaler
+from lib_sdfix.settings import SDFixSettings
+
+__all__ = ["ABConfig", "ABResult", "ArmResult", "run_ab", "resolve_sizes", "DEFAULT_PROMPT", "DEFAULT_NEGATIVE"]
+
+DEFAULT_PROMPT = "close-up portrait photo, detailed skin texture, individual hair strands, sharp eye highlights"
+DEFAULT_NEGATIVE = "blurry, oil painting, smooth plastic skin"
+EMBEDDED = "embedded tiny SD1.5 (random weights)"
+
+
+@dataclass
+class ABConfig:
+    """Everything one A/B run needs; defaults are the embedded model's."""
+
+    out: Path = Path("sdfix-report")
+    model: Optional[str] = None
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: str = DEFAULT_NEGATIVE
+    seed: int = 1234
+    steps: Optional[int] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    guidance_scale: float = 7.0
+    hires: bool = False
+    hires_scale: float = 2.0
+    strength: Optional[float] = None
+    hires_steps: Optional[int] = None
+    upscaler: Optional[str] = None
+    ablation: bool = False
+    device: str = "auto"
+    offload: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ArmResult:
+    name: str
+    fixes: Tuple[str, ...]
+    image: Image.Image
+    first_pass: Optional[Image.Image]
+    upscaled: Optional[Image.Image]
+    resized: Optional[Image.Image]
+    timings: Dict[str, float]
+    resize: Optional[Dict[str, Any]]
+    notes: List[str]
+    failed: Dict[str, str]
+    audit: Dict[str, Any]
+
+
+@dataclass
+class ABResult:
+    config: Dict[str, Any]
+    environment: Dict[str, Any]
+    arms: Dict[str, ArmResult]
+    audit_before: Dict[str, Any]
+    audit_after: Dict[str, Any]
+    report_path: Optional[Path] = None
+    notes: List[str] = field(default_factory=list)
+
+
+def _arms(ablation: bool) -> List[Tuple[str, Tuple[str, ...]]]:
+    arms = [("without", ()), ("with", CAUSES)]
+    if ablation:
+        arms += [(f"only {cause}", (cause,)) for cause in CAUSES]
+    return arms
+
+
+def _prompt_embeddings(service: Service, config: ABConfig) -> Dict[str, Any]:
+    import torch
+
+    pipe, _ = service.pair(offload=False)
+    with torch.no_grad():
+        out = pipe.encode_prompt(prompt=config.prompt, device=service.device, num_images_per_prompt=1,
+                                 do_classifier_free_guidance=True, negative_prompt=config.negative_prompt)
+    names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+    return {name: value for name, value in zip(names, out) if value is not None}
+
+
+def _run_arm(service: Service, config: ABConfig, name: str, fixes: Tuple[str, ...], embeds: Dict[str, Any],
+             upscaler: Any, sizes: Dict[str, Any]) -> ArmResult:
+    import torch
+
+    pipe, img2img = service.pair(config.offload)
+    options = SDFixSettings() if fixes else SDFixSettings(enabled=False)
+    failed: Dict[str, str] = {}
+    notes: List[str] = []
+    if fixes:
+        hardened = harden(pipe, img2img, options=options, fixes=fixes)
+        failed.update(hardened.failed)
+    start = time.perf_counter()
+    # Both arms run under autocast, as the WebUI and most services do: without it the unfixed
+    # service fails outright (fp32 embeddings into a half UNet).
+    with torch.autocast(service.device.type, dtype=service.dtype):
+        common = dict(embeds, guidance_scale=config.guidance_scale,
+                      width=sizes["width"], height=sizes["height"], num_inference_steps=sizes["steps"], seed=config.seed)
+        if config.hires:
+            result = hires_fix(pipe, img2img, scale=config.hires_scale, strength=sizes["strength"],
+                               hires_steps=sizes["hires_steps"], upscaler=upscaler, options=options, **common)
+            image, first, upscaled, resized = result.image, result.first_pass, result.upscaled, result.resized
+            timings, resize = result.timings, result.resize
+            notes += result.notes
+        else:
+            seed = common.pop("seed")
+            t0 = time.perf_counter()
+            image = pipe(generator=torch.Generator("cpu").manual_seed(seed), output_type="pil", **common).images[0]
+            first = upscaled = resized = resize = None
+            timings = {"txt2img": time.perf_counter() - t0}
+    timings["total"] = time.perf_counter() - start
+    report = fix_report(pipe)
+    if report is not None:
+        _, arm_failed, arm_notes = report.items()
+        failed.update(arm_failed)
+        notes += [n for n in arm_notes if n not in notes]
+    found = audit(pipe, img2img).as_dict()
+    return ArmResult(name, fixes, image, first, upscaled, resized, timings, resize, notes, failed, found)
+
+
+def _diffusers_warnings_off() -> Any:
+    """Silence diffusers' per-construction warnings (disabled safety checker, dtype casts) for the
+    run; returns the function that puts the previous verbosity back."""
+    from diffusers.utils import logging as diffusers_logging
+
+    before = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    return lambda: diffusers_logging.set_verbosity(before)
+
+
+def _versions() -> Dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for package in ("torch", "diffusers", "transformers", "accelerate", "spandrel"):
+        try:
+            out[package] = md.version(package)
+        except md.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def resolve_sizes(config: ABConfig) -> Dict[str, Any]:
+    """Width, height, steps and Hires strength the run uses: the config's, else the defaults (small
+    for the embedded model, SD-sized with ``--model``)."""
+    embedded = config.model is None
+    return {
+        "width": config.width or (128 if embedded else 512),
+        "height": config.height or (128 if embedded else 512),
+        "steps": config.steps or (12 if embedded else 25),
+        "strength": config.strength if config.strength is not None else (0.5 if embedded else 0.35),
+        "hires_steps": config.hires_steps,
+    }
+
+
+def run_ab(config: ABConfig) -> ABResult:
+    """Run every arm with the same seed, write the report to ``config.out``, return the results."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from lib_sdfix.diffusers.report import write_report
+    from lib_sdfix.precision import read_flags, restore_flags
+
+    flags_before = read_flags()
+    device = resolve_device(config.device)
+    dtype = half_dtype(device)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    embedded = config.model is None
+    sizes = resolve_sizes(config)
+    stages = tqdm(total=2 + len(_arms(config.ablation)), desc="SDFix A/B", disable=not config.progress, unit="step")
+    quiet = _diffusers_warnings_off()
+    threads = torch.get_num_threads()
+    if embedded and device.type == "cpu":
+        # The tiny model's ops are too small to split: one thread is as fast, and does not crawl
+        # when other processes hold the other cores.
+        torch.set_num_threads(1)
+    try:
+        stages.set_postfix_str("loading model")
+        service = Service(config.model, device, dtype, progress=config.progress)
+        upscaler = None
+        if config.hires:
+            path = config.upscaler
+            if path is None and embedded:
+                import safetensors.torch
+
+                path = str(out / "tiny-realesrgan-x4.safetensors")
+                safetensors.torch.save_file(tiny_esrgan_state_dict(), path)
+            upscaler = load_upscaler(path, device=device) if path else None
+        stages.update()
+
+        # Embeddings as a caller (Compel) hands them over: computed once by the fp32 text encoder, passed in raw.
+        stages.set_postfix_str("prompt embeddings")
+        embeds = _prompt_embeddings(service, config)
+        stages.update()
+
+        arms: Dict[str, ArmResult] = {}
+        for name, fixes in _arms(config.ablation):
+            stages.set_postfix_str(name)
+            arms[name] = _run_arm(service, config, name, fixes, embeds, upscaler, sizes)
+            stages.update()
+    finally:
+        environment_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        stages.close()
+        quiet()
+        restore_flags(flags_before)
+
+    environment = {
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "dtype": dtype_name(dtype),
+        "torch_threads": environment_threads,
+        "model": config.model or EMBEDDED,
+        "upscaler": (upscaler.name + f" via {upscaler.backend}" + (" (random weights)" if config.upscaler is None else ""))
+        if upscaler is not None else ("none: the first pass is resized directly" if config.hires else "no Hires pass"),
+        "flags_after_run_equal_before": read_flags() == flags_before,
+        **_versions(),
+    }
+    record = dict(vars(config), out=str(config.out), **{k: v for k, v in sizes.items()})
+    result = ABResult(record, environment, arms, arms["without"].audit, arms["with"].audit)
+    if embedded:
+        result.notes.append("Embedded default model: random weights, so the images are noise; mechanics, timings and report are real.")
+    if device.type == "cpu":
+        result.notes.append("On a CPU TF32 does not exist; the precision differences come from the half (bf16) VAE and latents.")
+    result.notes.append("Both arms run under torch.autocast, as the WebUI does; without it the unfixed service fails "
+                        "(fp32 embeddings into a half UNet).")
+    result.report_path = write_report(out, result)
+    return result
