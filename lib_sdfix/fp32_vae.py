@@ -14,8 +14,15 @@ duration of the host's own decode, then everything back.
   they run in (an fp32 or fp16 file, a bf16 VAE), the in-place upcast keeps the rounding.  Then the
   file's own values are used: read once with safetensors, matched to the parameters by content (a
   file tensor counts only if rounding it gives the parameter bit for bit), cached on the CPU.
+* Parts: a call may cast only some submodules (``parts``); the tiled executor
+  (:mod:`lib_sdfix.vae_net`) casts the encoder's and decoder's weights one operation at a time, so
+  a tiled call casts only what runs around them.  A later call that needs more casts more; every
+  floating tensor is watched, so one the host re-cast inside the call (AUTOMATIC1111's encode moves
+  the whole VAE to ``devices.dtype_vae``) goes back to its dtype too.
 * Reference counts, process-wide: several threads or nested calls share one fp32 state; the last
   one out restores.
+
+(A little over the project's ~400 lines: the exact-weights matching belongs with the swap it feeds.)
 """
 from __future__ import annotations
 
@@ -65,12 +72,13 @@ class _ModuleState:
     module: Optional[torch.nn.Module] = None
     users: int = 0
     swaps: List[_Swap] = field(default_factory=list)
-    exact: bool = False
+    exact: Optional[Dict[str, torch.Tensor]] = None
+    watched: List[Tuple[str, torch.Tensor, torch.dtype]] = field(default_factory=list)  # every low-precision tensor
 
     @property
     def mode(self) -> str:
         """How the weights run: "exact" (the file's fp32 values), "upcast" (cast in place) or "fp32" (as loaded)."""
-        if not self.swaps:
+        if not self.watched:
             return "fp32"
         return "exact" if self.exact else "upcast"
 
@@ -83,10 +91,24 @@ def _floating_tensors(module: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]
     return [(name, t) for name, t in named if t.is_floating_point() and t.dtype != torch.float32]
 
 
-def _swap_in(module: torch.nn.Module, exact: Optional[Dict[str, torch.Tensor]]) -> _ModuleState:
-    state = _ModuleState(module=module, exact=bool(exact))
+def _in_parts(name: str, parts: Optional[Sequence[str]]) -> bool:
+    return parts is None or any(name == part or name.startswith(part + ".") for part in parts)
+
+
+def _new_state(module: torch.nn.Module, exact: Optional[Dict[str, torch.Tensor]]) -> _ModuleState:
+    watched = [(name, t, t.dtype) for name, t in _floating_tensors(module)]
+    return _ModuleState(module=module, exact=exact or None, watched=watched)
+
+
+def _swap_in(state: _ModuleState, parts: Optional[Sequence[str]]) -> None:
+    """Cast the tensors of ``parts`` (all when None) that are not cast yet."""
+    done = {swap.name for swap in state.swaps}
+    exact = state.exact
+    first = len(state.swaps)
     try:
-        for name, tensor in _floating_tensors(module):
+        for name, tensor in _floating_tensors(state.module):
+            if name in done or not _in_parts(name, parts):
+                continue
             original = tensor.data
             source = exact.get(name) if exact else None
             if source is not None:
@@ -98,25 +120,37 @@ def _swap_in(module: torch.nn.Module, exact: Optional[Dict[str, torch.Tensor]]) 
             tensor.data = new
             state.swaps.append(_Swap(name, tensor, original, new.data_ptr(), original.dtype))
     except BaseException:
-        _swap_out(state)  # out of memory half-way: never leave a half-cast VAE behind
+        _undo(state.swaps[first:], state.module)  # out of memory half-way: never leave a half-cast VAE behind
+        del state.swaps[first:]
         raise
-    return state
 
 
 def _swap_out(state: _ModuleState) -> None:
-    for swap in reversed(state.swaps):
+    _undo(state.swaps, state.module)
+    swapped = {id(swap.tensor) for swap in state.swaps}
+    for name, tensor, dtype in state.watched:
+        # Not cast here, but the host may have re-cast it inside the call (following an attribute set to fp32).
+        if id(tensor) not in swapped and tensor.is_floating_point() and tensor.dtype != dtype:
+            tensor.data = tensor.data.to(dtype)
+        now = _registered(state.module, name)
+        if now is not None and now is not tensor and now.is_floating_point() and now.dtype != dtype:
+            now.data = now.data.to(dtype)
+    state.swaps.clear()
+    state.module = None
+
+
+def _undo(swaps: List[_Swap], module: Optional[torch.nn.Module]) -> None:
+    for swap in reversed(swaps):
         tensor = swap.tensor
         if tensor.data_ptr() == swap.ours_ptr and tensor.dtype == torch.float32:
             tensor.data = swap.original
         elif tensor.dtype != swap.dtype:
             tensor.data = tensor.data.to(swap.dtype)  # moved or re-cast inside the call: back to its dtype there
-        now = _registered(state.module, swap.name)
+        now = _registered(module, swap.name)
         if now is not None and now is not tensor and now.is_floating_point() and now.dtype != swap.dtype:
             # The host put another tensor there inside the call (``module.to`` makes new buffers, and
             # new Parameters across device types): that one goes back to the dtype, where it is.
             now.data = now.data.to(swap.dtype)
-    state.swaps.clear()
-    state.module = None
 
 
 def _registered(module: Optional[torch.nn.Module], name: str) -> Optional[torch.Tensor]:
@@ -182,12 +216,13 @@ def _attrs_exit(keys: Sequence[Tuple[int, str]]) -> None:
 
 @contextlib.contextmanager
 def fp32_vae(module: Optional[torch.nn.Module], dtype_attrs: Sequence[Tuple[Any, str]] = (),
-             exact: Optional[Dict[str, torch.Tensor]] = None) -> Iterator[str]:
+             exact: Optional[Dict[str, torch.Tensor]] = None, parts: Optional[Sequence[str]] = None) -> Iterator[str]:
     """Run the block with ``module``'s floating weights in fp32 and every ``(owner, name)`` dtype
     attribute (plus the module's own dtype caches) saying fp32; everything back afterwards.
 
     ``exact`` maps parameter names to fp32 tensors to use instead of upcasting (see
-    :func:`exact_weights`).  Yields how the weights run: "exact", "upcast" or "fp32" (nothing to cast).
+    :func:`exact_weights`).  ``parts``: the names of the submodules to cast (default: all).  Yields
+    how the weights run: "exact", "upcast" or "fp32" (nothing to cast).
     """
     attrs = list(dtype_attrs) + (dtype_attributes(module) if module is not None else [])
     key = id(module) if module is not None else None
@@ -195,8 +230,16 @@ def fp32_vae(module: Optional[torch.nn.Module], dtype_attrs: Sequence[Tuple[Any,
         state = None
         if module is not None:
             state = _MODULES.get(key)
-            if state is None:
-                state = _swap_in(module, exact)
+            fresh = state is None
+            if fresh:
+                state = _new_state(module, exact)
+            try:
+                _swap_in(state, parts)
+            except BaseException:
+                if fresh:
+                    _swap_out(state)
+                raise
+            if fresh:
                 _MODULES[key] = state
             state.users += 1
         try:
