@@ -75,6 +75,7 @@ def child(arch: str, size: int, mode: str, device_name: str, out: Path) -> Dict[
 
     from lib_sdfix import tiling
     from lib_sdfix.fp32_vae import guarded_vae_call
+    from lib_sdfix.vae_estimate import estimate
 
     device = torch.device(device_name)
     native = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -111,7 +112,7 @@ def child(arch: str, size: int, mode: str, device_name: str, out: Path) -> Dict[
         torch.save(image.float().cpu(), out / f"{arch}-{size}-{mode}.pt")
     graph = tiling.network(vae.decoder)
     cast = sum(4 * p.numel() for p in vae.parameters())
-    est = tiling.estimate(graph, latent.shape, native, cast_bytes=cast, device=device)
+    est = estimate(graph, latent.shape, native, cast_bytes=cast, device=device)
     estimated = {"native": est.native, "fp32": est.fp32, "tiled": est.tiled}[mode]
     return {"arch": arch, "size": size, "mode": mode, "device": device_name, "peak": peak, "seconds": seconds,
             "estimate": estimated, "strip_bytes": est.strip_bytes}
@@ -131,11 +132,11 @@ def run_child(arch: str, size: int, mode: str, device: str, out: Path) -> Dict[s
 
 def seam_rows(graph: Any, latent: int, strip_bytes: int) -> List[int]:
     """Output rows next to a strip boundary of any operation (boundaries mapped to output pixels)."""
-    from lib_sdfix.tiling import _walk
+    from lib_sdfix.vae_estimate import walk
 
     rows = set()
     height = latent
-    ops = list(_walk(graph, latent, latent))
+    ops = list(walk(graph, latent, latent))
     out_h = graph.output_size(latent, latent)[0]
     for op, cin, cout, pin, pout, widest, width in ops:
         height = pout // width
@@ -220,7 +221,7 @@ def main() -> None:
                   f"| {row['fp32']['seconds']:.1f} | {row['tiled']['seconds']:.1f} "
                   f"| {row['tiled']['seconds'] / row['fp32']['seconds']:.2f} | {quality['max']:.4f} "
                   f"| {quality['mean']:.5f} | {quality['seam']:.2f} |")
-    print(f"\nEstimates (lib_sdfix.tiling) vs measured peak:")
+    print("\nEstimates (lib_sdfix.tiling) vs measured peak:")
     for (arch, size, mode), r in results.items():
         print(f"  {arch} {size}² {mode}: estimated {_mb(r['estimate'])} MiB, measured {_mb(r['peak'])} MiB "
               f"({r['estimate'] / max(r['peak'], 1):.2f}x)")

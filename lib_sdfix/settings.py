@@ -209,9 +209,9 @@ REMOVED_OPTIONS = {
     "guard_previews": "removed: live previews decode on another thread while the generation samples, and "
                       "guarding them would change the process-wide TF32 flags under that sampling",
 }
-#: Infotext entries that are not settings: what a generation ran with (``weights``) or removed
+#: Infotext entries that are not settings: what a generation ran with (``weights``, ``tiled``) or removed
 #: options (``previews``) -- read past, so older images still paste.
-INFOTEXT_RESULT_KEYS = ("weights", "previews")
+INFOTEXT_RESULT_KEYS = ("weights", "tiled", "previews")
 
 #: Order of the positional script args the UI sends (the WebUI passes component values in order).
 UI_ARG_ORDER: Tuple[str, ...] = tuple(o.name for o in OPTIONS)

@@ -3,7 +3,7 @@
 Why: the precision guard runs the VAE in fp32, which doubles its activation memory.  At Hires sizes
 (SD1.5 at 1024 px and more, SDXL at 1024-2048 px) an 8-12 GB card then runs out of memory exactly
 where SDFix steps in.  Before each fp32 run of the VAE's decoder or encoder the peak memory is
-estimated; when it would not fit, the network runs tiled in fp32 (:mod:`lib_sdfix.vae_net`: strips
+estimated; when it would not fit, the network runs tiled in fp32 (:mod:`lib_sdfix.vae_strips`: strips
 with exact halos and whole-image GroupNorm statistics, one image of a batch at a time), which
 gives the untiled result.  An out-of-memory error retries tiled before any fallback.
 
@@ -21,13 +21,8 @@ shifting, clamping, batching and model loading stay the host's) with
 * If out of memory escapes the call anyway, the call runs once more with tiling forced; then the
   error goes to the front's own fallback.
 
-The estimate (bytes) walks the network's operations: for each, the elements its untiled forward
-holds at once (a ResnetBlock: its input and two or three input-sized temporaries at the first
-activation, or input + output-sized tensors at the residual add; attention: six; an upsampler: the
-input, its 2x copy and the convolution's output), times the batch and the dtype's size, times
-1.25 for the kernels' own buffers, plus 64 MiB; the fp32 run adds its cast weights.  The tiled
-estimate is what the executor keeps (a block's input and output-sized tensors, one image) plus
-five strips and the largest layer's weights.  ``bench/vae_memory.py`` measures both.
+The estimate and the plan are :mod:`lib_sdfix.vae_estimate`; the network's structure
+:mod:`lib_sdfix.vae_net`; the strip executor :mod:`lib_sdfix.vae_strips`.
 """
 from __future__ import annotations
 
@@ -35,225 +30,21 @@ import contextlib
 import gc
 import threading
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from lib_sdfix.failsafe import log_once
 from lib_sdfix.patching import PatchSet
-from lib_sdfix.vae_net import (Attention, Conv, Exit, Network, Resample, Resnet, Unsupported, network_of, resampled_size,
-                               run_network)
+from lib_sdfix.vae_estimate import MIN_STRIP, Plan, budget_from_env, plan
+from lib_sdfix.vae_net import Network, Resample, Unsupported, network_of
+from lib_sdfix.vae_strips import run_network
 
-__all__ = ["Estimate", "Plan", "Run", "estimate", "plan", "free_memory", "available_memory", "is_oom",
-           "fp32_call", "guarded_call", "networks_of", "network", "memory_report", "GIB"]
+__all__ = ["Run", "report_run", "is_oom", "fp32_call", "guarded_call", "networks_of", "network", "memory_report"]
 
-GIB = 1024 ** 3
-_MIB = 1024 ** 2
-_KERNELS = 1.25  # convolution kernels' own buffers (oneDNN reorders, cuDNN workspace), measured on the CPU
-_SLACK = 64 * _MIB
-_FREE_SHARE = 0.9  # of the free memory a call may plan for (the allocator fragments the rest)
-_MIN_STRIP = 4 * _MIB
 _NETWORKS = ("decoder", "encoder")
-
-
-def _size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-# --- the estimate ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Peak memory of one call of a VAE network on ``shape`` (its input ``[B, C, H, W]``), in bytes."""
-
-    kind: str
-    shape: Tuple[int, ...]
-    output: Tuple[int, int]
-    native: int  # untiled in the VAE's own dtype
-    fp32: int  # untiled in fp32, with the weights cast for it
-    tiled: int  # tiled in fp32 with ``strip_bytes`` strips, strips kept on the device
-    tiled_offloaded: int  # tiled, strips waiting on the CPU (device memory only)
-    strip_bytes: int
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "input": list(self.shape), "output": list(self.output), "native_bytes": self.native,
-                "fp32_bytes": self.fp32, "fp32_tiled_bytes": self.tiled, "strip_bytes": self.strip_bytes}
-
-
-def _walk(net: Network, height: int, width: int) -> Iterator[Tuple[Any, int, int, int, int, int, int]]:
-    """(op, in channels, out channels, in pixels, out pixels, widest channels, out width) per operation."""
-    channels = net.in_channels
-    for op in net.ops:
-        pixels = height * width
-        if isinstance(op, Resample):
-            height, width = resampled_size(op, height, width)
-            out = op.conv.out_channels if op.conv is not None else channels
-        elif isinstance(op, (Conv, Exit)):
-            out = op.conv.out_channels
-        elif isinstance(op, Resnet):
-            out = op.conv1.out_channels
-        else:
-            out = channels
-        yield op, channels, out, pixels, height * width, max(channels, out), width
-        channels = out
-
-
-def _untiled_elements(op: Any, cin: int, cout: int, pin: int, pout: int) -> int:
-    if isinstance(op, Resnet):
-        return pin * max(op.entry * cin, cin + 3 * cout + (cout if op.shortcut is not None else 0))
-    if isinstance(op, Attention):
-        return 6 * cin * pin
-    if isinstance(op, Resample):
-        return cin * pin * 9 if op.up else cin * pin * 2 + cout * pout
-    if isinstance(op, Exit):
-        return pin * (4 * cin + cout)
-    return cin * pin + cout * pout
-
-
-def _tiled_elements(op: Any, cin: int, cout: int, pin: int, pout: int) -> int:
-    if isinstance(op, Resnet):
-        return pin * (max(cin, 2 * cout) if op.shortcut is not None else cin + cout)
-    if isinstance(op, Attention):
-        return 5 * cin * pin
-    if isinstance(op, Resample):
-        return max(cin * pin, cout * pout)
-    return cin * pin + cout * pout
-
-
-def _layer_bytes(net: Network) -> int:
-    """fp32 bytes of the largest operation's weights (cast once per operation)."""
-    best = 0
-    for op in net.ops:
-        total = sum(p.numel() for m in vars(op).values() if isinstance(m, nn.Module) for p in m.parameters(recurse=False))
-        best = max(best, total)
-    return 4 * best
-
-
-def default_strip_bytes(net: Network, height: int, width: int, device: torch.device) -> int:
-    """A strip of about 1/16 of the largest activation: small enough to keep the tiled peak near the
-    kept tensors, large enough that per-strip overhead stays small (on the CPU at most 32 MiB,
-    which the caches like)."""
-    largest = max(4 * widest * pout for _, _, _, _, pout, widest, _ in _walk(net, height, width))
-    cap = 32 * _MIB if device.type == "cpu" else 512 * _MIB
-    return int(min(cap, max(_MIN_STRIP, largest // 16)))
-
-
-def estimate(net: Network, shape: Sequence[int], native_dtype: torch.dtype, *, cast_bytes: int = 0,
-             strip_bytes: Optional[int] = None, device: Optional[torch.device] = None) -> Estimate:
-    """The peak memory of running ``net`` on an input of ``shape``: untiled in ``native_dtype`` and in
-    fp32 (plus ``cast_bytes`` of weights cast for it), and tiled in fp32 (one image at a time)."""
-    batch, _, height, width = (int(v) for v in shape)
-    device = device or torch.device("cpu")
-    strip = int(strip_bytes or default_strip_bytes(net, height, width, device))
-    untiled = tiled = 0
-    for op, cin, cout, pin, pout, _, _ in _walk(net, height, width):
-        untiled = max(untiled, _untiled_elements(op, cin, cout, pin, pout))
-        tiled = max(tiled, _tiled_elements(op, cin, cout, pin, pout))
-    out_h, out_w = net.output_size(height, width)
-    result = 4 * batch * net.out_channels * out_h * out_w
-    working = 5 * strip + 2 * _layer_bytes(net) + _SLACK
-    return Estimate(
-        net.kind, (batch, int(shape[1]), height, width), (out_h, out_w),
-        native=int(untiled * batch * _size(native_dtype) * _KERNELS) + _SLACK,
-        fp32=int(untiled * batch * 4 * _KERNELS) + _SLACK + int(cast_bytes),
-        tiled=4 * tiled + working + result,
-        tiled_offloaded=working + result,
-        strip_bytes=strip,
-    )
-
-
-# --- free memory and the plan -----------------------------------------------------------------------
-
-
-def free_memory(device: torch.device) -> Optional[int]:
-    """Bytes a new allocation on ``device`` can get now; None where it cannot be told.
-
-    CUDA: the driver's free memory plus what torch's allocator holds unused.  CPU: the kernel's
-    MemAvailable (psutil where installed).  MPS: the recommended working set minus what is allocated.
-    """
-    try:
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-        if device.type == "cpu":
-            return _available_ram()
-        if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
-            return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
-    except Exception:  # noqa: BLE001 -- no answer is an answer: plan without it
-        return None
-    return None
-
-
-def _available_ram() -> Optional[int]:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def available_memory(device: torch.device, budget_gb: float = 0.0) -> Optional[int]:
-    """What a VAE call may plan to use on ``device``: 90 % of the free memory, and no more than
-    ``budget_gb`` when that is set (0: automatic).  None when neither is known."""
-    free = free_memory(device)
-    share = None if free is None else int(free * _FREE_SHARE)
-    if budget_gb and budget_gb > 0:
-        budget = int(budget_gb * GIB)
-        return budget if share is None else min(budget, share)
-    return share
-
-
-@dataclass(frozen=True)
-class Plan:
-    tiled: bool
-    estimate: Estimate
-    available: Optional[int]
-    strip_bytes: int
-    offload: bool = False  # strips wait on the CPU between operations
-    reason: str = ""
-
-
-def plan(net: Network, shape: Sequence[int], device: torch.device, *, native_dtype: torch.dtype,
-         cast_bytes: int = 0, budget_gb: float = 0.0, force: bool = False,
-         available: Optional[int] = None) -> Plan:
-    """Untiled when the fp32 estimate fits what is available (or nothing is known), else tiled with
-    the largest strips that fit -- with the strips waiting on the CPU when even the kept tensors do
-    not fit the device."""
-    if available is None:
-        available = available_memory(device, budget_gb)
-    height, width = int(shape[2]), int(shape[3])
-    strip = default_strip_bytes(net, height, width, device)
-    est = estimate(net, shape, native_dtype, cast_bytes=cast_bytes, strip_bytes=strip, device=device)
-    if not force and (available is None or est.fp32 <= available):
-        why = "free memory unknown" if available is None else "fits"
-        return Plan(False, est, available, strip, reason=why)
-    why = "forced" if force else f"fp32 needs ~{est.fp32 / GIB:.2f} GiB, {available / GIB:.2f} GiB available"
-    if available is None or est.tiled <= available:
-        return Plan(True, est, available, strip, reason=why)
-    kept = est.tiled - 5 * strip
-    room = (available - kept) // 5
-    if room >= _MIN_STRIP:
-        strip = int(min(strip, room))
-        return Plan(True, replace(est, tiled=kept + 5 * strip, strip_bytes=strip), available, strip, reason=why)
-    offload = device.type != "cpu"
-    if offload:
-        room = (available - (est.tiled_offloaded - 5 * strip)) // 5
-        strip = int(max(_MIN_STRIP // 4, min(strip, room)))
-    else:
-        strip = _MIN_STRIP
-    return Plan(True, replace(est, strip_bytes=strip), available, strip, offload,
-                why + ("; strips kept on the CPU" if offload else "; may still run out of memory"))
 
 
 # --- which networks a VAE has ---------------------------------------------------------------------
@@ -320,17 +111,47 @@ class Run:
     """How one network call of a guarded VAE call ran (handed to the front's ``record``)."""
 
     kind: str  # "decoder" or "encoder"
-    output: Tuple[int, int]
-    tiled: bool
+    output: Tuple[int, int]  # (height, width) of what the network returned
+    how: str  # "untiled", "sliced" (one image of the batch at a time) or "tiled"
     plan: Optional[Plan]
     note: str = ""  # why it ran as it did, when that is worth telling the user
+
+    @property
+    def tiled(self) -> bool:
+        return self.how == "tiled"
+
+    def describe(self) -> str:
+        """The user-facing note, e.g. "VAE decode 1024x1024: tiled in fp32 (fp32 needs ~5.1 GiB, 3.0 GiB
+        available)"; "" for a plain untiled run."""
+        what = "decode" if self.kind == "decoder" else "encode"
+        size = f"{self.output[1]}x{self.output[0]}" if self.kind == "decoder" else ""
+        where = f"VAE {what}" + (f" {size}" if size else "")
+        if self.how == "untiled":
+            return f"{where}: {self.note}" if self.note else ""
+        why = "; ".join(t for t in (self.note, self.plan.reason if self.plan else "") if t)
+        body = "tiled in fp32" if self.tiled else "one image at a time in fp32"
+        return f"{where}: {body}" + (f" ({why})" if why else "")
+
+
+def report_run(report: Any, run: Run) -> None:
+    """Into a :class:`lib_sdfix.failsafe.FixReport`: a tiled run as the fact ``tiled`` ("decode",
+    "encode" or "encode,decode": the infotext's ``tiled=decode``), a tiled or sliced one as a note
+    saying why."""
+    if run.tiled:
+        what = "decode" if run.kind == "decoder" else "encode"
+        parts = [p for p in report.facts.get("tiled", "").split(",") if p]
+        if what not in parts:
+            report.fact("tiled", ",".join(parts + [what]))
+    text = run.describe()
+    if text:
+        report.note(text)
 
 
 class _Call:
     """What one front call asked for, seen by the replaced ``forward`` of its VAE's networks."""
 
     def __init__(self, module: nn.Module, names: Dict[int, str], exact: Optional[Dict[str, torch.Tensor]],
-                 budget_gb: float, force: bool, record: Optional[Callable[[Run], None]]) -> None:
+                 budget_gb: Optional[float], force: bool, record: Optional[Callable[[Run], None]]) -> None:
         self.module, self.names, self.budget_gb, self.force, self.record = module, names, budget_gb, force, record
         self.exact = self._by_parameter(module, exact) if exact else {}
         self.exact_names = exact
@@ -354,17 +175,19 @@ class _Call:
         kind = "decoder" if self.names[id(net)] == "decoder" else "encoder"
         try:
             graph = network(net)
-        except Unsupported as exc:
-            out = self._untiled(net, original, args, kwargs)
-            self.tell(Run(kind, tuple(out.shape[-2:]), False, None, f"cannot run tiled: {exc}"))
-            return out
+        except Unsupported as exc:  # untiled as it is; the audit's memory report says why
+            log_once(f"tiling:{type(net).__name__}", f"VAE {kind} cannot run tiled: {exc}")
+            return self._untiled(net, original, args, kwargs)
         chosen = plan(graph, x.shape, x.device, native_dtype=_weight_dtype(net), cast_bytes=_low_precision_bytes(net),
                       budget_gb=self.budget_gb, force=self.force)
         note = ""
         if not chosen.tiled:
             try:
-                out = self._untiled(net, original, args, kwargs)
-                self.tell(Run(kind, tuple(out.shape[-2:]), False, chosen))
+                if chosen.sliced:
+                    out = torch.cat([self._untiled(net, original, (x[i:i + 1],), {}) for i in range(x.shape[0])])
+                else:
+                    out = self._untiled(net, original, args, kwargs)
+                self.tell(Run(kind, tuple(out.shape[-2:]), chosen.how, chosen))
                 return out
             except Exception as exc:  # noqa: BLE001 -- only out of memory is handled
                 if not is_oom(exc):
@@ -374,7 +197,7 @@ class _Call:
             chosen = plan(graph, x.shape, x.device, native_dtype=_weight_dtype(net), budget_gb=self.budget_gb, force=True)
             note = "out of memory untiled"
         out = self._tiled(graph, x, chosen)
-        self.tell(Run(kind, tuple(out.shape[-2:]), True, chosen, note))
+        self.tell(Run(kind, tuple(out.shape[-2:]), "tiled", chosen, note))
         return out
 
     def _untiled(self, net: nn.Module, original: Callable[..., Any], args: Tuple, kwargs: Dict[str, Any]) -> Any:
@@ -387,9 +210,9 @@ class _Call:
 
     def _tiled(self, graph: Network, x: torch.Tensor, chosen: Plan) -> torch.Tensor:
         """The executor, with smaller strips (and then strips on the CPU) while it runs out of memory."""
-        attempts = [(chosen.strip_bytes, chosen.offload), (max(_MIN_STRIP // 4, chosen.strip_bytes // 8), chosen.offload)]
+        attempts = [(chosen.strip_bytes, chosen.offload), (max(MIN_STRIP // 4, chosen.strip_bytes // 8), chosen.offload)]
         if x.device.type != "cpu" and not chosen.offload:
-            attempts.append((_MIN_STRIP, True))
+            attempts.append((MIN_STRIP, True))
         for i, (strip, offload) in enumerate(attempts):
             try:
                 store = torch.device("cpu") if offload else None
@@ -447,7 +270,7 @@ def _planned(call: _Call, nets: Dict[str, nn.Module]) -> Iterator[None]:
 
 
 def fp32_call(call: Callable[[], Any], module: Any, *, dtype_attrs: Sequence[Tuple[Any, str]] = (),
-              exact: Optional[Dict[str, torch.Tensor]] = None, budget_gb: float = 0.0,
+              exact: Optional[Dict[str, torch.Tensor]] = None, budget_gb: Optional[float] = None,
               record: Optional[Callable[[Run], None]] = None, force: bool = False) -> Tuple[Any, str]:
     """``call()`` -- a host's or library's own VAE decode/encode -- with the VAE in fp32, its encoder
     and decoder planned (untiled, or tiled when the estimate does not fit; always tiled with
@@ -480,7 +303,7 @@ def fp32_call(call: Callable[[], Any], module: Any, *, dtype_attrs: Sequence[Tup
 
 def guarded_call(fn: Callable[..., Any], vae: Any, *args: Any, upcast: bool = True,
                  exact: Optional[Dict[str, torch.Tensor]] = None, dtype_attrs: Sequence[Tuple[Any, str]] = (),
-                 budget_gb: float = 0.0, record: Optional[Callable[[Run], None]] = None, force: bool = False,
+                 budget_gb: Optional[float] = None, record: Optional[Callable[[Run], None]] = None, force: bool = False,
                  **kwargs: Any) -> Any:
     """:func:`lib_sdfix.fp32_vae.guarded_vae_call` with the networks planned and tiled as needed."""
     from lib_sdfix.fp32_vae import guarded_vae_call
@@ -499,7 +322,7 @@ def guarded_call(fn: Callable[..., Any], vae: Any, *args: Any, upcast: bool = Tr
 # --- what the audits report -----------------------------------------------------------------------
 
 
-def memory_report(module: Any, width: int, height: int, *, kind: str = "decoder", budget_gb: float = 0.0,
+def memory_report(module: Any, width: int, height: int, *, kind: str = "decoder", budget_gb: Optional[float] = None,
                   device: Optional[torch.device] = None, batch: int = 1) -> Dict[str, Any]:
     """The fp32 peak of decoding (or encoding) a ``width`` x ``height`` image with ``module`` and
     whether the call would run tiled; cheap (arithmetic on the network's structure)."""
@@ -521,5 +344,7 @@ def memory_report(module: Any, width: int, height: int, *, kind: str = "decoder"
                   budget_gb=budget_gb)
     return {"available": True, "size": [width, height], "device": str(device),
             "weights_dtype": str(_weight_dtype(net)).replace("torch.", ""), **chosen.estimate.as_dict(),
-            "available_bytes": chosen.available, "budget_gb": budget_gb, "tiled": chosen.tiled,
+            "available_bytes": chosen.available,
+            "budget_gb": budget_from_env() if budget_gb is None else budget_gb, "tiled": chosen.tiled,
+            "sliced": chosen.sliced,
             "strips_on_cpu": chosen.offload, "reason": chosen.reason}

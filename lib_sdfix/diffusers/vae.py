@@ -4,16 +4,18 @@ the call.
 The fp32 call is :func:`lib_sdfix.fp32_vae.guarded_vae_call` -- the VAE cast in place for the call,
 no second VAE -- except where accelerate's offload hooks own the weights (sequential or disk
 offload): there an fp32 copy built from the offload weights map runs instead
-(:mod:`lib_sdfix.diffusers.vae_copy`), so the offloaded VAE is never touched.  A call that runs out
-of memory in fp32 runs tiled, then in the VAE's own dtype, flags still guarded.
+(:mod:`lib_sdfix.diffusers.vae_copy`), so the offloaded VAE is never touched.  Both run through
+:mod:`lib_sdfix.tiling`, as the WebUI front does: the fp32 decoder/encoder untiled, one image at a
+time or tiled as the memory estimate says, and tiled when out of memory; only then the VAE's own
+dtype, flags still guarded.  (diffusers' own ``enable_tiling`` blends independent tiles, with their
+own GroupNorm statistics: it is not used here.)
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 import weakref
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from lib_sdfix.diffusers.causes import CAUSES, Finding, dtype_name
 from lib_sdfix.diffusers.offload import weight_offload_hooks
@@ -28,14 +30,6 @@ _GUARD_ATTR = "_sdfix_vae_guard"
 _KINDS = ("decode", "encode")
 
 
-def _oom_errors() -> Tuple[type, ...]:
-    """Out-of-memory exception types of this torch (torch.OutOfMemoryError exists from 2.5 on)."""
-    import torch
-
-    kinds = [getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)]
-    return tuple({k for k in kinds if isinstance(k, type)}) or (MemoryError,)
-
-
 def _free_device_memory() -> None:
     import gc
 
@@ -46,14 +40,15 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-@contextlib.contextmanager
-def _tiling(vae: Any) -> Iterator[None]:
-    before = vae.use_tiling
-    vae.use_tiling = True
+def _networks_known(vae: Any) -> bool:
+    """Whether the tiled executor can run this VAE's decoder/encoder."""
+    from lib_sdfix.tiling import network, networks_of
+    from lib_sdfix.vae_net import Unsupported
+
     try:
-        yield
-    finally:
-        vae.use_tiling = before
+        return bool([network(net) for net in networks_of(vae).values()])
+    except Unsupported:
+        return False
 
 
 def _has_reduced_precision(vae: Any) -> bool:
@@ -88,12 +83,16 @@ class VaeGuard(Hardening):
         )
 
     def _guarded(self, kind: str, original: Callable[..., Any], vae: Any, args: Tuple, kwargs: Dict[str, Any]) -> Any:
+        from lib_sdfix.tiling import is_oom
+
         upcast = self.options.upcast
         in_dtype = first_floating_dtype(args, kwargs)
-        oom = _oom_errors()
         try:
             out = self._invoke(kind, original, vae, upcast, args, kwargs)
-        except oom as exc:
+        except Exception as exc:  # noqa: BLE001 -- only out of memory is handled here
+            if not is_oom(exc):
+                raise
+            exc.__traceback__ = None  # its frames hold the activations
             out = self._after_oom(exc, kind, original, vae, upcast, args, kwargs)
         if kind == "encode" and in_dtype is not None:
             # The pipeline goes on in the dtype it passed in (an fp16 UNet cannot take fp32 latents);
@@ -103,46 +102,45 @@ class VaeGuard(Hardening):
 
     def _after_oom(self, error: BaseException, kind: str, original: Callable[..., Any], vae: Any, upcast: bool,
                    args: Tuple, kwargs: Dict[str, Any]) -> Any:
-        """The VAE call did not fit: tiles first (diffusers' own tiling), then, if the VAE was being
-        upcast, the VAE's own dtype -- flags still guarded."""
+        """The VAE call did not fit.  In fp32 the tiled retry has already run (:mod:`lib_sdfix.tiling`):
+        the VAE's own dtype is left, flags still guarded.  In the VAE's own dtype (``vae_dtype=auto``):
+        tiled in fp32, which needs less memory than the untiled half-precision call."""
         from lib_sdfix.fp32_vae import guarded_vae_call
+        from lib_sdfix.tiling import guarded_call, report_run
 
-        oom = _oom_errors()
         _free_device_memory()
-        if hasattr(vae, "use_tiling") and not vae.use_tiling:
-            try:
-                with _tiling(vae):
-                    out = self._invoke(kind, original, vae, upcast, args, kwargs)
-                self.report.note(f"VAE {kind}: out of memory in one piece, ran tiled" + (" in fp32" if upcast else ""))
-                return out
-            except oom as again:
-                error = again
-                _free_device_memory()
-        if not upcast:
+        if upcast:
+            out = guarded_vae_call(original, vae, *args, upcast=False, **kwargs)
+            self.report.note(f"VAE {kind}: out of memory in fp32 (tiled too), ran in the VAE's own dtype "
+                             "(flags still guarded)")
+            return out
+        if not _networks_known(vae):
             raise error
-        out = guarded_vae_call(original, vae, *args, upcast=False, **kwargs)
-        self.report.note(f"VAE {kind}: out of memory in fp32, ran in the VAE's own dtype (flags still guarded)")
+        out = guarded_call(original, vae, *args, force=True, record=lambda run: report_run(self.report, run), **kwargs)
+        self.report.note(f"VAE {kind}: out of memory in the VAE's own dtype, ran tiled in fp32")
         return out
 
     def _invoke(self, kind: str, original: Callable[..., Any], vae: Any, upcast: bool, args: Tuple,
                 kwargs: Dict[str, Any]) -> Any:
         """One guarded call: the VAE cast in place for the call, or -- where accelerate's offload
-        hooks own its weights -- its fp32 copy, so the offloaded VAE is never touched."""
-        from lib_sdfix.fp32_vae import guarded_vae_call
+        hooks own its weights -- its fp32 copy, so the offloaded VAE is never touched; tiled as
+        :mod:`lib_sdfix.tiling` plans."""
+        from lib_sdfix.tiling import guarded_call, report_run
 
+        record = lambda run: report_run(self.report, run)  # noqa: E731
         hooks = weight_offload_hooks(vae)
         if not hooks:
             self.fp32 = None
         if not (upcast and hooks and _has_reduced_precision(vae)):
-            return guarded_vae_call(original, vae, *args, upcast=upcast, **kwargs)
+            return guarded_call(original, vae, *args, upcast=upcast, record=record, **kwargs)
         with self.fp32_lock:  # one call at a time moves the shared copy
             try:
                 fp32 = self._fp32_copy(vae, hooks)
             except NoFp32Copy as exc:
                 self.report.note(f"VAE {kind}: offloaded weights, {exc}: ran in the VAE's own dtype (flags still guarded)")
-                return guarded_vae_call(original, vae, *args, upcast=False, **kwargs)
+                return guarded_call(original, vae, *args, upcast=False, **kwargs)
             fp32.follow(vae)
-            return fp32.call(kind, args, kwargs)
+            return fp32.call(kind, args, kwargs, record=record)
 
     def _fp32_copy(self, vae: Any, hooks: Sequence[Tuple[str, Any, Any]]) -> Fp32Copy:
         if self.fp32 is None or not self.fp32.matches(hooks):

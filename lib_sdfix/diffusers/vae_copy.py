@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import weakref
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 __all__ = ["Fp32Copy", "NoFp32Copy", "map_tensors", "cast_floating", "first_floating_dtype"]
 
@@ -143,10 +143,10 @@ class Fp32Copy:
             if mine.keys() == processors.keys() and any(mine[k] is not v for k, v in processors.items()):
                 self.module.set_attn_processor(dict(processors))
 
-    def call(self, kind: str, args: Tuple, kwargs: Dict[str, Any]) -> Any:
-        """``copy.<kind>(*args, **kwargs)`` guarded, on the hooks' execution device; the result comes
-        back to the device the inputs were on."""
-        from lib_sdfix.fp32_vae import guarded_vae_call
+    def call(self, kind: str, args: Tuple, kwargs: Dict[str, Any], record: Optional[Callable[[Any], None]] = None) -> Any:
+        """``copy.<kind>(*args, **kwargs)`` guarded and tiled as planned (:mod:`lib_sdfix.tiling`), on
+        the hooks' execution device; the result comes back to the device the inputs were on."""
+        from lib_sdfix.tiling import guarded_call
 
         module, device = self.module, self.device
         back = _first_tensor_device(args, kwargs)
@@ -155,7 +155,7 @@ class Fp32Copy:
             module.to(device)
             args, kwargs = map_tensors(args, lambda t: t.to(device)), map_tensors(kwargs, lambda t: t.to(device))
         try:
-            out = guarded_vae_call(getattr(module, kind), module, *args, upcast=True, **kwargs)
+            out = guarded_call(getattr(module, kind), module, *args, record=record, **kwargs)
         finally:
             if away:
                 module.to("cpu")

@@ -204,10 +204,14 @@ def _write_infotext(p: Any, session: Optional[GenerationSession]) -> None:
 
 
 def infotext_value(session: GenerationSession) -> str:
-    """The "SDFix" entry: the settings, plus the weights the fp32 VAE ran with when it ran."""
+    """The "SDFix" entry: the settings, plus the weights the fp32 VAE ran with when it ran, and
+    ``tiled=decode`` (``encode``) when the fp32 VAE ran tiled."""
     text = session.settings.to_infotext()
-    weights = session.report.facts.get("weights")
-    return f"{text} weights={weights}" if weights else text
+    for key in ("weights", "tiled"):
+        value = session.report.facts.get(key)
+        if value:
+            text += f" {key}={value}"
+    return text
 
 
 def parity_axis_labels() -> Callable[[], Set[str]]:

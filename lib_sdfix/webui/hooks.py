@@ -19,9 +19,13 @@ __all__ = ["FACTORIES", "vae_call"]
 
 def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, model: Any = None,
              wrapper: Any = None, result_dtype: Any = None) -> Any:
-    """``call()`` -- the host's own VAE function -- under the guard; the host's path as is if that fails."""
-    from lib_sdfix.fp32_vae import exact_weights, fp32_vae
+    """``call()`` -- the host's own VAE function -- under the guard; the host's path as is if that fails.
+
+    In fp32 the VAE's decoder/encoder run untiled, one image at a time or tiled, as the memory
+    estimate says (:mod:`lib_sdfix.tiling`); out of memory retries tiled before the host's path."""
+    from lib_sdfix.fp32_vae import exact_weights
     from lib_sdfix.precision import autocast_disabled, precision_guard
+    from lib_sdfix.tiling import fp32_call, report_run
 
     host = current()
 
@@ -32,9 +36,9 @@ def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, m
             vae_wrapper = wrapper if wrapper is not None else host.vae_wrapper(model)
             module = host.vae_module(model, vae_wrapper)
             exact = exact_weights(module, host.vae_source_files())
-            with fp32_vae(module, host.vae_dtype_attrs(vae_wrapper), exact.tensors) as weights:
-                session.report.fact("weights", weights)
-                result = call()
+            result, weights = fp32_call(call, module, dtype_attrs=host.vae_dtype_attrs(vae_wrapper),
+                                        exact=exact.tensors, record=lambda run: report_run(session.report, run))
+            session.report.fact("weights", weights)
         return result if result_dtype is None else result.to(result_dtype)
 
     return session.report.run(fix, guarded, call)

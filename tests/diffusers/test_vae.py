@@ -95,41 +95,48 @@ def _oom(*args):
     return error(*args)
 
 
-def test_fp32_decode_out_of_memory_falls_back_to_tiles_then_to_half(monkeypatch):
+def test_fp32_decode_out_of_memory_runs_tiled_then_in_half(monkeypatch):
+    from lib_sdfix import tiling
+
     pipe, img2img = sd15_pair(text_encoder_dtype=HALF, scheduler_mismatch=False)
     vae = pipe.vae
     report = harden(pipe, img2img)
-    latent = torch.randn(1, 4, 32, 32, dtype=HALF)  # twice the VAE's tile (16 latents)
+    latent = torch.randn(1, 4, 32, 32, dtype=HALF)
     decoder_forward = vae.decoder.forward
     sizes = []
 
     def short_of_memory(z, *args, **kwargs):
         sizes.append((z.shape[-1], z.dtype))
-        if z.dtype == torch.float32 and z.shape[-1] > 16:
+        if z.dtype == torch.float32:
             raise _oom("CUDA out of memory (simulated)")
         return decoder_forward(z, *args, **kwargs)
 
     monkeypatch.setattr(vae.decoder, "forward", short_of_memory)
     flags = read_flags()
-    out = vae.decode(latent).sample
+    with torch.no_grad():
+        out = vae.decode(latent).sample
     assert out.shape[-1] == 256 and out.dtype == torch.float32
-    assert sizes[0] == (32, torch.float32) and all(s <= 16 and d == torch.float32 for s, d in sizes[1:]) and len(sizes) > 2
-    assert "ran tiled in fp32" in "; ".join(fix_report(pipe).notes)
-    assert vae.use_tiling is False and read_flags() == flags and all(p.dtype == HALF for p in vae.parameters())
+    assert sizes == [(32, torch.float32)], "the whole latent once in fp32, then the tiled executor"
+    notes = "; ".join(fix_report(pipe).notes)
+    assert "VAE decode 256x256: tiled in fp32 (out of memory untiled" in notes
+    assert fix_report(pipe).facts["tiled"] == "decode"
+    assert read_flags() == flags and all(p.dtype == HALF for p in vae.parameters())
+    monkeypatch.setattr(vae.decoder, "forward", decoder_forward)
+    with torch.no_grad():
+        unguarded = vae.decode(latent).sample  # the guard's untiled fp32 decode (it fits now)
+    assert (out - unguarded).abs().max() < 1e-4, "tiled is the untiled result"
 
-    def always_short_in_fp32(z, *args, **kwargs):
-        sizes.append((z.shape[-1], z.dtype))
-        if z.dtype == torch.float32:
-            raise _oom("CUDA out of memory (simulated)")
-        return decoder_forward(z, *args, **kwargs)
+    def no_memory_at_all(*args, **kwargs):
+        raise _oom("CUDA out of memory (simulated, tiled)")
 
-    monkeypatch.setattr(vae.decoder, "forward", always_short_in_fp32)
-    with probe(decoder=vae.decoder) as seen:
+    monkeypatch.setattr(vae.decoder, "forward", short_of_memory)
+    monkeypatch.setattr(tiling, "run_network", no_memory_at_all)
+    with probe(decoder=vae.decoder) as seen, torch.no_grad():
         out = vae.decode(latent).sample
     assert out.shape[-1] == 256
     last = seen.of("decoder")[-1]
     assert last["input"] == HALF and not last["cudnn_tf32"], "half decode, flags still guarded"
-    assert "ran in the VAE's own dtype" in "; ".join(fix_report(pipe).notes)
+    assert "out of memory in fp32 (tiled too), ran in the VAE's own dtype" in "; ".join(fix_report(pipe).notes)
     assert all(p.dtype == HALF for p in vae.parameters()) and report.failed == {}
 
 

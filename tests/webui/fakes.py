@@ -100,6 +100,28 @@ class FakeVAE(torch.nn.Module):
         return self._run("encoder", self.enc, x)
 
 
+class FakeLdmVAE(FakeVAE):
+    """A FakeVAE whose decode/encode run a small real ldm-layout network (``tests/ldm_vae.py``), so the
+    tiled fp32 path (:mod:`lib_sdfix.tiling`) has a decoder and an encoder to plan and run."""
+
+    def __init__(self, dtype: torch.dtype, seed: int = 0):
+        torch.nn.Module.__init__(self)
+        from tests.ldm_vae import LdmVAE
+
+        net = LdmVAE(seed=seed)
+        self.encoder, self.decoder = net.encoder, net.decoder
+        self.quant_conv, self.post_quant_conv = net.quant_conv, net.post_quant_conv
+        self._dtype = torch.float32
+        self.to(dtype)
+        self.seen = []
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self._run("decoder", self.post_quant_conv, z))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run("encoder", self.quant_conv, self.encoder(x)).chunk(2, dim=1)[0]
+
+
 def _module(name: str, package: bool = False) -> types.ModuleType:
     mod = types.ModuleType(name)
     mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=package)
@@ -109,7 +131,7 @@ def _module(name: str, package: bool = False) -> types.ModuleType:
 
 
 def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bool = False,
-          dtype_vae: torch.dtype = None) -> Dict[str, types.ModuleType]:
+          dtype_vae: torch.dtype = None, ldm_vae: bool = False) -> Dict[str, types.ModuleType]:
     """Fresh fake modules for ``host``; returns {"modules.x": module, ...} plus Forge/reForge packages."""
     assert host in HOSTS
     out: Dict[str, types.ModuleType] = {}
@@ -161,7 +183,7 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
     sd_vae.loaded_vae_file = None
 
     # the model and its VAE, per host
-    vae = FakeVAE(dtype)
+    vae = FakeLdmVAE(dtype) if ldm_vae else FakeVAE(dtype)
     model = Namespace(is_sdxl=False, sd_checkpoint_info=Namespace(filename=None))
     model.get_first_stage_encoding = lambda z: z * 0.18215
     wrapper = None

@@ -215,3 +215,55 @@ def test_a_failing_guard_falls_back_leaves_the_vae_as_it_was_and_is_reported(web
     run(webui, q, {"enabled": False})
     assert torch.equal(decode(webui, latent), out)  # the host's own decode, bit for bit
     q.close()
+
+
+@pytest.mark.parametrize("host", ["a1111", "forge", "reforge"])
+def test_a_decode_that_does_not_fit_runs_tiled_in_fp32_and_the_infotext_says_so(monkeypatch, host):
+    from lib_sdfix.vae_estimate import BUDGET_ENV
+
+    env = make_env(monkeypatch, host, ldm_vae=True)
+    latent = torch.randn(1, 4, 24, 16, dtype=torch.float16)
+    p = FakeP()
+    script = run(env, p)
+    untiled = decode(env, latent).float()
+    script.postprocess(p, None)
+    assert "tiled" not in p.extra_generation_params["SDFix"]() and p.extra_generation_params["SDFix notes"]() is None
+
+    monkeypatch.setenv(BUDGET_ENV, "0.001")  # 1 MiB for the call: the fp32 decoder does not fit untiled
+    p = FakeP()
+    script = run(env, p)
+    tiled = decode(env, latent).float()
+    assert env.vae.seen[-1]["weight"] == torch.float32 and env.vae.seen[-1]["cudnn_tf32"] is False
+    assert (tiled - untiled).abs().max() < 2e-3, "tiled gives the untiled result"
+    script.postprocess(p, None)
+    assert same(env, env.before) and "forward" not in vars(env.vae.decoder)
+    infotext = p.extra_generation_params["SDFix"]()
+    assert infotext == SDFixSettings().to_infotext() + " weights=upcast tiled=decode"
+    assert SDFixSettings.from_infotext(infotext) == SDFixSettings(), "pasting it restores the settings"
+    assert "VAE decode 64x96: tiled in fp32 (fp32 needs ~" in p.extra_generation_params["SDFix notes"]()
+
+
+def test_an_out_of_memory_decode_retries_tiled_before_the_host_path(monkeypatch):
+    from lib_sdfix.tiling import is_oom
+
+    env = make_env(monkeypatch, "a1111", ldm_vae=True)
+    latent = torch.randn(1, 4, 16, 16, dtype=torch.float16)
+    forward = env.vae.decoder.forward
+    calls = []
+
+    def short_of_memory(z):
+        calls.append(z.dtype)
+        if z.dtype == torch.float32:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(z)
+
+    monkeypatch.setattr(env.vae.decoder, "forward", short_of_memory)
+    assert is_oom(torch.OutOfMemoryError("x"))
+    p = FakeP()
+    script = run(env, p)
+    out = decode(env, latent)
+    assert calls == [torch.float32] and out.dtype == torch.float32, "one untiled try, then tiled; not the host's fp16"
+    script.postprocess(p, None)
+    assert p.extra_generation_params["SDFix"]().endswith("tiled=decode")
+    assert "tiled in fp32 (out of memory untiled" in p.extra_generation_params["SDFix notes"]()
+    assert vars(env.vae.decoder)["forward"] is short_of_memory

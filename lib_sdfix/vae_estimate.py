@@ -1,0 +1,265 @@
+"""How much memory one call of a VAE network takes -- untiled in its own dtype, in fp32, and tiled
+in fp32 -- and the plan that follows from the free device memory.
+
+Why an estimate and not a trial: the untiled fp32 call that does not fit is exactly what must not
+run first (on a shared GPU its out-of-memory error may hit another process's allocation, and
+unwinding it costs as much as the call).  The estimate walks the network's operations
+(:mod:`lib_sdfix.vae_net`): for each, the elements its untiled forward holds at once (a ResnetBlock:
+its input and two or three input-sized temporaries at the first activation, or input + output-sized
+tensors at the residual add; attention: six; an upsampler: the input, its 2x copy and the
+convolution's output), times the batch and the dtype's size, times 1.25 for the kernels' own
+buffers, plus 64 MiB; the fp32 run adds its cast weights.  The tiled estimate is what the strip
+executor (:mod:`lib_sdfix.vae_strips`) keeps (a block's input and output-sized tensors, one image)
+plus five strips and the largest layer's weights.  ``bench/vae_memory.py`` prints both next to
+the measured peaks.
+
+``SDFIX_VAE_MEMORY_GB`` (environment): at most this many GiB for one VAE call (default: 90 % of the
+free device memory).  A small value forces tiling, e.g. to check it on a large GPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from lib_sdfix.vae_net import Attention, Conv, Exit, Network, Resample, Resnet, resampled_size
+
+__all__ = ["Estimate", "Plan", "estimate", "plan", "free_memory", "available_memory", "budget_from_env",
+           "default_strip_bytes", "walk", "GIB", "MIN_STRIP", "BUDGET_ENV"]
+
+GIB = 1024 ** 3
+BUDGET_ENV = "SDFIX_VAE_MEMORY_GB"
+_MIB = 1024 ** 2
+_KERNELS = 1.25  # convolution kernels' own buffers (oneDNN reorders, cuDNN workspace), measured on the CPU
+_SLACK = 64 * _MIB
+_FREE_SHARE = 0.9  # of the free memory a call may plan for (the allocator fragments the rest)
+MIN_STRIP = 4 * _MIB
+
+
+def _size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+# --- the estimate ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Peak memory of one call of a VAE network on ``shape`` (its input ``[B, C, H, W]``), in bytes."""
+
+    kind: str
+    shape: Tuple[int, ...]
+    output: Tuple[int, int]
+    native: int  # untiled in the VAE's own dtype
+    fp32: int  # untiled in fp32, with the weights cast for it
+    tiled: int  # tiled in fp32 with ``strip_bytes`` strips, strips kept on the device
+    tiled_offloaded: int  # tiled, strips waiting on the CPU (device memory only)
+    strip_bytes: int
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "input": list(self.shape), "output": list(self.output), "native_bytes": self.native,
+                "fp32_bytes": self.fp32, "fp32_tiled_bytes": self.tiled, "strip_bytes": self.strip_bytes}
+
+
+def walk(net: Network, height: int, width: int) -> Iterator[Tuple[Any, int, int, int, int, int, int]]:
+    """(op, in channels, out channels, in pixels, out pixels, widest channels, out width) per operation."""
+    channels = net.in_channels
+    for op in net.ops:
+        pixels = height * width
+        if isinstance(op, Resample):
+            height, width = resampled_size(op, height, width)
+            out = op.conv.out_channels if op.conv is not None else channels
+        elif isinstance(op, (Conv, Exit)):
+            out = op.conv.out_channels
+        elif isinstance(op, Resnet):
+            out = op.conv1.out_channels
+        else:
+            out = channels
+        yield op, channels, out, pixels, height * width, max(channels, out), width
+        channels = out
+
+
+def _untiled_elements(op: Any, cin: int, cout: int, pin: int, pout: int) -> int:
+    if isinstance(op, Resnet):
+        return pin * max(op.entry * cin, cin + 3 * cout + (cout if op.shortcut is not None else 0))
+    if isinstance(op, Attention):
+        return 6 * cin * pin
+    if isinstance(op, Resample):
+        return cin * pin * 9 if op.up else cin * pin * 2 + cout * pout
+    if isinstance(op, Exit):
+        return pin * (4 * cin + cout)
+    return cin * pin + cout * pout
+
+
+def _tiled_elements(op: Any, cin: int, cout: int, pin: int, pout: int) -> int:
+    if isinstance(op, Resnet):
+        return pin * (max(cin, 2 * cout) if op.shortcut is not None else cin + cout)
+    if isinstance(op, Attention):
+        return 5 * cin * pin
+    if isinstance(op, Resample):
+        return max(cin * pin, cout * pout)
+    return cin * pin + cout * pout
+
+
+def _layer_bytes(net: Network) -> int:
+    """fp32 bytes of the largest operation's weights (cast once per operation)."""
+    best = 0
+    for op in net.ops:
+        total = sum(p.numel() for m in vars(op).values() if isinstance(m, nn.Module) for p in m.parameters(recurse=False))
+        best = max(best, total)
+    return 4 * best
+
+
+def default_strip_bytes(net: Network, height: int, width: int, device: torch.device) -> int:
+    """A strip of about 1/16 of the largest activation: small enough to keep the tiled peak near the
+    kept tensors, large enough that per-strip overhead stays small (on the CPU at most 32 MiB,
+    which the caches like)."""
+    largest = max(4 * widest * pout for _, _, _, _, pout, widest, _ in walk(net, height, width))
+    cap = 32 * _MIB if device.type == "cpu" else 512 * _MIB
+    return int(min(cap, max(MIN_STRIP, largest // 16)))
+
+
+def estimate(net: Network, shape: Sequence[int], native_dtype: torch.dtype, *, cast_bytes: int = 0,
+             strip_bytes: Optional[int] = None, device: Optional[torch.device] = None) -> Estimate:
+    """The peak memory of running ``net`` on an input of ``shape``: untiled in ``native_dtype`` and in
+    fp32 (plus ``cast_bytes`` of weights cast for it), and tiled in fp32 (one image at a time)."""
+    batch, _, height, width = (int(v) for v in shape)
+    device = device or torch.device("cpu")
+    strip = int(strip_bytes or default_strip_bytes(net, height, width, device))
+    untiled = tiled = 0
+    for op, cin, cout, pin, pout, _, _ in walk(net, height, width):
+        untiled = max(untiled, _untiled_elements(op, cin, cout, pin, pout))
+        tiled = max(tiled, _tiled_elements(op, cin, cout, pin, pout))
+    out_h, out_w = net.output_size(height, width)
+    result = 4 * batch * net.out_channels * out_h * out_w
+    working = 5 * strip + 2 * _layer_bytes(net) + _SLACK
+    return Estimate(
+        net.kind, (batch, int(shape[1]), height, width), (out_h, out_w),
+        native=int(untiled * batch * _size(native_dtype) * _KERNELS) + _SLACK,
+        fp32=int(untiled * batch * 4 * _KERNELS) + _SLACK + int(cast_bytes),
+        tiled=4 * tiled + working + result,
+        tiled_offloaded=working + result,
+        strip_bytes=strip,
+    )
+
+
+# --- free memory and the plan -----------------------------------------------------------------------
+
+
+def free_memory(device: torch.device) -> Optional[int]:
+    """Bytes a new allocation on ``device`` can get now; None where it cannot be told.
+
+    CUDA: the driver's free memory plus what torch's allocator holds unused.  CPU: the kernel's
+    MemAvailable (psutil where installed).  MPS: the recommended working set minus what is allocated.
+    """
+    try:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        if device.type == "cpu":
+            return _available_ram()
+        if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+            return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    except Exception:  # noqa: BLE001 -- no answer is an answer: plan without it
+        return None
+    return None
+
+
+def _available_ram() -> Optional[int]:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def budget_from_env() -> float:
+    """``SDFIX_VAE_MEMORY_GB`` as GiB; 0 (automatic) when unset or not a positive number."""
+    try:
+        value = float(os.environ.get(BUDGET_ENV, "") or 0)
+    except ValueError:
+        return 0.0
+    return value if value > 0 else 0.0
+
+
+def available_memory(device: torch.device, budget_gb: Optional[float] = None) -> Optional[int]:
+    """What a VAE call may plan to use on ``device``: 90 % of the free memory, and no more than
+    ``budget_gb`` when that is set (None: ``SDFIX_VAE_MEMORY_GB``; 0: automatic).  None when
+    neither is known."""
+    if budget_gb is None:
+        budget_gb = budget_from_env()
+    free = free_memory(device)
+    share = None if free is None else int(free * _FREE_SHARE)
+    if budget_gb and budget_gb > 0:
+        budget = int(budget_gb * GIB)
+        return budget if share is None else min(budget, share)
+    return share
+
+
+@dataclass(frozen=True)
+class Plan:
+    tiled: bool
+    estimate: Estimate
+    available: Optional[int]
+    strip_bytes: int
+    offload: bool = False  # strips wait on the CPU between operations
+    reason: str = ""
+    sliced: bool = False  # untiled, one image of the batch at a time
+
+    @property
+    def how(self) -> str:
+        """"untiled", "sliced" or "tiled"."""
+        return "tiled" if self.tiled else "sliced" if self.sliced else "untiled"
+
+
+def plan(net: Network, shape: Sequence[int], device: torch.device, *, native_dtype: torch.dtype,
+         cast_bytes: int = 0, budget_gb: Optional[float] = None, force: bool = False,
+         available: Optional[int] = None) -> Plan:
+    """Untiled when the fp32 estimate fits what is available (or nothing is known); for a batch that
+    does not fit, one image at a time when one image fits (slicing); else tiled (always one image at
+    a time) with the largest strips that fit -- with the strips waiting on the CPU when even the
+    kept tensors do not fit the device."""
+    if available is None:
+        available = available_memory(device, budget_gb)
+    height, width = int(shape[2]), int(shape[3])
+    strip = default_strip_bytes(net, height, width, device)
+    est = estimate(net, shape, native_dtype, cast_bytes=cast_bytes, strip_bytes=strip, device=device)
+    if not force and (available is None or est.fp32 <= available):
+        why = "free memory unknown" if available is None else "fits"
+        return Plan(False, est, available, strip, reason=why)
+    why = "forced" if force else f"fp32 needs ~{est.fp32 / GIB:.2f} GiB, {available / GIB:.2f} GiB available"
+    batch = int(shape[0])
+    if not force and batch > 1:
+        one = estimate(net, (1,) + tuple(shape[1:]), native_dtype, cast_bytes=cast_bytes, strip_bytes=strip, device=device)
+        results = 4 * (batch - 1) * net.out_channels * est.output[0] * est.output[1]
+        if one.fp32 + results <= available:
+            return Plan(False, est, available, strip, reason=why + "; one image at a time fits", sliced=True)
+    if available is None or est.tiled <= available:
+        return Plan(True, est, available, strip, reason=why)
+    kept = est.tiled - 5 * strip
+    room = (available - kept) // 5
+    if room >= MIN_STRIP:
+        strip = int(min(strip, room))
+        return Plan(True, replace(est, tiled=kept + 5 * strip, strip_bytes=strip), available, strip, reason=why)
+    offload = device.type != "cpu"
+    if offload:
+        room = (available - (est.tiled_offloaded - 5 * strip)) // 5
+        strip = int(max(MIN_STRIP // 4, min(strip, room)))
+    else:
+        strip = MIN_STRIP
+    return Plan(True, replace(est, strip_bytes=strip), available, strip, offload,
+                why + ("; strips kept on the CPU" if offload else "; may still run out of memory"))
+
+
