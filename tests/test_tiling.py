@@ -53,7 +53,7 @@ def small_strips(monkeypatch):
         counts.append(len(found))
         return found
 
-    monkeypatch.setattr(vae_estimate, "default_strip_bytes", lambda *a, **k: 16 * 1024)
+    monkeypatch.setattr(vae_estimate, "default_strip_bytes", lambda *a, **k: 48 * 1024)
     monkeypatch.setattr(vae_estimate, "MIN_STRIP", 4 * 1024)
     monkeypatch.setattr(tiling, "MIN_STRIP", 4 * 1024)
     monkeypatch.setattr(vae_strips, "_strips", strips)
@@ -61,14 +61,14 @@ def small_strips(monkeypatch):
 
 
 def test_tiled_decode_and_encode_give_the_untiled_fp32_result(vae, small_strips):
-    z = torch.randn(2, 4, 20, 28).to(HALF)
-    x = (torch.rand(1, 3, 72, 56) * 2 - 1).to(HALF)
+    z = torch.randn(2, 4, 12, 20).to(HALF)
+    x = (torch.rand(1, 3, 48, 40) * 2 - 1).to(HALF)
     before, flags = _state(vae), read_flags()
     with torch.no_grad():
         untiled = guarded_vae_call(_decode(vae), vae, z)
         runs = []
         tiled = tiling.guarded_call(_decode(vae), vae, z, force=True, record=runs.append)
-        assert max(small_strips) >= 8, "cut into many strips"
+        assert max(small_strips) >= 4, "cut into several strips"
         encoded = guarded_vae_call(_encode(vae), vae, x)
         encoded_tiled = tiling.guarded_call(_encode(vae), vae, x, force=True, record=runs.append)
     assert tiled.dtype == torch.float32 and tiled.shape == untiled.shape
