@@ -8,7 +8,7 @@ offloading -- so no option turns them on: they follow SDFix's master switch alon
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from lib_sdfix.settings import FIXES, SDFixSettings
@@ -53,6 +53,7 @@ class Finding:
     cause: str
     present: Optional[bool]
     detail: str
+    extra: Dict[str, Any] = field(default_factory=dict)  # structured evidence, e.g. the VAE's "fp32_memory"
 
     @property
     def title(self) -> str:
@@ -80,7 +81,8 @@ class Audit:
         return [f.cause for f in self.findings if f.present]
 
     def as_dict(self) -> Dict[str, Dict[str, Any]]:
-        return {f.cause: {"title": f.title, "present": f.present, "status": f.status, "detail": f.detail} for f in self.findings}
+        return {f.cause: {"title": f.title, "present": f.present, "status": f.status, "detail": f.detail, **f.extra}
+                for f in self.findings}
 
     def summary(self) -> str:
         return "\n".join(f"[{f.status:>12}] {f.cause}: {f.detail}" for f in self.findings)

@@ -131,6 +131,12 @@ def hires_fix(
     return HiresResult(image, first, native, resized, resize, timings, notes)
 
 
+def last_hires_size(pipe: Any) -> Any:
+    """(width, height) of the last Hires pass :func:`hires_fix` made for ``pipe``; None before one."""
+    last = getattr(pipe, _LAST_RESIZE_ATTR, None)
+    return None if last is None else tuple(last["to"])
+
+
 def find_hires_resize(pipe: Any) -> Finding:
     last = getattr(pipe, _LAST_RESIZE_ATTR, None)
     if last is None:

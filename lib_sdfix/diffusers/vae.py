@@ -24,7 +24,7 @@ from lib_sdfix.diffusers.vae_copy import Fp32Copy, NoFp32Copy, cast_floating, fi
 from lib_sdfix.failsafe import FixReport
 from lib_sdfix.settings import SDFixSettings
 
-__all__ = ["guard_vae", "unguard_vae", "find_vae_precision", "VaeGuard"]
+__all__ = ["guard_vae", "unguard_vae", "find_vae_precision", "vae_memory", "VaeGuard"]
 
 _GUARD_ATTR = "_sdfix_vae_guard"
 _KINDS = ("decode", "encode")
@@ -199,6 +199,44 @@ def unguard_vae(vae: Any) -> None:
 
 
 def find_vae_precision(pipes: Sequence[Any]) -> Finding:
+    """The VAE's precision, with the fp32 decode's estimated peak at the Hires size and whether it
+    would run tiled (``extra["fp32_memory"]``)."""
+    found = _precision(pipes)
+    memory = vae_memory(pipes)
+    if not memory.get("available"):
+        return Finding(found.cause, found.present, found.detail, {"fp32_memory": memory})
+    width, height = memory["size"]
+    text = (f"fp32 decode at {width}x{height} ({memory['size_source']}): ~{memory['fp32_bytes'] / 2 ** 30:.2f} GiB, "
+            + ("tiled" if memory["tiled"] else "untiled"))
+    return Finding(found.cause, found.present, f"{found.detail}; {text}", {"fp32_memory": memory})
+
+
+def vae_memory(pipes: Sequence[Any], size: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """:func:`lib_sdfix.tiling.memory_report` for the pipelines' VAE at ``size`` -- default: the last
+    Hires pass's size, else twice the pipeline's default size -- on their execution device."""
+    from lib_sdfix.diffusers.hires import last_hires_size
+    from lib_sdfix.tiling import memory_report
+
+    vae = component(pipes, "vae")
+    if vae is None:
+        return {"available": False, "reason": "no VAE"}
+    source = "given"
+    if size is None:
+        size, source = last_hires_size(pipes[0]) if pipes else None, "last Hires pass"
+    if size is None:
+        unet = component(pipes, "unet")
+        sample = getattr(getattr(unet, "config", None), "sample_size", None) or 64
+        scale = getattr(pipes[0], "vae_scale_factor", 8) if pipes else 8
+        side = 2 * int(sample if isinstance(sample, int) else sample[0]) * int(scale)
+        size, source = (side, side), "Hires 2x of the default size (no Hires pass seen yet)"
+    device = next((d for d in (getattr(p, "_execution_device", None) for p in pipes) if d is not None), None)
+    try:
+        return {**memory_report(vae, size[0], size[1], device=device), "size_source": source}
+    except Exception as exc:  # noqa: BLE001 -- an audit must answer
+        return {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def _precision(pipes: Sequence[Any]) -> Finding:
     import torch
 
     from lib_sdfix.fp32_vae import vae_weight_dtype

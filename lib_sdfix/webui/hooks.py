@@ -14,7 +14,23 @@ from typing import Any, Callable, Dict, Optional
 from lib_sdfix.webui.session import GenerationSession, current_session
 from lib_sdfix.webui.host import current
 
-__all__ = ["FACTORIES", "vae_call"]
+__all__ = ["FACTORIES", "vae_call", "last_decode_size"]
+
+_LAST_DECODE: Dict[str, Any] = {}  # {"size": (width, height)} of the last guarded fp32 decode
+
+
+def last_decode_size() -> Optional[Any]:
+    """(width, height) of the last image SDFix's fp32 VAE decoded (the Hires size after a Hires
+    generation); None before the first."""
+    return _LAST_DECODE.get("size")
+
+
+def _record(session: GenerationSession, run: Any) -> None:
+    from lib_sdfix.tiling import report_run
+
+    if run.kind == "decoder":
+        _LAST_DECODE["size"] = (run.output[1], run.output[0])
+    report_run(session.report, run)
 
 
 def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, model: Any = None,
@@ -25,7 +41,7 @@ def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, m
     estimate says (:mod:`lib_sdfix.tiling`); out of memory retries tiled before the host's path."""
     from lib_sdfix.fp32_vae import exact_weights
     from lib_sdfix.precision import autocast_disabled, precision_guard
-    from lib_sdfix.tiling import fp32_call, report_run
+    from lib_sdfix.tiling import fp32_call
 
     host = current()
 
@@ -37,7 +53,7 @@ def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, m
             module = host.vae_module(model, vae_wrapper)
             exact = exact_weights(module, host.vae_source_files())
             result, weights = fp32_call(call, module, dtype_attrs=host.vae_dtype_attrs(vae_wrapper),
-                                        exact=exact.tensors, record=lambda run: report_run(session.report, run))
+                                        exact=exact.tensors, record=lambda run: _record(session, run))
             session.report.fact("weights", weights)
         return result if result_dtype is None else result.to(result_dtype)
 

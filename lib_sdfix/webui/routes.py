@@ -56,6 +56,7 @@ def status() -> Dict[str, Any]:
         "flag_api": flag_api(), "gpu": gpu,
         "flags": {k: str(v) if not isinstance(v, (bool, str)) else v for k, v in read_flags().items()},
         "vae_weights": _weights_mode(host),
+        "vae_fp32_memory": vae_memory(host),
         "hires_sampler_selection_shown": bool(getattr(host.shared.opts, "hires_fix_show_sampler", False)),
         "sd_vae_decode_method": host.decode_method(), "sd_vae_encode_method": host.encode_method(),
         "patched_now": PATCHES.active(),
@@ -78,6 +79,29 @@ def _weights_mode(host: Any) -> Dict[str, Any]:
         return {"mode": result.mode, "reason": result.reason, "cache_bytes": result.nbytes}
     except Exception as exc:  # noqa: BLE001 -- a status page must answer
         return {"mode": None, "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def vae_memory(host: Any) -> Dict[str, Any]:
+    """The fp32 decode's estimated peak at the current Hires size -- the last decode SDFix guarded,
+    else twice the model's native size (the Hires default) -- and whether it would run tiled."""
+    from lib_sdfix.tiling import memory_report
+    from lib_sdfix.webui.hooks import last_decode_size
+
+    import torch
+
+    try:
+        module = host.vae_module()
+        if module is None:
+            return {"available": False, "reason": "no model loaded"}
+        size, source = last_decode_size(), "last decode"
+        if size is None:
+            native = 1024 if getattr(host.sd_model(), "is_sdxl", False) else 512
+            size, source = (2 * native, 2 * native), "Hires 2x of the native size (no decode seen yet)"
+        device = getattr(host.shared, "device", None)
+        device = device if isinstance(device, torch.device) else None
+        return {**memory_report(module, size[0], size[1], device=device), "size_source": source}
+    except Exception as exc:  # noqa: BLE001 -- a status page must answer
+        return {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
 
 
 def on_app_started(demo: Any, app: Any) -> None:

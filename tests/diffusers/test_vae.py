@@ -286,3 +286,41 @@ def test_offloaded_vae_copy_is_built_once_follows_the_vae_and_has_a_fallback(mon
     assert all(p.dtype == HALF and p.device.type == "meta" for p in vae.parameters())
     assert "no config: ran in the VAE's own dtype" in "; ".join(fix_report(pipe).notes)
     assert fix_report(pipe).failed == {}
+
+
+def test_audit_reports_the_fp32_peak_at_the_hires_size_and_whether_it_tiles(monkeypatch):
+    from lib_sdfix.diffusers.hires import _LAST_RESIZE_ATTR
+    from lib_sdfix.vae_estimate import BUDGET_ENV
+
+    pipe, img2img = sd15_pair(text_encoder_dtype=HALF, scheduler_mismatch=False)
+    found = audit(pipe, img2img)["vae_precision"]
+    memory = found.extra["fp32_memory"]
+    side = 2 * pipe.unet.config.sample_size * pipe.vae_scale_factor
+    assert memory["available"] and memory["size"] == [side, side] and memory["tiled"] is False
+    assert memory["fp32_bytes"] > memory["native_bytes"] and memory["size_source"].startswith("Hires 2x")
+    assert f"fp32 decode at {side}x{side}" in found.detail and found.detail.endswith("untiled")
+    assert audit(pipe, img2img).as_dict()["vae_precision"]["fp32_memory"] == memory
+
+    object.__setattr__(pipe, _LAST_RESIZE_ATTR, {"filter": "LANCZOS", "from": [64, 64], "to": [96, 128], "passes": 1})
+    monkeypatch.setenv(BUDGET_ENV, "0.0001")
+    found = audit(pipe, img2img)["vae_precision"]
+    memory = found.extra["fp32_memory"]
+    assert (memory["size"], memory["size_source"], memory["tiled"]) == ([96, 128], "last Hires pass", True)
+    assert found.detail.endswith(", tiled")
+
+
+def test_a_guarded_decode_that_does_not_fit_runs_tiled_and_the_report_says_so(monkeypatch):
+    from lib_sdfix.vae_estimate import BUDGET_ENV
+
+    pipe, img2img = sd15_pair(text_encoder_dtype=HALF, scheduler_mismatch=False)
+    vae = pipe.vae
+    harden(pipe, img2img)
+    latent = torch.randn(2, 4, 16, 16, dtype=HALF)
+    with torch.no_grad():
+        untiled = vae.decode(latent).sample
+        monkeypatch.setenv(BUDGET_ENV, "0.0001")
+        tiled = vae.decode(latent).sample
+    assert (tiled - untiled).abs().max() < 1e-4
+    assert fix_report(pipe).facts["tiled"] == "decode"
+    assert any(n.startswith("VAE decode 128x128: tiled in fp32") for n in fix_report(pipe).notes)
+    assert all(p.dtype == HALF for p in vae.parameters()) and "forward" not in vars(vae.decoder)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lib_sdfix.settings import SDFixSettings
 
@@ -38,3 +39,30 @@ def test_host_detection_by_what_the_host_has(webui):
     from lib_sdfix.webui.host import current
 
     assert current().name == webui.host
+
+
+def test_status_reports_the_fp32_vae_peak_at_the_hires_size_and_whether_it_tiles(monkeypatch):
+    from lib_sdfix.vae_estimate import BUDGET_ENV
+    from lib_sdfix.webui import hooks
+    from lib_sdfix.webui.routes import status
+
+    from .fakes import FakeP
+    from .support import decode, make_env, run
+
+    monkeypatch.setattr(hooks, "_LAST_DECODE", {})
+    env = make_env(monkeypatch, "a1111")
+    assert status()["environment"]["vae_fp32_memory"] == {"available": False, "reason": "the VAE has no decoder",
+                                                          "size_source": "Hires 2x of the native size (no decode seen yet)"}
+    env = make_env(monkeypatch, "a1111", ldm_vae=True)
+    memory = status()["environment"]["vae_fp32_memory"]
+    assert memory["available"] and memory["size"] == [1024, 1024] and memory["tiled"] is False
+    assert memory["fp32_bytes"] > memory["native_bytes"] > 0 and memory["weights_dtype"] == "float16"
+    p = FakeP()
+    script = run(env, p)
+    decode(env, torch.randn(1, 4, 24, 16, dtype=torch.float16))
+    script.postprocess(p, None)
+    memory = status()["environment"]["vae_fp32_memory"]
+    assert (memory["size"], memory["size_source"], memory["tiled"]) == ([64, 96], "last decode", False)
+    monkeypatch.setenv(BUDGET_ENV, "0.0001")
+    memory = status()["environment"]["vae_fp32_memory"]
+    assert memory["tiled"] is True and "GiB available" in memory["reason"]
