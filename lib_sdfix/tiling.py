@@ -155,6 +155,7 @@ class _Call:
         self.module, self.names, self.budget_gb, self.force, self.record = module, names, budget_gb, force, record
         self.exact = self._by_parameter(module, exact) if exact else {}
         self.exact_names = exact
+        self.decisions: Dict[int, Optional[Tuple[Network, Plan]]] = {}
 
     @staticmethod
     def _by_parameter(module: nn.Module, exact: Dict[str, torch.Tensor]) -> Dict[int, torch.Tensor]:
@@ -167,19 +168,48 @@ class _Call:
         if self.record is not None:
             self.record(run)
 
-    def forward(self, net: nn.Module, original: Callable[..., Any], args: Tuple, kwargs: Dict[str, Any]) -> Any:
+    def decide(self, net: nn.Module, args: Tuple, kwargs: Dict[str, Any]) -> Optional[Tuple[Network, Plan]]:
+        """The plan for this call of ``net`` (None: run it as it is), made once per call: first in the
+        pre-hook, which casts the network's weights right away unless it will run tiled -- so other
+        pre-hooks (an observer, another extension) see the weights it runs with."""
+        key = id(net)
+        if key in self.decisions:
+            return self.decisions[key]
+        self.decisions[key] = None
         extra = [v for v in list(args[1:]) + list(kwargs.values()) if v is not None]
         x = args[0] if args else None
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or extra:
+        if isinstance(x, torch.Tensor) and x.ndim == 4 and not extra:
+            try:
+                graph = network(net)
+            except Unsupported as exc:  # untiled as it is; the audit's memory report says why
+                log_once(f"tiling:{type(net).__name__}", f"VAE {self.names[key]} cannot run tiled: {exc}")
+            else:
+                chosen = plan(graph, x.shape, x.device, native_dtype=_weight_dtype(net),
+                              cast_bytes=_low_precision_bytes(net), budget_gb=self.budget_gb, force=self.force)
+                self.decisions[key] = (graph, chosen)
+        return self.decisions[key]
+
+    def before(self, net: nn.Module, args: Tuple, kwargs: Dict[str, Any]) -> None:
+        decision = self.decide(net, args, kwargs)
+        if decision is None or not decision[1].tiled:
+            self._cast(net)
+
+    def _cast(self, net: nn.Module) -> None:
+        """The network's weights to fp32 for the rest of the front's call (the call's own fp32 state
+        holds them; it restores them when the call ends)."""
+        from lib_sdfix.fp32_vae import fp32_vae
+
+        with fp32_vae(self.module, exact=self.exact_names, parts=[self.names[id(net)]]):
+            pass
+
+    def forward(self, net: nn.Module, original: Callable[..., Any], args: Tuple, kwargs: Dict[str, Any]) -> Any:
+        decision = self.decide(net, args, kwargs)
+        self.decisions.pop(id(net), None)  # the next call of the network plans afresh
+        if decision is None:
             return self._untiled(net, original, args, kwargs)
+        graph, chosen = decision
+        x = args[0]
         kind = "decoder" if self.names[id(net)] == "decoder" else "encoder"
-        try:
-            graph = network(net)
-        except Unsupported as exc:  # untiled as it is; the audit's memory report says why
-            log_once(f"tiling:{type(net).__name__}", f"VAE {kind} cannot run tiled: {exc}")
-            return self._untiled(net, original, args, kwargs)
-        chosen = plan(graph, x.shape, x.device, native_dtype=_weight_dtype(net), cast_bytes=_low_precision_bytes(net),
-                      budget_gb=self.budget_gb, force=self.force)
         note = ""
         if not chosen.tiled:
             try:
@@ -251,15 +281,30 @@ def _replacement(net: nn.Module) -> Callable[[Callable[..., Any]], Callable[...,
     return make
 
 
+def _pre_hook(net: nn.Module) -> Callable[..., None]:
+    key = id(net)
+
+    def hook(module: nn.Module, args: Tuple, kwargs: Dict[str, Any]) -> None:
+        calls = _active().get(key)
+        if calls:
+            calls[-1].before(net, args, kwargs)
+
+    return hook
+
+
 @contextlib.contextmanager
 def _planned(call: _Call, nets: Dict[str, nn.Module]) -> Iterator[None]:
     active = _active()
+    hooks = []
     for net in nets.values():
         _PATCHES.acquire(net, "forward", _replacement(net))
+        hooks.append(net.register_forward_pre_hook(_pre_hook(net), prepend=True, with_kwargs=True))
         active.setdefault(id(net), []).append(call)
     try:
         yield
     finally:
+        for handle in hooks:
+            handle.remove()
         for net in nets.values():
             stack = active.get(id(net), [])
             if call in stack:

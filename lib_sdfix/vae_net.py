@@ -6,7 +6,8 @@ convolutions, GroupNorms, attention and resampling -- without calling the networ
 a whole (that is the untiled call whose memory does not fit).  The operations hold references to
 the real submodules, so the weights the host loaded (and casts) are the ones that run.
 
-Structures recognised by their attributes (never by class name): the ldm/sgm ``Encoder``/``Decoder``
+Structures recognised by their attributes (a diffusers resnet also by its class, ResnetBlock2D: its
+look-alikes normalise differently): the ldm/sgm ``Encoder``/``Decoder``
 that AUTOMATIC1111, Forge and reForge use (``conv_in``, ``mid.block_1/attn_1/block_2``,
 ``down[i]``/``up[i]`` with ``block``, ``attn``, ``downsample``/``upsample``, ``norm_out``,
 ``conv_out``) and diffusers' (``conv_in``, ``mid_block``, ``down_blocks``/``up_blocks``,

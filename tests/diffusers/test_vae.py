@@ -299,7 +299,9 @@ def test_audit_reports_the_fp32_peak_at_the_hires_size_and_whether_it_tiles(monk
     assert memory["available"] and memory["size"] == [side, side] and memory["tiled"] is False
     assert memory["fp32_bytes"] > memory["native_bytes"] and memory["size_source"].startswith("Hires 2x")
     assert f"fp32 decode at {side}x{side}" in found.detail and found.detail.endswith("untiled")
-    assert audit(pipe, img2img).as_dict()["vae_precision"]["fp32_memory"] == memory
+    again = audit(pipe, img2img).as_dict()["vae_precision"]["fp32_memory"]
+    assert {k: v for k, v in again.items() if k != "available_bytes"} == \
+        {k: v for k, v in memory.items() if k != "available_bytes"}  # the free memory moves
 
     object.__setattr__(pipe, _LAST_RESIZE_ATTR, {"filter": "LANCZOS", "from": [64, 64], "to": [96, 128], "passes": 1})
     monkeypatch.setenv(BUDGET_ENV, "0.0001")

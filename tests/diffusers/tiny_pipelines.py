@@ -169,16 +169,6 @@ class Probe:
             self.seen.append(record)
 
         self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-        first = getattr(module, "conv_in", None)
-        if isinstance(first, torch.nn.Module) and hasattr(module, "up_blocks" if label == "decoder" else "down_blocks"):
-            # A VAE decoder/encoder is cast to fp32 inside its forward, once lib_sdfix.tiling has
-            # planned the call: its weights' dtype is read where its first layer runs.
-            def weight(mod, args):
-                mine = [r for r in self.seen if r["part"] == label]
-                if mine:
-                    mine[-1]["weight"] = mod.weight.dtype
-
-            self._handles.append(first.register_forward_pre_hook(weight))
         return self
 
     def of(self, part: str) -> List[Dict[str, Any]]:

@@ -223,16 +223,21 @@ def test_a_decode_that_does_not_fit_runs_tiled_in_fp32_and_the_infotext_says_so(
 
     env = make_env(monkeypatch, host, ldm_vae=True)
     latent = torch.randn(1, 4, 24, 16, dtype=torch.float16)
+    seen = []  # what another extension's pre-hook on the decoder sees
+    handle = env.vae.decoder.register_forward_pre_hook(lambda m, a: seen.append(m.conv_in.weight.dtype))
     p = FakeP()
     script = run(env, p)
     untiled = decode(env, latent).float()
     script.postprocess(p, None)
+    assert seen == [torch.float32], "planned and cast before the other pre-hooks run"
     assert "tiled" not in p.extra_generation_params["SDFix"]() and p.extra_generation_params["SDFix notes"]() is None
 
     monkeypatch.setenv(BUDGET_ENV, "0.001")  # 1 MiB for the call: the fp32 decoder does not fit untiled
     p = FakeP()
     script = run(env, p)
     tiled = decode(env, latent).float()
+    handle.remove()
+    assert seen[-1] == torch.float16, "tiled: the decoder's weights are cast one layer at a time, not all at once"
     assert env.vae.seen[-1]["weight"] == torch.float32 and env.vae.seen[-1]["cudnn_tf32"] is False
     assert (tiled - untiled).abs().max() < 2e-3, "tiled gives the untiled result"
     script.postprocess(p, None)
