@@ -11,7 +11,8 @@ Install it beside SDFix in the WebUI under test (symlink ``tests/e2e/observer`` 
 
 Routes (under ``/sdfix-observer``): GET ``/records``, POST ``/reset``, GET ``/flags``,
 GET ``/functions``, GET ``/xyz-axes``, POST ``/hide-sdfix`` ({"hide": bool}), POST
-``/inject-failure`` ({"target": "decode"|"none"}).
+``/inject-failure`` ({"target": "decode"|"none"}), POST ``/vae-memory-budget`` ({"gb": number|null}: sets or
+clears ``SDFIX_VAE_MEMORY_GB`` in this process, so a small budget makes SDFix's fp32 VAE run tiled).
 
 With ``SDFIX_OBSERVER_TF32=1`` it sets the TF32/benchmark flags at start exactly as
 ``modules/devices.py: enable_tf32`` does on an Ampere+ GPU, so a CPU run reproduces a GPU user's flags.
@@ -372,6 +373,15 @@ def on_app_started(demo, app):
     @app.post("/sdfix-observer/vae-dtype")
     def vae_dtype(body: dict = Body(...)):
         return {"weights": set_vae_dtype(body.get("dtype", "fp16"))}
+
+    @app.post("/sdfix-observer/vae-memory-budget")
+    def vae_memory_budget(body: dict = Body(...)):
+        gb = body.get("gb")
+        if gb is None:
+            os.environ.pop("SDFIX_VAE_MEMORY_GB", None)
+        else:
+            os.environ["SDFIX_VAE_MEMORY_GB"] = str(float(gb))
+        return {"SDFIX_VAE_MEMORY_GB": os.environ.get("SDFIX_VAE_MEMORY_GB")}
 
     @app.post("/sdfix-observer/inject-failure")
     def inject(body: dict = Body(...)):
