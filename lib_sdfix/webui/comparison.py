@@ -147,13 +147,24 @@ class _Sampling:
     runs a generation of its own from a hook on this thread (ADetailer, from ``postprocess_image``)
     samples as usual, and its latent is neither recorded as the run's nor replaced."""
 
-    def __init__(self, inject: List[Any], owner: Any = None) -> None:
+    def __init__(self, inject: List[Any], owner: Any = None, observer: Optional[Callable[[int, Any], None]] = None) -> None:
         self.inject = list(inject)
         self.outputs: List[Any] = []
         self.owner = owner
+        self.observer = observer  # observer(pass index, the sampler's callback dict) at every step it samples
 
     def wrap(self, sampler: Any) -> Any:
         launch = sampler.launch_sampling
+        if self.observer is not None:
+            # The hosts look ``self.callback_state`` up when sampling starts: an instance attribute is seen.
+            callback = sampler.callback_state
+
+            def callback_state(d: Any) -> Any:
+                if self.owner is None or getattr(sampler, "p", self.owner) is self.owner:
+                    self.observer(len(self.outputs), d)
+                return callback(d)
+
+            sampler.callback_state = callback_state
 
         def launch_sampling(steps: int, func: Callable[[], Any]) -> Any:
             if self.owner is not None and getattr(sampler, "p", self.owner) is not self.owner:
@@ -180,10 +191,10 @@ def _create_sampler(original: Callable) -> Callable:
 
 
 @contextlib.contextmanager
-def _sampling(inject: List[Any], owner: Any = None) -> Iterator[_Sampling]:
+def _sampling(inject: List[Any], owner: Any = None, observer: Any = None) -> Iterator[_Sampling]:
     from modules import sd_samplers
 
-    _LOCAL.sampling = sampling = _Sampling(inject, owner)
+    _LOCAL.sampling = sampling = _Sampling(inject, owner, observer)
     PATCHES.acquire(sd_samplers, "create_sampler", _create_sampler)
     try:
         yield sampling
@@ -232,11 +243,11 @@ class _Run:
         p.script_args = args
         return p
 
-    def run(self, inject: List[Any]) -> Any:
+    def run(self, inject: List[Any], observer: Any = None) -> Any:
         from modules import processing
 
         p = self._processing()
-        with contextlib.closing(p), _sampling(inject, owner=p) as sampling:
+        with contextlib.closing(p), _sampling(inject, owner=p, observer=observer) as sampling:
             processed = processing.process_images(p)
         outputs = [o for o in sampling.outputs if o is not None]
         self.first_pass = outputs[0] if len(outputs) > 1 else None

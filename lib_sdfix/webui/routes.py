@@ -1,4 +1,4 @@
-"""SDFix's HTTP routes: ``GET /sdfix/v1/status`` and ``POST /sdfix/v1/ab``.
+"""SDFix's HTTP routes: ``GET /sdfix/v1/status``, ``POST /sdfix/v1/ab`` and ``POST /sdfix/v1/diagnose``.
 
 They exist only where the host serves its API (``--api`` or ``--nowebui``), and sit behind the same
 ``--api-auth`` credentials as ``/sdapi/v1/*``: with ``--listen --gradio-auth`` alone nobody on the
@@ -106,9 +106,29 @@ def on_app_started(demo: Any, app: Any) -> None:
                 shared.state.end()
         return api_response(result)
 
+    def diagnose(body=Body(...)):
+        from lib_sdfix.webui import diagnosis
+
+        try:
+            request = diagnosis.request_from_body(body)
+        except SettingsError as err:
+            raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
+        shared = host.shared
+        with call_queue.queue_lock:
+            shared.state.begin(job="sdfix_diagnose")
+            try:
+                result = diagnosis.run_diagnosis(request)
+            except SettingsError as err:
+                raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
+            finally:
+                shared.state.end()
+        return diagnosis.api_response(result)
+
     dependencies = auth_dependencies()
     paths = {getattr(r, "path", None) for r in app.routes}
     if "/sdfix/v1/status" not in paths:
         app.add_api_route("/sdfix/v1/status", status, methods=["GET"], dependencies=dependencies)
     if "/sdfix/v1/ab" not in paths:
         app.add_api_route("/sdfix/v1/ab", compare, methods=["POST"], dependencies=dependencies)
+    if "/sdfix/v1/diagnose" not in paths:
+        app.add_api_route("/sdfix/v1/diagnose", diagnose, methods=["POST"], dependencies=dependencies)
