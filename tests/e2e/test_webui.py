@@ -182,7 +182,7 @@ def test_img2img_encode_and_decode_are_guarded_and_plain_resizes_untouched(webui
 
 
 def test_infotext_round_trip_through_png_info_and_infotext_field(webui):
-    wanted = SDFixSettings(hires_parity=False, resize_filter="BICUBIC", decode_dtype="auto",
+    wanted = SDFixSettings(hires_parity=False, resize_filter="BICUBIC", vae_dtype="auto",
                            latent_denoise_warning=0.25)
     first = webui.txt2img([wanted.as_dict()])
     info = webui.ok("POST", "/sdapi/v1/png-info", {"image": first.payload["images"][0]})

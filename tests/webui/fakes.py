@@ -150,7 +150,7 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
 
     # shared
     shared = module("modules.shared")
-    shared.cmd_opts = Namespace(sdfix_disable=False, sdfix_decode_dtype=None, api=True, nowebui=False, api_auth=None,
+    shared.cmd_opts = Namespace(sdfix_disable=False, sdfix_vae_dtype=None, api=True, nowebui=False, api_auth=None,
                                 no_half_vae=False, no_half=False, upcast_sampling=upcast, precision="half",
                                 disable_nan_check=False)
     shared.opts = Namespace(sd_vae_decode_method="Full", sd_vae_encode_method="Full", show_progress_type="Full",

@@ -96,7 +96,7 @@ def decodes(records):
 
 def assert_clean(env):
     """Nothing of a comparison outlives it: the host's create_sampler, no session, no patch, flags as before."""
-    from lib_sdfix.generation import thread_sessions
+    from lib_sdfix.webui.session import thread_sessions
     from lib_sdfix.webui import comparison
     from lib_sdfix.webui.session import PATCHES
 
