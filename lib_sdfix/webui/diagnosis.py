@@ -15,7 +15,8 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from lib_sdfix.webui.comparison import _first_image, _group_runs, _LOCAL as _COMPARISON, _Run, sampler_already_equal, txt2img_fields
+from lib_sdfix.webui.comparison import _LOCAL as _COMPARISON
+from lib_sdfix.webui.comparison import Rendered, _first_image, _group_runs, _Run, render_groups, sampler_already_equal, txt2img_fields
 from lib_sdfix.webui.host import current
 
 __all__ = ["request_from_body", "run_diagnosis", "remember_output", "last_output", "save_result"]
@@ -204,6 +205,8 @@ def _watched_run(run: _Run, inject: List[Any], on_step: Optional[Callable[[int, 
 
 
 def _sweep(request: Any) -> Dict[str, Any]:
+    """Each distinct generation of the sweep rendered by the A/B runner (comparison.render_groups):
+    cells that differ only in SDFix's decode share its sampling; every run has a NaN watch."""
     from lib_sdfix import diagnose
     from lib_sdfix.diagnose.plan import payload_groups
 
@@ -214,77 +217,52 @@ def _sweep(request: Any) -> Dict[str, Any]:
     hires = bool(base.get("enable_hr"))
     upscaler = base.get("hr_upscaler")
     latent_upscaler = upscaler is None or upscaler in shared.latent_upscale_modes
-    cells = {c.name: c for c in request.cells}
     planned = []
     for fields_key, groups in payload_groups(request.cells, hires=hires, latent_upscaler=latent_upscaler,
                                              parity_changes_sampler=hires and not sampler_already_equal(base)):
         fields = txt2img_fields({**request.payload, **dict(fields_key)})  # the host checks a swept sampler's name
-        planned.append((fields, [(group, _group_runs(group)) for group in groups]))
-    shared.state.job_count = sum(len(runs) for _, groups in planned for _, runs in groups)
+        planned.append((fields, groups))
+    shared.state.job_count = sum(len(_group_runs(g)) for _, groups in planned for g in groups)
     result = _result("sweep", seed=base.get("seed"), axis=request.axis, reference=request.reference_cell.name)
-
-    images: Dict[str, Any] = {}
-    entries: Dict[str, Dict[str, Any]] = {}
     failed: Dict[str, Any] = {}
-    interrupted = False
-    for fields, groups in planned:
-        first_pass: Optional[Any] = None
-        for group, runs in groups:
-            final: Optional[Any] = None
-            for _, members in runs:
-                if shared.state.interrupted:
-                    interrupted = True
-                    break
-                run = _Run(fields, alwayson, members[0].settings)
-                inject = (([first_pass] if hires else []) + [final]) if final is not None else \
-                    ([first_pass] if first_pass is not None else [])
-                kind = "decode only (shared sampling)" if final is not None else \
-                    ("Hires pass (shared first pass)" if inject else "full sampling")
-                start = time.perf_counter()
-                processed, nan, steps = _watched_run(run, inject)
-                elapsed = time.perf_counter() - start
-                if processed is None:  # the host stopped it (NaNs): its cells fail, the group has no latent to share
-                    failed.update({m.name: nan for m in members})
-                    result["notes"].append(f"{', '.join(m.name for m in members)}: the WebUI stopped the generation "
-                                           f"({nan.get('error')})")
-                    break
-                if shared.state.interrupted or not processed.images:
-                    interrupted = True
-                    break
-                if getattr(shared.state, "skipped", False):
-                    shared.state.skipped = False
-                    if final is None:
-                        break
-                    continue
-                final = final if final is not None else run.final
-                first_pass = first_pass if first_pass is not None or not hires else run.first_pass
-                image, infotext = _first_image(processed)
-                timings = result["timings"]
-                timings["unet_steps"] += steps
-                timings["samplings"] += 0 if kind.startswith("decode only") else 1
-                timings["decodes"] += (nan or {}).get("checked", {}).get("vae decode", 0)
-                timings["runs"].append({"cells": [m.name for m in members], "kind": kind, "time_s": elapsed,
-                                        "steps": steps})
-                for member in members:
-                    images[member.name] = image
-                    entries[member.name] = {"name": member.name, "label": member.label, "value": cells[member.name].value,
-                                            "image": image, "infotext": infotext, "time_s": elapsed, "nan": nan,
-                                            "kind": kind}
-            if interrupted:
-                break
-        if interrupted:
-            break
 
+    def execute(run: _Run, inject: List[Any], members: Tuple[Any, ...]) -> Tuple[Any, Dict[str, Any]]:
+        processed, nan, steps = _watched_run(run, inject)
+        if processed is None:  # the host stopped it (NaNs): its cells fail, the group has no latent to share
+            failed.update({m.name: nan for m in members})
+            result["notes"].append(f"{', '.join(m.name for m in members)}: the WebUI stopped the generation "
+                                   f"({nan.get('error')})")
+        return processed, {"steps": steps, "nan": nan}
+
+    rendered = Rendered()
+    for fields, groups in planned:
+        if shared.state.interrupted:
+            break
+        render_groups(fields, alwayson, groups, hires=hires, execute=execute, into=rendered)
+
+    timings = result["timings"]
+    nan_of: Dict[str, Any] = {}
+    for run in rendered.runs:
+        nan = run.pop("nan")
+        nan_of.update({name: nan for name in run["variants"]})
+        timings["unet_steps"] += run["steps"]
+        timings["samplings"] += 0 if run["kind"].startswith("decode only") else 1
+        timings["decodes"] += (nan or {}).get("checked", {}).get("vae decode", 0)
+        timings["runs"].append({"cells": run.pop("variants"), **run})
+    images = rendered.images
     order = [c.name for c in request.cells if c.name in images]
-    analysis = diagnose.analyse_sweep(request.axis, request.cells, images, {n: entries[n]["time_s"] for n in order},
+    analysis = diagnose.analyse_sweep(request.axis, request.cells, images, {n: rendered.times[n] for n in order},
                                       request.reference_cell.name, gain=request.heatmap_gain,
-                                      nan={**{n: entries[n]["nan"] for n in order}, **failed})
+                                      nan={**{n: nan_of[n] for n in order}, **failed})
     rows = {r["name"]: r for r in analysis["rows"]}
-    result["cells"] = [dict(entries[n], metrics=rows.get(n), heatmap=analysis["heatmaps"].get(n)) for n in order]
+    cells = {c.name: c for c in request.cells}
+    result["cells"] = [{"name": n, "label": cells[n].label, "value": cells[n].value, "image": images[n],
+                        "infotext": rendered.infotexts[n], "time_s": rendered.times[n], "nan": nan_of[n],
+                        "metrics": rows.get(n), "heatmap": analysis["heatmaps"].get(n)} for n in order]
     result.update(analysis=analysis, complete=len(order) == len(request.cells))
     if request.reference_cell.name not in images and order:
         result["notes"].append("the reference cell was not rendered (interrupted): no comparison metrics")
-    result["notes"] += [f"run {i + 1} ({', '.join(r['cells'])}): {r['kind']}" for i, r in enumerate(result["timings"]["runs"])]
+    result["notes"] += rendered.notes + ([rendered.scripts_note] if rendered.scripts_note else [])
     return result
 
 
