@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from lib_sdfix.diagnose.plan import PRECISION_FIXES
 
 __all__ = ["Finding", "spearman", "rule_steps", "rule_cfg", "rule_sampler", "rule_schedule", "rule_precision",
            "rule_vae_capacity", "rule_vae_precision", "rule_step_timing", "rule_non_finite", "sweep_findings",
            "roundtrip_findings", "steps_findings", "LIKELY", "POSSIBLE"]
 
 LIKELY, POSSIBLE = "likely", "possible"
+_PRECISION_NAMES = " and ".join(PRECISION_FIXES)
 
 
 @dataclass(frozen=True)
 class Finding:
     """One likely cause: the seed-001 symptom and cause, how likely, one sentence with the numbers, the
-    numbers themselves, and what to try next."""
+    numbers themselves, what to try next, and the SDFix fixes (by their keys) that act on the cause."""
 
     key: str
     symptom: str
@@ -31,6 +34,7 @@ class Finding:
     text: str
     evidence: Dict[str, Any] = field(default_factory=dict)
     next_step: str = ""
+    fixes: Tuple[str, ...] = ()  # keys of lib_sdfix.settings.FIXES that act on this cause (none: no SDFix fix does)
 
     def as_dict(self) -> Dict[str, Any]:
         from lib_sdfix.metrics import json_safe
@@ -178,7 +182,7 @@ def rule_schedule(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
 
 
 def rule_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
-    """The image changes with SDFix's precision: any change at all is "possible"; "likely" when it is
+    """The image changes with the precision fixes (precision_guard, guard_encode): any change at all is "possible"; "likely" when it is
     visible -- below 40 dB PSNR, or high-frequency energy off by 5 % or more."""
     if not _swept(rows, "precision") or not all(isinstance(r["value"], bool) for r in rows):
         return None
@@ -196,11 +200,11 @@ def rule_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
     how = LIKELY if between < 40 or abs(hf - 1) >= 0.05 else POSSIBLE
     return Finding(
         "precision", "Colour shifts, banding or lost detail", "numerical precision of the VAE decode", how,
-        f"The image changes with SDFix's precision: {between:.1f} dB PSNR between off and on; without it "
+        f"The image changes with {_PRECISION_NAMES}: {between:.1f} dB PSNR between off and on; without them "
         f"high-frequency energy is x{hf:.3f} and Laplacian variance x{lap:.3f} of the guarded decode; the decode's "
         f"precision is a {how} contributor.",
         {"psnr_off_vs_on": between, "high_frequency_ratio_off_vs_on": hf, "laplacian_ratio_off_vs_on": lap},
-        "Keep SDFix's precision guard on; run a VAE round trip to see how much the VAE's dtype loses.")
+        f"Keep {_PRECISION_NAMES} on; run a VAE round trip to see how much the VAE's dtype loses.", PRECISION_FIXES)
 
 
 _SWEEP_RULES = {"steps": rule_steps, "cfg_scale": rule_cfg, "sampler_name": rule_sampler,
@@ -225,7 +229,7 @@ def rule_vae_capacity(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
     """Even the full-precision round trip loses detail: the VAE itself.  Fires below 30 dB PSNR, under
     0.85x high-frequency energy or under 0.75x Laplacian variance of the original; "likely" below
     25 dB, 0.7x or 0.6x."""
-    best = _row(rows, "fp32", "guard")
+    best = _row(rows, "fp32", "precision_guard")
     if best is None:
         return None
     value, hf, lap = best["psnr"], best["high_frequency_ratio"], best["laplacian_ratio"]
@@ -246,7 +250,7 @@ def rule_vae_capacity(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
 def rule_vae_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
     """A lower precision loses what fp32 keeps: the host's own state (else fp16/bf16) against fp32.
     Fires below 45 dB PSNR against fp32 or 0.03 less high-frequency ratio; "likely" below 35 dB or 0.08."""
-    anchor = _row(rows, "fp32", "guard")
+    anchor = _row(rows, "fp32", "precision_guard")
     if anchor is None:
         return None
     candidates = [r for r in rows if r["name"] in ("webui", "fp16", "bf16")
@@ -262,7 +266,7 @@ def rule_vae_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
     if value >= 45 and drop < 0.03:
         return None
     how = LIKELY if value < 35 or drop >= 0.08 else POSSIBLE
-    guard = _row(rows, "guard")
+    guard = _row(rows, "precision_guard")
     label = str(worst.get("label") or worst["name"])
     if worst["name"] != "webui":
         who = f"the VAE in {worst['name']}"
@@ -274,12 +278,12 @@ def rule_vae_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
             f"{anchor['name']}, high-frequency energy x{worst['high_frequency_ratio']:.3f} of the original against "
             f"x{anchor['high_frequency_ratio']:.3f}; the VAE's precision is a {how} cause.")
     if guard is not None and guard is not anchor and isinstance(guard.get("psnr_vs_fp32"), (int, float)):
-        text += f" SDFix's guard: {guard['psnr_vs_fp32']:.1f} dB against {anchor['name']}."
+        text += f" With {_PRECISION_NAMES}: {guard['psnr_vs_fp32']:.1f} dB against {anchor['name']}."
     return Finding(
         "vae_precision", "Colour shifts, banding or lost detail", "numerical precision (VAE dtype / TF32)", how, text,
         {"variant": worst["name"], "psnr_vs_fp32": value, "high_frequency_ratio": worst["high_frequency_ratio"],
          "high_frequency_ratio_fp32": anchor["high_frequency_ratio"], "high_frequency_drop": drop},
-        "Keep SDFix's precision guard on (fp32 decode), or start the WebUI with --no-half-vae.")
+        f"Keep {_PRECISION_NAMES} on (fp32 VAE), or start the WebUI with --no-half-vae.", PRECISION_FIXES)
 
 
 def roundtrip_findings(rows: Sequence[Mapping[str, Any]]) -> List[Finding]:
@@ -350,12 +354,12 @@ def rule_non_finite(summary: Optional[Mapping[str, Any]]) -> Optional[Finding]:
     stage = first.get("stage")
     where = first.get("text") or stage
     if stage == "vae decode":
-        cause, next_step = "VAE precision (a half-precision VAE overflowing)", \
-            "Keep SDFix's fp32 decode on, or start the WebUI with --no-half-vae."
+        cause, next_step, fixes = "VAE precision (a half-precision VAE overflowing)", \
+            f"Keep {_PRECISION_NAMES} on (fp32 VAE), or start the WebUI with --no-half-vae.", PRECISION_FIXES
     else:
-        cause, next_step = "numerical instability in sampling (half precision in the UNet)", \
-            "Try --upcast-sampling or --no-half, a lower CFG scale, or another sampler at this seed."
+        cause, next_step, fixes = "numerical instability in sampling (half precision in the UNet)", \
+            "Try --upcast-sampling or --no-half, a lower CFG scale, or another sampler at this seed.", ()
     return Finding(
         "non_finite", "Color aberrations or shifts", cause, LIKELY,
         f"Non-finite values appeared first: {where}; {cause} is likely.",
-        {"first": dict(first), "later": list(summary.get("later", []))}, next_step)
+        {"first": dict(first), "later": list(summary.get("later", []))}, next_step, fixes)

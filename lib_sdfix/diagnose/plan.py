@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from lib_sdfix.ab.plan import SamplingGroup, Variant, count_runs, sampling_groups
-from lib_sdfix.settings import SDFixSettings
+from lib_sdfix.settings import FIXES, SDFixSettings
 
-__all__ = ["AXES", "AXIS_LABELS", "DEFAULT_VALUES", "NUMERIC_AXES", "Cell", "sweep_cells", "payload_groups",
+__all__ = ["AXES", "PRECISION_FIXES", "AXIS_LABELS", "DEFAULT_VALUES", "NUMERIC_AXES", "Cell", "sweep_cells", "payload_groups",
            "count_samplings", "count_decodes", "value_text"]
 
 #: What a sweep can vary, as txt2img field names ("precision": SDFix's guarded VAE decode and encode).
 AXES = ("cfg_scale", "steps", "sampler_name", "scheduler", "precision")
+#: The fixes the "precision" axis turns on and off: those of lib_sdfix.settings.FIXES against VAE precision.
+PRECISION_FIXES = tuple(f.key for f in FIXES if f.cause == "vae_precision")
 AXIS_LABELS = {"cfg_scale": "CFG scale", "steps": "steps", "sampler_name": "sampler", "scheduler": "schedule type",
-               "precision": "SDFix precision"}
+               "precision": " + ".join(PRECISION_FIXES)}
 NUMERIC_AXES = ("cfg_scale", "steps")
 #: Seed 001's suggestions (CFG 1-15; steps up to 100) and the common samplers and schedules; the host
 #: keeps the names it knows.
@@ -32,7 +34,6 @@ DEFAULT_VALUES: Dict[str, Tuple[Any, ...]] = {
     "scheduler": ("Automatic", "Karras", "Exponential", "Uniform"),
     "precision": ("off", "on"),
 }
-_PRECISION_FIXES = ("precision_guard", "guard_encode")
 
 
 def value_text(axis: str, value: Any) -> str:
@@ -79,9 +80,9 @@ def sweep_cells(axis: str, values: Sequence[Any], base: SDFixSettings) -> List[C
     for value in values:
         shown = value_text(axis, value)
         if axis == "precision":
-            settings = base.changed(enabled=True, **{k: bool(value) for k in _PRECISION_FIXES})
+            settings = base.changed(enabled=True, **{k: bool(value) for k in PRECISION_FIXES})
             fields: Tuple[Tuple[str, Any], ...] = ()
-            label = f"SDFix precision {shown}"
+            label = f"{'+'.join(PRECISION_FIXES)} {shown}"
         else:
             settings, fields = base, ((axis, value),)
             label = {"cfg_scale": f"CFG {shown}", "steps": f"{shown} steps"}.get(axis, shown)

@@ -5,7 +5,7 @@ If the fp32 round trip already loses the detail, the VAE (not sampling) is where
 host's own precision loses it, its dtype or TF32 does.  The variants:
 
 * ``webui`` -- the host's own encode and decode, its dtype and flags as they are;
-* ``guard`` -- SDFix's guarded call (TF32 off, VAE in fp32, exact weights where the file has them);
+* ``precision_guard`` -- SDFix's guarded call (its fixes precision_guard and guard_encode) (TF32 off, VAE in fp32, exact weights where the file has them);
 * ``fp32``/``fp16``/``bf16`` -- the VAE cast to that dtype for the call, flags guarded, so only the
   dtype differs between them (those the device cannot run are left out).
 
@@ -23,9 +23,9 @@ from PIL import Image
 __all__ = ["VARIANTS", "DTYPE_VARIANTS", "variant_label", "supported_variants", "crop_for_vae", "image_to_tensor",
            "tensor_to_image", "vae_in_dtype", "roundtrip_rows", "roundtrip_heatmaps", "PRECISION_HEATMAP_GAIN"]
 
-VARIANTS = ("webui", "guard", "fp32", "fp16", "bf16")
+VARIANTS = ("webui", "precision_guard", "fp32", "fp16", "bf16")
 DTYPE_VARIANTS = ("fp32", "fp16", "bf16")
-_LABELS = {"webui": "WebUI as it runs", "guard": "SDFix guard", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+_LABELS = {"webui": "WebUI as it runs", "precision_guard": "precision_guard + guard_encode", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 #: Differences between precisions are a few levels of 255: the heatmaps against fp32 are amplified most.
 PRECISION_HEATMAP_GAIN = 64.0
 
@@ -140,14 +140,14 @@ def vae_in_dtype(module: Any, dtype_name: str, attrs: Sequence[Tuple[Any, str]] 
 def roundtrip_rows(original: Image.Image, images: Mapping[str, Image.Image], times: Mapping[str, float], *,
                    labels: Optional[Mapping[str, str]] = None) -> List[Dict[str, Any]]:
     """One row per reconstruction (``original`` first, as the reference): PSNR/SSIM and detail ratios
-    against the original, and PSNR/SSIM against the fp32 reconstruction (the guard's when fp32 is
+    against the original, and PSNR/SSIM against the fp32 reconstruction (precision_guard's when fp32 is
     missing) -- how much of the loss the precision adds."""
     from lib_sdfix.ab.output import metrics_table
     from lib_sdfix.metrics import psnr, ssim
 
     everything = {"original": original, **images}
     rows = metrics_table(everything, times, "original", labels={"original": "original", **(labels or {})})
-    anchor = next((name for name in ("fp32", "guard") if name in images), None)
+    anchor = next((name for name in ("fp32", "precision_guard") if name in images), None)
     for row in rows:
         if anchor is None or row["name"] == "original":
             row["psnr_vs_fp32"] = row["ssim_vs_fp32"] = None
@@ -162,7 +162,7 @@ def roundtrip_heatmaps(original: Image.Image, images: Mapping[str, Image.Image],
     """Per reconstruction: |original - it| at ``gain``, and |fp32 - it| at :data:`PRECISION_HEATMAP_GAIN`."""
     from lib_sdfix.metrics import difference_heatmap
 
-    anchor = next((name for name in ("fp32", "guard") if name in images), None)
+    anchor = next((name for name in ("fp32", "precision_guard") if name in images), None)
     out: Dict[str, Dict[str, Image.Image]] = {}
     for name, image in images.items():
         maps = {"original": difference_heatmap(original, image, gain)}

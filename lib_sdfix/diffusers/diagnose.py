@@ -223,7 +223,7 @@ def _variant(pipe: _Pipeline, name: str) -> Any:
     vae = pipe.pipe.vae
     if name == "webui":
         yield vae.dtype
-    elif name == "guard":
+    elif name == "precision_guard":
         with precision_guard(), autocast_disabled(), fp32_vae(vae):
             yield vae.dtype
     else:

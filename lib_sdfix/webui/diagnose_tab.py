@@ -3,13 +3,15 @@ result -> widget mapping, and the host callbacks behind it.
 
 One form for the generation (as the A/B section's, with its own element ids ``sdfix_dg_*``), one Run
 button per kind; the WebUI's progress bar and Interrupt follow a run as they follow txt2img
-(``javascript/sdfix_diagnose.js``).  The layout uses only what gradio 3.41 (AUTOMATIC1111, reForge)
+(``sdfixDiagnoseSubmit`` in ``javascript/sdfix_ab.js``).  The layout uses only what gradio 3.41 (AUTOMATIC1111, reForge)
 and 4.40 (Forge, with its ``_js`` shim) both have.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence
+
+from lib_sdfix.diagnose.plan import PRECISION_FIXES
 
 __all__ = ["DiagnoseCallbacks", "KIND_BUTTONS", "AXIS_CHOICES", "VARIANT_CHOICES", "build_diagnose_tab",
            "build_sdfix_tab", "body_from_form", "tab_outputs", "diagnose_callbacks", "PREFIX"]
@@ -18,8 +20,8 @@ PREFIX = "sdfix_dg"
 #: (kind, button label)
 KIND_BUTTONS = (("vae_roundtrip", "Run VAE round-trip"), ("sweep", "Run sweep"), ("steps", "Run step strip"))
 AXIS_CHOICES = {"CFG scale": "cfg_scale", "Steps": "steps", "Sampler": "sampler_name", "Schedule type": "scheduler",
-                "SDFix precision (off / on)": "precision"}
-VARIANT_CHOICES = {"WebUI as it runs": "webui", "SDFix guard": "guard", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+                f"SDFix {' + '.join(PRECISION_FIXES)} (off / on)": "precision"}
+VARIANT_CHOICES = {"WebUI as it runs": "webui", "SDFix (precision_guard + guard_encode)": "precision_guard", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
 
 @dataclass(frozen=True)

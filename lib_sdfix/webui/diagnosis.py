@@ -92,14 +92,14 @@ def _result(kind: str, **fields: Any) -> Dict[str, Any]:
 
 @contextlib.contextmanager
 def _precision(name: str) -> Any:
-    """The host's own state ("webui"), SDFix's guard ("guard"), or the VAE in one dtype with guarded flags."""
+    """The host's own state ("webui"), SDFix's guard ("precision_guard"), or the VAE in one dtype with guarded flags."""
     if name == "webui":
         yield
         return
     from lib_sdfix.webui.apply import settings_defaults
     from lib_sdfix.webui.session import scoped_session
 
-    if name == "guard":
+    if name == "precision_guard":
         settings = settings_defaults().changed(enabled=True, precision_guard=True, guard_encode=True, vae_dtype="fp32")
         with scoped_session(settings):
             yield

@@ -90,39 +90,37 @@ def on_app_started(demo: Any, app: Any) -> None:
     from lib_sdfix.webui.tab import api_response
     from modules import call_queue
 
-    def compare(body=Body(...)):
-        try:
-            request = request_from_body(body)
-        except SettingsError as err:
-            raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
-        shared = host.shared
-        with call_queue.queue_lock:
-            shared.state.begin(job="sdfix_ab")
+    def queued(name: str, job: str, validate: Any, runner: Any, respond: Any) -> Any:
+        """A POST handler: the body validated before anything runs (422 naming the field), then the run
+        under the WebUI's queue lock and job state (its progress bar and Interrupt follow it)."""
+
+        def handler(body=Body(...)):
             try:
-                result = run_comparison(request)
+                request = validate(body)
             except SettingsError as err:
                 raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
-            finally:
-                shared.state.end()
-        return api_response(result)
+            shared = host.shared
+            with call_queue.queue_lock:
+                shared.state.begin(job=job)
+                try:
+                    result = runner(request)
+                except SettingsError as err:
+                    raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
+                finally:
+                    shared.state.end()
+            return respond(result)
 
-    def diagnose(body=Body(...)):
-        from lib_sdfix.webui import diagnosis
+        handler.__name__ = handler.__qualname__ = name  # FastAPI's operation id: one per route
+        return handler
 
-        try:
-            request = diagnosis.request_from_body(body)
-        except SettingsError as err:
-            raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
-        shared = host.shared
-        with call_queue.queue_lock:
-            shared.state.begin(job="sdfix_diagnose")
-            try:
-                result = diagnosis.run_diagnosis(request)
-            except SettingsError as err:
-                raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
-            finally:
-                shared.state.end()
-        return diagnosis.api_response(result)
+    def diagnosis() -> Any:
+        from lib_sdfix.webui import diagnosis as module  # the diagnosis runner loads on first use, not at start
+
+        return module
+
+    compare = queued("compare", "sdfix_ab", request_from_body, run_comparison, api_response)
+    diagnose = queued("diagnose", "sdfix_diagnose", lambda body: diagnosis().request_from_body(body),
+                      lambda request: diagnosis().run_diagnosis(request), lambda result: diagnosis().api_response(result))
 
     dependencies = auth_dependencies()
     paths = {getattr(r, "path", None) for r in app.routes}

@@ -112,7 +112,7 @@ def test_vae_in_dtype_leaves_what_the_host_changed_inside_as_the_host_left_it():
 
 def test_supported_variants_on_this_cpu():
     found = roundtrip.supported_variants("cpu")
-    assert found[:3] == ("webui", "guard", "fp32") and set(found) <= set(roundtrip.VARIANTS)
+    assert found[:3] == ("webui", "precision_guard", "fp32") and set(found) <= set(roundtrip.VARIANTS)
 
 
 def test_crop_and_conversions(photo):

@@ -101,7 +101,7 @@ def rt_rows(fp32=(38.0, 0.97, 0.95), webui=(38.0, 0.97, 0.95, 70.0), fp16=None):
                 "laplacian_ratio": lap, "psnr_vs_fp32": vs}
 
     rows.append(row("webui", webui, webui[3]))
-    rows.append(row("guard", fp32, math.inf))
+    rows.append(row("precision_guard", fp32, math.inf))
     rows.append(row("fp32", fp32, None))
     if fp16:
         rows.append(row("fp16", fp16, fp16[3]))
@@ -125,7 +125,8 @@ def test_roundtrip_rules_fire_on_their_case_only(case):
 def test_roundtrip_precision_finding_names_the_webui_and_the_guard():
     found = F.rule_vae_precision(RT_CASES["precision"])
     assert found.likelihood == F.LIKELY and found.evidence["variant"] == "webui"
-    assert "WebUI's own VAE precision" in found.text and "SDFix's guard: inf dB" in found.text
+    assert "WebUI's own VAE precision" in found.text and "With precision_guard and guard_encode: inf dB" in found.text
+    assert found.fixes == ("precision_guard", "guard_encode")
     # without the host's own variant, the worst lower precision is named
     rows = [r for r in rt_rows(fp16=(37.0, 0.95, 0.95, 41.0)) if r["name"] != "webui"]
     assert F.rule_vae_precision(rows).evidence["variant"] == "fp16"
@@ -186,4 +187,4 @@ def test_findings_serialise_to_strict_json():
 
     found = F.rule_steps(CASES["steps"][1]).as_dict()
     json.dumps(found, allow_nan=False)
-    assert set(found) == {"key", "symptom", "cause", "likelihood", "text", "evidence", "next_step"}
+    assert set(found) == {"key", "symptom", "cause", "likelihood", "text", "evidence", "next_step", "fixes"}

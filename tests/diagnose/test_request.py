@@ -16,7 +16,7 @@ NAMES = {"sampler_name": ["Euler", "Euler a", "DPM++ 2M"], "scheduler": ["Automa
 
 
 def body(**fields):
-    return R.diagnose_request_from_body(fields, BASE, names=NAMES, supported_variants=("webui", "guard", "fp32", "bf16"))
+    return R.diagnose_request_from_body(fields, BASE, names=NAMES, supported_variants=("webui", "precision_guard", "fp32", "bf16"))
 
 
 def problems(**fields):
@@ -92,7 +92,7 @@ def test_steps_at_must_lie_within_the_generation():
 def test_roundtrip_image_goes_through_decode_image_field_and_the_size_limits():
     ok = body(kind="vae_roundtrip", image=png(100, 72), dtypes=["fp32", "webui"])
     assert ok.image.size == (100, 72) and ok.variants == ("webui", "fp32")  # always in the same order
-    assert body(kind="vae_roundtrip", image=png(64, 64)).variants == ("webui", "guard", "fp32", "bf16")
+    assert body(kind="vae_roundtrip", image=png(64, 64)).variants == ("webui", "precision_guard", "fp32", "bf16")
     assert "image" in problems(kind="vae_roundtrip")
     assert "image" in problems(kind="vae_roundtrip", image=png(32, 64))
     assert "image" in problems(kind="vae_roundtrip", image="http://example.com/a.png")

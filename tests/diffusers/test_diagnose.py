@@ -87,10 +87,10 @@ def test_roundtrip_of_a_photograph_in_every_precision(tmp_path, capsys):
     assert f"report: {out / 'report.html'}" in printed and "0 sampling(s)" in printed
     page, data = _report(out)
     names = [row["name"] for row in data["rows"]]
-    assert names[:4] == ["original", "webui", "guard", "fp32"] and set(names) <= {"original", "webui", "guard", "fp32",
+    assert names[:4] == ["original", "webui", "precision_guard", "fp32"] and set(names) <= {"original", "webui", "precision_guard", "fp32",
                                                                                    "fp16", "bf16"}
     rows = {row["name"]: row for row in data["rows"]}
-    assert rows["webui"]["label"] == "as loaded (bf16)" and rows["guard"]["psnr_vs_fp32"] == "inf"
+    assert rows["webui"]["label"] == "as loaded (bf16)" and rows["precision_guard"]["psnr_vs_fp32"] == "inf"
     assert isinstance(rows["webui"]["psnr_vs_fp32"], float)  # bf16 differs from fp32
     assert data["timings"]["decodes"] == data["timings"]["encodes"] == len(names) - 1
     assert data["environment"]["flags_after_run_equal_before"] is True

@@ -27,7 +27,7 @@ def form(**overrides):
 
 
 def test_form_to_body_for_each_kind():
-    sweep = body_from_form("sweep", None, [], "SDFix precision (off / on)", "", "on", "", 4, True, form())
+    sweep = body_from_form("sweep", None, [], "SDFix precision_guard + guard_encode (off / on)", "", "on", "", 4, True, form())
     assert sweep == {"kind": "sweep", "heatmap_gain": 4, "save": True, "axis": "precision", "reference": "on",
                      "payload": {k: v for k, v in sweep["payload"].items()}}
     assert sweep["payload"]["prompt"] == "a portrait" and "hr_upscaler" not in sweep["payload"]
@@ -48,7 +48,7 @@ def test_sdfix_tab_has_both_sections_and_keeps_the_ab_ids():
                       last_generation=lambda: {}, payload_from_text=lambda text: {}, run=lambda *a: None,
                       interrupt=lambda: None)
     dg = DiagnoseCallbacks(samplers=ab.samplers, schedulers=ab.schedulers, upscalers=ab.upscalers,
-                           variants=lambda: ["webui", "guard", "fp32"], last_generation=lambda: {},
+                           variants=lambda: ["webui", "precision_guard", "fp32"], last_generation=lambda: {},
                            last_image=lambda: None, run=lambda *a: None, interrupt=lambda: None)
     tab = build_sdfix_tab(build_ab_tab(ab), build_diagnose_tab(dg))
     with gr.Blocks() as page:  # as the WebUI renders an extension's tab
@@ -62,7 +62,7 @@ def test_sdfix_tab_has_both_sections_and_keeps_the_ab_ids():
                    *[f"sdfix_dg_{k}" for k, _, _ in FORM_FIELDS]):
         assert needed in ids, needed
     dtypes = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sdfix_dg_dtypes")
-    assert [VARIANT_CHOICES[c if isinstance(c, str) else c[0]] for c in dtypes.choices] == ["webui", "guard", "fp32"]
+    assert [VARIANT_CHOICES[c if isinstance(c, str) else c[0]] for c in dtypes.choices] == ["webui", "precision_guard", "fp32"]
     axis = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sdfix_dg_axis")
     assert [AXIS_CHOICES[c if isinstance(c, str) else c[0]] for c in axis.choices] == list(AXIS_CHOICES.values())
 
@@ -79,9 +79,9 @@ def callbacks(webui):
 
 
 def test_run_button_renders_results_under_the_queue_and_refusals_as_a_message(webui, callbacks):
-    outputs = callbacks.run("task(abc)", "sweep", None, [], "SDFix precision (off / on)", "", "", "", 4, False, *form())
+    outputs = callbacks.run("task(abc)", "sweep", None, [], "SDFix precision_guard + guard_encode (off / on)", "", "", "", 4, False, *form())
     seed, gallery, chart, metrics, findings, notes, info = outputs
-    assert seed == 4321 and [label for _, label in gallery][:2] == ["SDFix precision off", "SDFix precision on"]
+    assert seed == 4321 and [label for _, label in gallery][:2] == ["precision_guard+guard_encode off", "precision_guard+guard_encode on"]
     assert isinstance(chart, Image.Image) and metrics["headers"][0] == "cell" and len(metrics["data"]) == 2
     assert "| likelihood |" in findings and "numerical precision" in findings
     assert "1 sampling(s)" in notes and "NaN watch: all values finite" in notes

@@ -184,9 +184,9 @@ def photo():
 
 def test_roundtrip_runs_each_precision_through_the_hosts_own_encode_and_decode(webui, photo):
     rng = torch.get_rng_state()
-    run = diagnose(webui, kind="vae_roundtrip", image=png(photo), dtypes=["webui", "guard", "fp32", "fp16", "bf16"])
+    run = diagnose(webui, kind="vae_roundtrip", image=png(photo), dtypes=["webui", "precision_guard", "fp32", "fp16", "bf16"])
     result = run.result
-    assert result["variants"] == ["webui", "guard", "fp32", "fp16", "bf16"] and result["complete"]
+    assert result["variants"] == ["webui", "precision_guard", "fp32", "fp16", "bf16"] and result["complete"]
     seen = [(r["part"], r["input"], r["weight"], r["cudnn_tf32"]) for r in run.vae]
     BF16 = torch.bfloat16
     assert seen == [("encoder", FP16, FP16, True), ("decoder", FP16, FP16, True),  # the host as it runs
@@ -199,7 +199,7 @@ def test_roundtrip_runs_each_precision_through_the_hosts_own_encode_and_decode(w
     rows = {r["name"]: r for r in result["analysis"]["rows"]}
     assert rows["original"]["reference"] and result["original"].size == (96, 96)
     # the guard hands the encoded latent back in the host's dtype (its sampler expects it): close to fp32, not equal
-    assert 60 < rows["guard"]["psnr_vs_fp32"] < float("inf") and rows["fp32"]["psnr_vs_fp32"] == float("inf")
+    assert 60 < rows["precision_guard"]["psnr_vs_fp32"] < float("inf") and rows["fp32"]["psnr_vs_fp32"] == float("inf")
     assert set(result["cells"][0]["heatmaps"]) == {"original", "fp32"}
     assert any("cropped from 100x96" in note for note in result["notes"])
     json.dumps(__import__("lib_sdfix.webui.diagnosis", fromlist=["x"]).api_response(result), allow_nan=False)
