@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from lib_sdfix.ab.output import valid_heatmap_gain
-from lib_sdfix.ab.request import resolve_seed
+from lib_sdfix.ab.request import resolve_payload_seeds
 from lib_sdfix.diagnose.plan import AXES, DEFAULT_VALUES, Cell, sweep_cells, value_text
 from lib_sdfix.diagnose.roundtrip import VARIANTS
-from lib_sdfix.limits import MAX_SIDE, MAX_STEPS, MIN_SIDE, PAYLOAD_RULES, check_text, check_txt2img_payload, decode_image_field
+from lib_sdfix.limits import MAX_SIDE, MIN_SIDE, PAYLOAD_RULES, check_text, check_txt2img_payload, decode_image_field
 from lib_sdfix.settings import SDFixSettings, SettingsError, describe
 
 __all__ = ["KINDS", "MAX_SWEEP_VALUES", "MAX_STRIP_STEPS", "RoundTripRequest", "SweepRequest", "StepsRequest",
@@ -64,7 +64,7 @@ class SweepRequest:
         return self.cells[self.values.index(self.reference)]
 
     def with_resolved_seed(self, rng: Optional[random.Random] = None) -> "SweepRequest":
-        return replace(self, payload=_resolved(self.payload, rng))
+        return replace(self, payload=resolve_payload_seeds(self.payload, rng))
 
 
 @dataclass(frozen=True)
@@ -82,16 +82,7 @@ class StepsRequest:
         return int(self.payload.get("steps", API_DEFAULT_STEPS))
 
     def with_resolved_seed(self, rng: Optional[random.Random] = None) -> "StepsRequest":
-        return replace(self, payload=_resolved(self.payload, rng))
-
-
-def _resolved(payload: Dict[str, Any], rng: Optional[random.Random]) -> Dict[str, Any]:
-    out = dict(payload)
-    out["seed"] = resolve_seed(out.get("seed", -1), rng)
-    strength = out.get("subseed_strength", 0)
-    if "subseed" in out or (isinstance(strength, (int, float)) and strength):
-        out["subseed"] = resolve_seed(out.get("subseed", -1), rng)
-    return out
+        return replace(self, payload=resolve_payload_seeds(self.payload, rng))
 
 
 def default_strip_steps(steps: int, count: int = 6) -> Tuple[int, ...]:
