@@ -8,6 +8,9 @@ Sharing the sampling: variants whose sampling is equal reuse a captured latent. 
 sampler for the first pass and one for the Hires pass; while a comparison run is on this thread,
 SDFix hands such a sampler a latent to return instead of sampling (``launch_sampling``), so
 everything around the sampling (schedule bookkeeping, infotext, the Hires upscale) runs as usual.
+The diagnosis runner (diagnosis.py) renders its sweeps with the same loop (:func:`render_groups`).
+(Over the usual ~400 lines: the payload check, the script args, the sampler injection and the loop
+that relies on it belong together; split, each half would reach into the other's private state.)
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from PIL import Image
 from lib_sdfix.settings import SDFixSettings
 
 from .fakes import Namespace
-from .support import same
+from .support import decodes, pixels, plain, same
 
 pytest.importorskip("pydantic")
 pytest.importorskip("fastapi")
@@ -42,28 +42,6 @@ def diagnose(env, **body):
     finally:
         env.shared.state.end()
     return Namespace(result=result, unet=list(env.shared.sd_model.unet_calls), vae=list(env.vae.seen), request=request)
-
-
-def plain(env, payload, settings):
-    """The same payload through the host's txt2img API, SDFix's args = ``settings``."""
-    from lib_sdfix.webui.host import current
-
-    env.shared.sd_model.unet_calls.clear()
-    env.vae.seen.clear()
-    if isinstance(settings, SDFixSettings):
-        settings = settings.as_dict()
-    body = {**current().txt2img_defaults(), **payload, "alwayson_scripts": {"SDFix": {"args": [settings]}}}
-    processed = env.api.api.text2imgapi(body)
-    return Namespace(image=processed.images[0], infotext=processed.infotexts[0],
-                     unet=list(env.shared.sd_model.unet_calls), vae=list(env.vae.seen))
-
-
-def pixels(image):
-    return image.convert("RGB").tobytes()
-
-
-def decodes(records):
-    return [(r["input"], r["weight"], r["cudnn_tf32"]) for r in records if r["part"] == "decoder"]
 
 
 def assert_clean(env):
