@@ -28,6 +28,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -210,3 +211,32 @@ def encode_png(image) -> str:
 def skip_slow(webui: WebUI, what: str) -> None:
     if webui.slow:
         pytest.skip(f"{what} in half precision on this CPU takes many minutes (shared/webui-offline/README.md)")
+
+
+# --- the browser (test_browser.py, test_diagnose.py): Debian's chromium via Playwright, no download -----
+
+CHROMIUM = os.environ.get("SDFIX_E2E_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def page(tmp_path, webui):
+    url = webui.url
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no system Chromium at {CHROMIUM}")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1100})
+        page = context.new_page()
+        page.sdfix_url = url
+        yield page
+        browser.close()
+
+
+def screens_folder(tmp_path) -> Path:
+    """Where browser tests put their screenshots: SDFIX_E2E_SCREENSHOTS, else pytest's tmp dir."""
+    folder = Path(os.environ.get("SDFIX_E2E_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
