@@ -18,6 +18,7 @@ import threading
 from typing import Any, Callable, Iterator, Optional
 
 from lib_sdfix.diagnose.nanwatch import NanWatch
+from lib_sdfix.failsafe import log_once
 from lib_sdfix.webui.session import PATCHES, current_session, session_of
 
 __all__ = ["watching", "attach", "before_sampling", "after_decode", "observe_step", "active_watch"]
@@ -48,6 +49,14 @@ def observe_step(watch: NanWatch, pass_index: int, d: Any) -> None:
                   step=int(step) + 1 if isinstance(step, int) else None, steps=steps)
 
 
+def _observe(watch: NanWatch, stage: str, tensors: Any) -> None:
+    """A check that never breaks the call it watches."""
+    try:
+        watch.observe(stage, tensors)
+    except Exception as exc:  # noqa: BLE001
+        log_once("nan-watch-" + stage, f"SDFix: NaN watch could not check the {stage}: {exc}", exc)
+
+
 def _decode_latent_batch(original: Callable) -> Callable:
     """``processing.decode_latent_batch(model, batch, ...)``: the latent in, and each decoded image out."""
 
@@ -55,9 +64,9 @@ def _decode_latent_batch(original: Callable) -> Callable:
         watch = active_watch()
         if watch is None:
             return original(model, batch, *args, **kwargs)
-        watch.observe("latent", (batch,))
+        _observe(watch, "latent", (batch,))
         samples = original(model, batch, *args, **kwargs)
-        watch.observe("vae decode", list(samples))
+        _observe(watch, "vae decode", list(samples))
         return samples
 
     return replacement
@@ -69,8 +78,13 @@ def _test_for_nans(original: Callable) -> Callable:
 
     def replacement(x, where, *args, **kwargs):
         watch = active_watch()
-        if watch is not None and hasattr(x, "isfinite") and not bool(x.isfinite().all()):  # the host reads x now anyway
-            watch.observe("vae decode" if where == "vae" else "latent", (x,))
+        if watch is not None and hasattr(x, "isfinite"):
+            try:
+                bad = not bool(x.isfinite().all())  # the host reads x now anyway
+            except Exception:  # noqa: BLE001 -- not a tensor after all: the host's own check decides
+                bad = False
+            if bad:
+                _observe(watch, "vae decode" if where == "vae" else "latent", (x,))
         return original(x, where, *args, **kwargs)
 
     return replacement
@@ -132,33 +146,43 @@ def attach(session: Any) -> None:
 
 def before_sampling(p: Any) -> None:
     """Before each sampling (``process_before_every_sampling``): watch the sampler about to run.  Forge
-    calls the hook twice for one Hires pass: a sampler is wrapped once."""
-    session = session_of(p)
-    watch = getattr(session, "nan_watch", None) if session is not None else None
-    sampler = getattr(p, "sampler", None)
-    if watch is None or sampler is None or getattr(sampler, _WRAPPED, False):
-        return
-    pass_index = 1 if getattr(p, "is_hr_pass", False) else 0
-    callback = sampler.callback_state
+    calls the hook twice for one Hires pass: a sampler is wrapped once.  Never breaks the generation:
+    a sampler without ``callback_state`` (or anything unexpected) just goes unwatched."""
+    try:
+        session = session_of(p)
+        watch = getattr(session, "nan_watch", None) if session is not None else None
+        sampler = getattr(p, "sampler", None)
+        callback = getattr(sampler, "callback_state", None)
+        if watch is None or callback is None or getattr(sampler, _WRAPPED, False):
+            return
+        pass_index = 1 if getattr(p, "is_hr_pass", False) else 0
 
-    def callback_state(d: Any) -> Any:
-        observe_step(watch, pass_index, d)
-        return callback(d)
+        def callback_state(d: Any) -> Any:
+            try:
+                observe_step(watch, pass_index, d)
+            except Exception as exc:  # noqa: BLE001 -- the watch must not stop the sampler
+                log_once("nan-watch-step", f"SDFix: NaN watch could not check a step: {exc}", exc)
+            return callback(d)
 
-    sampler.callback_state = callback_state
-    setattr(sampler, _WRAPPED, True)
+        sampler.callback_state = callback_state
+        setattr(sampler, _WRAPPED, True)
+    except Exception as exc:  # noqa: BLE001 -- never break a generation
+        log_once("nan-watch-sampler", f"SDFix: NaN watch could not watch this sampler: {exc}", exc)
 
 
 def after_decode(p: Any) -> None:
     """After the decode (``postprocess_batch``, before the infotext is written): the note, replacing
-    the one of an earlier batch of the same job."""
-    session = session_of(p)
-    watch = getattr(session, "nan_watch", None) if session is not None else None
-    if watch is None:
-        return
-    note = watch.note()
-    previous = getattr(session, _NOTE, None)
-    if previous is not None and previous in session.report.notes:
-        session.report.notes.remove(previous)
-    session.report.note(note)
-    setattr(session, _NOTE, note)
+    the one of an earlier batch of the same job.  Never breaks the generation."""
+    try:
+        session = session_of(p)
+        watch = getattr(session, "nan_watch", None) if session is not None else None
+        if watch is None:
+            return
+        note = watch.note()
+        previous = getattr(session, _NOTE, None)
+        if previous is not None and previous in session.report.notes:
+            session.report.notes.remove(previous)
+        session.report.note(note)
+        setattr(session, _NOTE, note)
+    except Exception as exc:  # noqa: BLE001 -- never break a generation
+        log_once("nan-watch-note", f"SDFix: NaN watch could not write its note: {exc}", exc)

@@ -312,3 +312,61 @@ def test_diagnose_route_validates_runs_and_sits_behind_the_api_auth(webui, auth)
     assert answer["cells"][1]["metrics"]["psnr"] == "inf" and answer["findings"][0]["key"] == "precision"
     assert answer["timings"]["samplings"] == 1 and answer["grid"] and answer["chart"]
     assert webui.shared.state.job == ""  # the route ended its job
+
+
+def test_without_the_api_there_is_no_diagnose_route(webui):
+    fastapi = pytest.importorskip("fastapi")
+    testclient = pytest.importorskip("fastapi.testclient")
+    from lib_sdfix.webui.routes import on_app_started
+
+    webui.shared.cmd_opts.api = False
+    app = fastapi.FastAPI()
+    on_app_started(None, app)
+    assert testclient.TestClient(app).post("/sdfix/v1/diagnose", json={"kind": "steps"}).status_code == 404
+
+
+HOSTILE = [
+    ([1, 2], "body"),
+    ({"kind": {"a": 1}}, "kind"),
+    ({"kind": "sweep", "payload": PAYLOAD, "axis": "steps", "values": list(range(1, 100001))}, "values"),
+    ({"kind": "sweep", "payload": PAYLOAD, "axis": "cfg_scale", "values": [1, 10 ** 400]}, "values[1]"),
+    ({"kind": "sweep", "payload": PAYLOAD, "axis": "sampler_name", "values": ["Euler", "x" * 100000]}, "values[1]"),
+    ({"kind": "sweep", "payload": PAYLOAD, "axis": "cfg_scale", "values": [3, 7], "reference": {"a": []}}, "reference"),
+    ({"kind": "sweep", "payload": dict(PAYLOAD, batch_size=8), "axis": "precision"}, "payload.batch_size"),
+    ({"kind": "sweep", "payload": PAYLOAD, "axis": "precision", "values": ["on", "on"]}, "values[1]"),
+    ({"kind": "steps", "payload": PAYLOAD, "at": list(range(1, 100001))}, "at"),
+    ({"kind": "steps", "payload": PAYLOAD, "at": "all"}, "at"),
+    ({"kind": "steps", "payload": PAYLOAD, "save": "yes"}, "save"),
+    ({"kind": "vae_roundtrip", "image": "A" * 64}, "image"),
+    ({"kind": "vae_roundtrip", "image": None, "dtypes": ["fp32"] * 50}, "dtypes"),
+    ({"kind": "vae_roundtrip", "at": [1]}, "at"),
+]
+
+
+@pytest.mark.parametrize("body,field", HOSTILE)
+def test_hostile_bodies_get_422_naming_the_field_and_run_nothing(webui, body, field):
+    fastapi = pytest.importorskip("fastapi")
+    testclient = pytest.importorskip("fastapi.testclient")
+    from lib_sdfix.webui.routes import on_app_started
+
+    app = fastapi.FastAPI()
+    on_app_started(None, app)
+    webui.shared.sd_model.unet_calls.clear()
+    answer = testclient.TestClient(app).post("/sdfix/v1/diagnose", json=body)
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert field in detail and len(detail) < 4000 and "Traceback" not in detail
+    assert webui.shared.sd_model.unet_calls == [] and webui.shared.state.job == ""
+
+
+def test_precision_cells_and_findings_name_fixes_by_their_keys(webui):
+    from lib_sdfix.settings import FIXES
+
+    keys = {f.key for f in FIXES}
+    run = diagnose(webui, kind="sweep", payload=PAYLOAD, axis="precision")
+    off, on = run.request.cells
+    assert {k for k in keys if off.settings.wants(k) != on.settings.wants(k)} == {"precision_guard", "guard_encode"}
+    assert all(key in off.label for key in ("precision_guard", "guard_encode"))
+    for finding in run.result["analysis"]["findings"]:
+        assert set(finding.fixes) <= keys
+    assert run.result["analysis"]["findings"][0].fixes == ("precision_guard", "guard_encode")
