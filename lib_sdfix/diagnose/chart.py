@@ -18,9 +18,10 @@ __all__ = ["Panel", "panels_for", "chart_image", "chart_svg", "METRICS"]
 METRICS = (("high_frequency_energy", "high-frequency energy"), ("laplacian_variance", "Laplacian variance"),
            ("psnr", "PSNR vs reference (dB)"), ("ssim", "SSIM vs reference"))
 
-_W, _H = 320, 190
-_LEFT, _RIGHT, _TOP, _BOTTOM = 58, 14, 26, 40
+_W, _H = 320, 200
+_LEFT, _RIGHT, _TOP, _BOTTOM = 58, 14, 26, 50
 _COLUMNS = 2
+_LABEL_CHARS = 16
 _LINE, _POINT, _AXIS, _TEXT = (31, 119, 180), (214, 39, 40), (90, 90, 90), (20, 20, 20)
 
 
@@ -83,8 +84,14 @@ def _layout(panel: Panel) -> Tuple[List[Tuple[float, float, Optional[float]]], L
     digits = _digits(low, high)
     yticks = [(py(v), _fmt(v, digits)) for v in (low + (high - low) * f for f in (0.1, 0.5, 0.9))]
     step = max(1, math.ceil(n / 8))  # at most 8 x labels
-    xticks = [(px[i], panel.labels[i][:10]) for i in range(0, n, step)]
+    xticks = [(px[i], panel.labels[i][:_LABEL_CHARS]) for i in range(0, n, step)]
     return points, yticks, xticks
+
+
+def _label_dy(index: int, xticks: Sequence[Tuple[float, str]]) -> int:
+    """Long x labels alternate between two lines, so neighbours do not overlap."""
+    room = (_W - _LEFT - _RIGHT) / max(len(xticks), 1)
+    return 11 if index % 2 and max(len(t) for _, t in xticks) * 6 > room else 0
 
 
 def chart_image(panels: Sequence[Panel], x_title: str = "") -> Image.Image:
@@ -105,10 +112,11 @@ def chart_image(panels: Sequence[Panel], x_title: str = "") -> Image.Image:
         for y, text in yticks:
             draw.line([(ox + _LEFT - 4, oy + y), (ox + _LEFT, oy + y)], fill=_AXIS)
             draw.text((ox + 4, oy + y - 6), text, fill=_TEXT, font=font)
-        for x, text in xticks:
+        for i, (x, text) in enumerate(xticks):
             draw.line([(ox + x, oy + _H - _BOTTOM), (ox + x, oy + _H - _BOTTOM + 4)], fill=_AXIS)
             width = draw.textlength(_latin1(text), font=font)
-            draw.text((ox + x - width / 2, oy + _H - _BOTTOM + 7), _latin1(text), fill=_TEXT, font=font)
+            draw.text((ox + x - width / 2, oy + _H - _BOTTOM + 7 + _label_dy(i, xticks)), _latin1(text), fill=_TEXT,
+                      font=font)
         if x_title:
             width = draw.textlength(_latin1(x_title), font=font)
             draw.text((ox + _LEFT + (_W - _LEFT - _RIGHT - width) / 2, oy + _H - 14), _latin1(x_title), fill=_AXIS, font=font)
@@ -140,8 +148,9 @@ def chart_svg(panels: Sequence[Panel], x_title: str = "") -> str:
                      f'{_W - _RIGHT},{_H - _BOTTOM}" />')
         for y, text in yticks:
             parts.append(f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{html.escape(text)}</text>')
-        for x, text in xticks:
-            parts.append(f'<text x="{x:.1f}" y="{_H - _BOTTOM + 15}" text-anchor="middle">{html.escape(text)}</text>')
+        for i, (x, text) in enumerate(xticks):
+            parts.append(f'<text x="{x:.1f}" y="{_H - _BOTTOM + 15 + _label_dy(i, xticks)}" text-anchor="middle">'
+                         f'{html.escape(text)}</text>')
         if x_title:
             parts.append(f'<text x="{_LEFT + (_W - _LEFT - _RIGHT) / 2:.1f}" y="{_H - 6}" text-anchor="middle" '
                          f'fill="{rgb(_AXIS)}">{html.escape(x_title)}</text>')

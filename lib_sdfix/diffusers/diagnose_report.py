@@ -125,7 +125,8 @@ def _render(kind: str, result: Dict[str, Any], body: List[str]) -> str:
     parts += body
     panels = analysis.get("panels") or []
     if panels:
-        parts += ["<h2>Metrics against the varied value</h2>", f'<div class="chart">{chart_svg(panels, _x_title(kind, config))}</div>']
+        heading = "Metrics per precision" if kind == "vae_roundtrip" else "Metrics against the varied value"
+        parts += [f"<h2>{heading}</h2>", f'<div class="chart">{chart_svg(panels, _x_title(kind, config))}</div>']
     headers, rows = display_table(kind, analysis.get("rows", []))
     parts += ["<h2>Metrics</h2>", "<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr>"]
     for row in rows:
@@ -158,5 +159,5 @@ _RUN_KEYS = {
 
 
 def _x_title(kind: str, config: Dict[str, Any]) -> str:
-    return {"vae_roundtrip": "precision", "steps": "sampling step"}.get(kind) or AXIS_LABELS[config["axis"]]
+    return {"vae_roundtrip": "variant", "steps": "sampling step"}.get(kind) or AXIS_LABELS[config["axis"]]
 

@@ -169,11 +169,11 @@ def test_charts_render_the_same_panels_as_png_and_svg():
     assert [p.title for p in panels] == ["high-frequency energy", "PSNR vs reference (dB)"]
     assert panels[1].ys == (None, 31.0, 35.0)  # the reference's own infinite PSNR is a gap
     image = chart_image(panels, "steps")
-    assert image.size == (640, 190) and image.getextrema() != ((255, 255),) * 3
+    assert image.size == (640, 200) and image.getextrema() != ((255, 255),) * 3
     page = parse_strictly(f"<!DOCTYPE html><html><head><title>t</title></head><body>{chart_svg(panels, 'steps')}</body></html>")
     assert [t for t, _ in page.elements].count("circle") == 5
     categorical = panels_for(rows, ["Euler", "DDIM", "UniPC"])
-    assert categorical[0].xs is None and chart_image(categorical).size == (640, 190)
+    assert categorical[0].xs is None and chart_image(categorical).size == (640, 200)
 
 
 def test_analyse_sweep_and_save_without_overwriting(photo, tmp_path):
@@ -211,3 +211,15 @@ def test_merge_nan_names_the_first_bad_cell():
     merged = output.merge_nan({"a": {"finite": True, "first": None}, "b": bad, "c": None})
     assert merged["first"]["cell"] == "b" and merged["cells"] == ["b"]
     assert output.merge_nan({"a": None}) is None
+
+
+def test_long_x_labels_alternate_between_two_lines():
+    from lib_sdfix.diagnose import chart
+
+    long = chart.panels_for([{"psnr": float(i)} for i in range(5)],
+                            ["webui", "precision_guard", "fp32", "fp16", "bf16"])
+    _, _, xticks = chart._layout(long[0])
+    assert xticks[1][1] == "precision_guard"  # not cut short
+    assert [chart._label_dy(i, xticks) for i in range(5)] == [0, 11, 0, 11, 0]
+    short = chart.panels_for([{"psnr": 1.0}, {"psnr": 2.0}], ["3", "7"])
+    assert [chart._label_dy(i, chart._layout(short[0])[2]) for i in range(2)] == [0, 0]
