@@ -283,6 +283,16 @@ def sampler_already_equal(fields: Dict[str, Any]) -> bool:
     return (first.sampler, first.scheduler) == (hires.sampler, hires.scheduler)
 
 
+def prepare(request: Any) -> Tuple[Any, Dict[str, Any], Dict[str, Any], bool, bool]:
+    """(the request with its seed resolved, its AlwaysOn scripts, its fields as the host checks them,
+    whether Hires runs, whether its upscaler is a latent one) -- what every run of a plan shares."""
+    request = request.with_resolved_seed()
+    fields = txt2img_fields(request.payload)
+    upscaler = fields.get("hr_upscaler")
+    return (request, dict(request.payload.get("alwayson_scripts") or {}), fields, bool(fields.get("enable_hr")),
+            upscaler is None or upscaler in current().shared.latent_upscale_modes)
+
+
 def run_comparison(request: Any) -> Dict[str, Any]:
     """Render every variant of an A/B request with the least sampling; images, infotexts, metrics, notes.
 
@@ -291,12 +301,8 @@ def run_comparison(request: Any) -> Dict[str, Any]:
     from lib_sdfix import ab
 
     shared = current().shared
-    request = request.with_resolved_seed()
-    alwayson = dict(request.payload.get("alwayson_scripts") or {})
-    fields = txt2img_fields(request.payload)
-    hires = bool(fields.get("enable_hr"))
+    request, alwayson, fields, hires, latent_upscaler = prepare(request)
     upscaler = fields.get("hr_upscaler")
-    latent_upscaler = upscaler is None or upscaler in shared.latent_upscale_modes
     groups = ab.sampling_groups(request.variants, hires=hires, latent_upscaler=latent_upscaler,
                                 parity_changes_sampler=hires and not sampler_already_equal(fields))
     plan = [run for group in groups for run in _group_runs(group)]

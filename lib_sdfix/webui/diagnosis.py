@@ -16,7 +16,8 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from lib_sdfix.webui.comparison import _LOCAL as _COMPARISON
-from lib_sdfix.webui.comparison import Rendered, _first_image, _group_runs, _Run, render_groups, sampler_already_equal, txt2img_fields
+from lib_sdfix.webui.comparison import (Rendered, _first_image, _group_runs, _Run, prepare, render_groups,
+                                        sampler_already_equal, txt2img_fields)
 from lib_sdfix.webui.host import current
 
 __all__ = ["request_from_body", "run_diagnosis", "remember_output", "last_output", "save_result"]
@@ -211,12 +212,7 @@ def _sweep(request: Any) -> Dict[str, Any]:
     from lib_sdfix.diagnose.plan import payload_groups
 
     shared = current().shared
-    request = request.with_resolved_seed()
-    alwayson = dict(request.payload.get("alwayson_scripts") or {})
-    base = txt2img_fields(request.payload)
-    hires = bool(base.get("enable_hr"))
-    upscaler = base.get("hr_upscaler")
-    latent_upscaler = upscaler is None or upscaler in shared.latent_upscale_modes
+    request, alwayson, base, hires, latent_upscaler = prepare(request)
     planned = []
     for fields_key, groups in payload_groups(request.cells, hires=hires, latent_upscaler=latent_upscaler,
                                              parity_changes_sampler=hires and not sampler_already_equal(base)):
