@@ -4,11 +4,10 @@ Runs sweeps on the diffusers front (the embedded tiny SD1.5, offline, any CPU; `
 one) and measures, side by side in one run, the sweep as ``python -m lib_sdfix diagnose sweep`` runs it
 (sampling, decodes, metrics, grid, chart, heatmaps) against its parts timed alone: each distinct
 sampling once and each cell's decode once.  Rounds alternate sweep/parts (order flipped every round);
-the median of the per-round ratios (and fastest sweep / fastest parts, less sensitive to a busy
-machine) is printed with what the sweep counted (samplings, UNet calls,
-decodes).  Target: samplings == distinct values and decodes == cells, and a time ratio <= 1.10 (what
-the sweep adds is its metrics, grid, chart and heatmaps); the precision
-sweep has two cells and one sampling.
+it prints the median of the per-round ratios (and fastest sweep / fastest parts, less sensitive to a
+busy machine) with what the sweep counted (samplings, UNet calls, decodes).  Target: samplings ==
+distinct values and decodes == cells, and a time ratio <= 1.10 (what the sweep adds is its metrics,
+grid, chart and heatmaps); the precision sweep has two cells and one sampling.
 
     python bench/diagnose_cost.py [--rounds 5] [--steps 8] [--size 128] [--model DIR] [--device cpu]
 
