@@ -225,7 +225,7 @@ def test_a_failing_fix_never_breaks_the_generation_nor_the_next_one(webui, flags
     finally:
         webui.ok("POST", "/sdfix-observer/inject-failure", {"target": "none"})
     assert result.payload["images"] and img2img.payload["images"]
-    assert "not applied: guard" in result.params()["SDFix notes"]
+    assert "not applied: precision_guard (" in result.params()["SDFix notes"]
     assert "not applied:" in img2img.params()["SDFix notes"]
     assert native_vae(webui) == native
     after = webui.txt2img([{"enabled": False}])
