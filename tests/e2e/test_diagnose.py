@@ -122,7 +122,7 @@ def test_diagnose_section_runs_a_sweep_in_the_browser(page, tmp_path, webui):
     page.wait_for_function("() => document.querySelector('#sdfix_dg_prompt textarea').value.includes('diagnose browser')",
                            timeout=60_000)
     page.locator("#sdfix_dg_kinds button").filter(has_text="Sweep").first.click()
-    page.locator("#sdfix_dg_values textarea").fill("3, 7")
+    page.locator("#sdfix_dg_values textarea, #sdfix_dg_values input").first.fill("3, 7")
     page.locator("#sdfix_dg_run_sweep").click()
     page.wait_for_function("() => (document.querySelector('#sdfix_dg_metrics') || {}).innerText?.includes('CFG 7')",
                            timeout=600_000)
