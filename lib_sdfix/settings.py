@@ -177,6 +177,12 @@ OPTIONS: Tuple[Option, ...] = (
         "source; SDFix notes it in the infotext (it never changes it silently). 0 turns the note off.",
         "warn", minimum=0.0, maximum=1.0,
     ),
+    Option(
+        "nan_watch", bool, False, "Watch for NaN/Inf values",
+        "Check every sampling step and the VAE decode for NaN or infinite values and note the first step or "
+        "stage where they appeared in the infotext. Changes no pixel; off by default (one extra check per step).",
+        "nan",
+    ),
 )
 
 FIXES: Tuple[Fix, ...] = (
