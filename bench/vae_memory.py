@@ -154,8 +154,8 @@ def compare(arch: str, size: int, out: Path, strip_bytes: int) -> Dict[str, Any]
 
     from lib_sdfix import tiling
 
-    untiled = torch.load(out / f"{arch}-{size}-fp32.pt")[0]
-    tiled = torch.load(out / f"{arch}-{size}-tiled.pt")[0]
+    untiled = torch.load(out / f"{arch}-{size}-fp32.pt", weights_only=True)[0]
+    tiled = torch.load(out / f"{arch}-{size}-tiled.pt", weights_only=True)[0]
     diff = ((tiled - untiled).abs() / 2.0 * 255.0)  # [-1, 1] output -> 0..255 pixel units
     per_pixel = diff.amax(dim=0).numpy()
     graph = tiling.network(build_vae(arch).decoder)
