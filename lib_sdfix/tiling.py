@@ -12,12 +12,14 @@ shifting, clamping, batching and model loading stay the host's) with
 
 * the VAE's weights outside its encoder and decoder (``quant_conv``, ``post_quant_conv``) in fp32
   for the call (:func:`lib_sdfix.fp32_vae.fp32_vae` with ``parts``),
-* the ``forward`` of its ``decoder`` and ``encoder`` replaced -- for the calling thread, for this
-  call -- by one that plans: the network's own forward with its weights cast when the estimate
-  fits, the tiled executor otherwise.  An out-of-memory error in the untiled forward retries tiled
+* its ``decoder`` and ``encoder`` planned -- for the calling thread, for this call -- by a forward
+  pre-hook put first (so other pre-hooks see the weights the network runs with) and a replaced
+  ``forward``: the network's own forward with its weights cast when the fp32 estimate fits; one
+  image of the batch at a time when only one image fits (slicing); else the tiled executor, which
+  casts one layer's weights at a time.  An out-of-memory error in the untiled forward retries tiled
   right there, before the host's own code sees it (Forge and reForge would otherwise fall back to
-  their own tiling, which has seams).  A structure the executor does not know runs untiled, and
-  the front is told why.
+  their own tiling, which has seams).  A structure the executor does not know runs untiled (logged
+  once; the audits' :func:`memory_report` says why).
 * If out of memory escapes the call anyway, the call runs once more with tiling forced; then the
   error goes to the front's own fallback.
 
