@@ -80,6 +80,13 @@ class Host:
 
         return devices.dtype_vae
 
+    def no_grad(self) -> Any:
+        """The no-autograd mode the host's process_images runs in: a VAE call outside a generation must
+        use the same one (Forge's weights are inference tensors, which plain no_grad cannot use)."""
+        import torch
+
+        return torch.no_grad()
+
     def decode_method(self) -> str:
         return str(getattr(self.shared.opts, "sd_vae_decode_method", "Full"))
 

@@ -76,6 +76,9 @@ class FakeVAE(torch.nn.Module):
         self.to(dtype)
         self.seen: List[Dict[str, Any]] = []
         self.half_overflow = False  # decoding in fp16 overflows to NaN, as a real fp16 VAE can on some latents
+        # Forge/reForge load the VAE under inference_mode: its weights are inference tensors, and their
+        # layers fail outside inference_mode (what a real Forge VAE raised when called under no_grad)
+        self.needs_inference_mode = False
 
     def to(self, *args, **kwargs):
         dtype = next((a for a in args if isinstance(a, torch.dtype)), kwargs.get("dtype"))
@@ -90,6 +93,8 @@ class FakeVAE(torch.nn.Module):
     def _run(self, part: str, layer: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         self.seen.append({"part": part, "input": x.dtype, "weight": layer.weight.dtype,
                           "thread": threading.current_thread().name, **_flags()})
+        if self.needs_inference_mode and not torch.is_inference_mode_enabled():
+            raise RuntimeError("Inference tensors do not track version counter.")
         if x.dtype != layer.weight.dtype:
             raise RuntimeError(f"Input type ({x.dtype}) and bias type ({layer.weight.dtype}) should be the same")
         return layer(x)
@@ -181,6 +186,7 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
 
     # the model and its VAE, per host
     vae = FakeVAE(dtype)
+    vae.needs_inference_mode = host != "a1111"
     model = Namespace(is_sdxl=False, sd_checkpoint_info=Namespace(filename=None))
     model.get_first_stage_encoding = lambda z: z * 0.18215
     wrapper = None
@@ -1220,7 +1226,8 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
         if p.scripts is not None:
             p.scripts.process(p)
         infotexts, output_images = [], []
-        with torch.no_grad():
+        # A1111: no_grad and ema_scope; Forge and reForge: inference_mode (modules/processing.py)
+        with torch.no_grad() if host == "a1111" else torch.inference_mode():
             p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
             if state.job_count == -1:
                 state.job_count = p.n_iter
