@@ -9,19 +9,22 @@ __all__ = ["XYZ_AXES", "parse_axis_value", "add_xyz_axes"]
 
 
 def _axes() -> Tuple[Tuple[str, str, Tuple[str, ...]], ...]:
-    """(label, option, choices) for every on/off or choice option; fixes are labelled by the fix table."""
+    """(label, option, choices) for every option marked as an axis; fixes are labelled by the fix table.
+    Numbers have no choices: the plot's own ranges work ("0.1-0.5 (+0.1)")."""
     labels = {f.key: f.label for f in FIXES}
     axes = []
     for o in OPTIONS:
+        if not o.axis:
+            continue
         if o.kind is bool:
             axes.append((f"SDFix: {labels.get(o.name, o.name)}", o.name, ("on", "off")))
-        elif o.kind is str:
+        else:
             label = o.label if o.label[1:2].isupper() else o.label[0].lower() + o.label[1:]  # "VAE dtype" stays
             axes.append((f"SDFix: {label}", o.name, o.choices))
     return tuple(axes)
 
 
-#: X/Y/Z plot axes: (label, option, choices).  Booleans take "on"/"off".
+#: X/Y/Z plot axes: (label, option, choices).  Booleans take "on"/"off"; numbers have no choices.
 XYZ_AXES = _axes()
 
 
@@ -66,5 +69,8 @@ def add_xyz_axes() -> None:
         return check
 
     for label, option, choices in XYZ_AXES:
-        xyz.axis_options.append(xyz.AxisOption(label, str, apply(option), confirm=confirm(option),
-                                               choices=lambda choices=choices: list(choices)))
+        if choices:
+            xyz.axis_options.append(xyz.AxisOption(label, str, apply(option), confirm=confirm(option),
+                                                   choices=lambda choices=choices: list(choices)))
+        else:
+            xyz.axis_options.append(xyz.AxisOption(label, float, apply(option), confirm=confirm(option)))
