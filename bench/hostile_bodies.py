@@ -79,7 +79,7 @@ _FLOAT_BAD = [NAN, INF, -INF, -1, 2, 1.5, HUGE_INT, -HUGE_INT, "0.5", True, None
 
 
 def _bad_pool(name: str) -> List[Any]:
-    kind = {"resize_filter": "choice", "decode_dtype": "choice", "latent_denoise_warning": "float"}.get(name, "bool")
+    kind = {"resize_filter": "choice", "vae_dtype": "choice", "latent_denoise_warning": "float"}.get(name, "bool")
     return {"bool": _BOOL_BAD, "choice": _CHOICE_BAD, "float": _FLOAT_BAD}[kind]
 
 

@@ -80,7 +80,7 @@ _ISOLATED = """
 import time, sys, logging, dataclasses, typing, threading, importlib, inspect, functools, contextlib  # the WebUI has these
 sys.path.insert(0, {root!r})
 start = time.perf_counter()
-import lib_sdfix, lib_sdfix.settings, lib_sdfix.failsafe, lib_sdfix.webui, lib_sdfix.webui.apply
+import lib_sdfix.webui, lib_sdfix.webui.apply  # what scripts/sdfix.py imports at WebUI start
 print(time.perf_counter() - start)
 """
 
