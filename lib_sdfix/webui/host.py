@@ -9,9 +9,10 @@ string.  This package is the only place that imports ``modules.*``, ``backend.*`
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 __all__ = ["Host", "current", "detect"]
 
@@ -146,6 +147,27 @@ class Host:
     def alphas_cumprod(self, sampler: Any) -> Any:
         """The cumulative alphas a timestep sampler (DDIM/PLMS) noises and denoises with."""
         return sampler.model_wrap.inner_model.alphas_cumprod
+
+    @contextlib.contextmanager
+    def without_extra_noise(self) -> Iterator[None]:
+        """img2img's "Extra noise" setting held at 0 for the block (its sample_img2img adds it on top of
+        the schedule's noise level and writes an "Extra noise" infotext entry); the setting exactly as
+        it was afterwards."""
+        opts, key = self.shared.opts, "img2img_extra_noise"
+        if not getattr(opts, key, 0):
+            yield
+            return
+        data = getattr(opts, "data", None)
+        store = data if isinstance(data, dict) else vars(opts)  # Options keeps values in .data
+        had, before = key in store, store.get(key)
+        store[key] = 0.0
+        try:
+            yield
+        finally:
+            if had:
+                store[key] = before
+            else:
+                store.pop(key, None)
 
     def stopped(self) -> bool:
         """Interrupt or Skip was pressed for the running job."""

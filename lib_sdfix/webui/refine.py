@@ -173,15 +173,16 @@ def _refine(host: Host, sampler: Any, state: Watch, call: _Pass, latent: Any, co
     count = min(count, intervals)
     state.runs += 1
     if state.kind == "sigmas":
-        return _refine_sigmas(sampler, state, call, latent, noise, count, intervals)
+        return _refine_sigmas(host, sampler, state, call, latent, noise, count, intervals)
     return _refine_timesteps(host, sampler, state, call, latent, noise, count)
 
 
-def _refine_sigmas(sampler: Any, state: Watch, call: _Pass, latent: Any, noise: Any, count: int,
+def _refine_sigmas(host: Host, sampler: Any, state: Watch, call: _Pass, latent: Any, noise: Any, count: int,
                    intervals: int) -> Any:
     """Through the host's ``sample_img2img``: with ``steps=count`` and a denoising of
     count / (intervals + 0.5) its ``setup_img2img_steps`` asks for an ``intervals``-step schedule and
-    runs its last ``count`` steps; that schedule is the pass's own, handed back as recorded."""
+    runs its last ``count`` steps; that schedule is the pass's own, handed back as recorded.  img2img's
+    "Extra noise" setting is held at 0: the latent is noised to exactly the schedule's level."""
     schedule = state.schedule
 
     def recorded(p: Any, steps: int) -> Any:
@@ -190,7 +191,8 @@ def _refine_sigmas(sampler: Any, state: Watch, call: _Pass, latent: Any, noise: 
         return schedule
 
     with _instance_attr(sampler, "get_sigmas", recorded), _instance_attr(call.p, "denoising_strength",
-                                                                       count / (intervals + 0.5)):
+                                                                       count / (intervals + 0.5)), \
+            host.without_extra_noise():
         return state.originals["sample_img2img"](call.p, latent, noise, call.cond, call.uncond, steps=count,
                                                  image_conditioning=call.image_conditioning)
 

@@ -142,7 +142,7 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
                                 no_half_vae=False, no_half=False, upcast_sampling=upcast, precision="half")
     shared.opts = Namespace(sd_vae_decode_method="Full", sd_vae_encode_method="Full", show_progress_type="Full",
                             live_preview_fast_interrupt=False, live_preview_allow_lowvram_full=False,
-                            upscaler_for_img2img=None, hires_fix_show_sampler=False)
+                            upscaler_for_img2img=None, hires_fix_show_sampler=False, img2img_extra_noise=0.0)
     shared.state = State()
     shared.device = torch.device("cpu")
     shared.latent_upscale_default_mode = "Latent"
@@ -771,8 +771,11 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
             sigma_sched = sigmas[steps - t_enc - 1:]
             schedule = {"sigmas": sigma_sched, "sigma_min": sigma_sched[-2], "sigma_max": sigma_sched[0],
                         "n": len(sigma_sched) - 1}
-            return self._launch(p, t_enc + 1, x + noise * sigma_sched[0], schedule, conditioning,
-                                unconditional_conditioning)
+            xi = x + noise * sigma_sched[0]
+            if opts.img2img_extra_noise > 0:  # the host's "Extra noise" setting
+                p.extra_generation_params["Extra noise"] = opts.img2img_extra_noise
+                xi = xi + noise * opts.img2img_extra_noise
+            return self._launch(p, t_enc + 1, xi, schedule, conditioning, unconditional_conditioning)
 
     kdiffusion.KDiffusionSampler = KDiffusionSampler
 

@@ -194,6 +194,19 @@ def test_the_noise_is_the_hosts_seeded_noise_of_the_refine_seed(webui, monkeypat
     assert drawn[-1] == [refine_seed(BASE["seed"]), refine_seed(BASE["seed"] + 1)]
 
 
+def test_img2img_extra_noise_is_not_added_to_the_refine(webui):
+    opts = webui.shared.opts
+    exact = txt2img(webui, REFINE)
+    opts.img2img_extra_noise = 0.5
+    try:
+        noisy = txt2img(webui, REFINE)
+        assert opts.img2img_extra_noise == 0.5  # the user's setting, as it was
+    finally:
+        opts.img2img_extra_noise = 0.0
+    assert pixels(noisy.images[0]) == pixels(exact.images[0])  # noised to the schedule's own level only
+    assert "Extra noise" not in params(noisy.infotexts[0])  # a txt2img image does not claim img2img's setting
+
+
 # --- progress, Interrupt, Skip ------------------------------------------------------------------------------
 
 
