@@ -262,6 +262,22 @@ def test_interrupt_during_the_pass_skips_the_refine(webui):
     assert len(stopped.unet) == 4
 
 
+def test_a_failing_refine_never_breaks_the_generation(webui, monkeypatch):
+    from lib_sdfix.webui.host import current
+
+    plain = txt2img(webui, {})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no noise today")
+
+    monkeypatch.setattr(type(current()), "seeded_noise", broken)
+    failed = txt2img(webui, REFINE)
+    assert pixels(failed.images[0]) == pixels(plain.images[0])  # the pass's own image, decoded as usual
+    assert len(failed.unet) == BASE["steps"]
+    assert "not applied: late_refine (RuntimeError: no noise today)" in params(failed.infotexts[0])["SDFix notes"]
+    assert same(webui, webui.before)
+
+
 # --- settings: infotext, paste, API, X/Y/Z --------------------------------------------------------------------
 
 
