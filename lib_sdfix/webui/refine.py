@@ -17,6 +17,7 @@ of each image's seed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
@@ -172,9 +173,38 @@ def _refine(host: Host, sampler: Any, state: Watch, call: _Pass, latent: Any, co
     intervals = len(schedule) - 1
     count = min(count, intervals)
     state.runs += 1
-    if state.kind == "sigmas":
-        return _refine_sigmas(host, sampler, state, call, latent, noise, count, intervals)
-    return _refine_timesteps(host, sampler, state, call, latent, noise, count)
+    with _continuing_steps(sampler, state.kind):
+        if state.kind == "sigmas":
+            return _refine_sigmas(host, sampler, state, call, latent, noise, count, intervals)
+        return _refine_timesteps(host, sampler, state, call, latent, noise, count)
+
+
+def _continuing_steps(sampler: Any, kind: str) -> Any:
+    """The refine's denoiser step counter continues at the pass's tail instead of restarting at 0.
+
+    The hosts' CFG denoiser picks prompt-editing conditioning (``[a:b:0.5]``), "skip early CFG" and
+    the refiner switch from ``step / total_steps``; ``initialize`` resets ``step`` to 0 and
+    ``launch_sampling`` sets ``total_steps`` for the steps it launches.  Wrapping the sampler's
+    function (its signature kept: the host reads its parameters) sets both, just before it runs, to
+    where the same steps were in the pass: ``total_steps`` the pass's, ``step`` the pass's count less
+    the refine's.  A k-diffusion pass and its refine both end on the schedule's last step, so their
+    launched totals line up; a DDIM/PLMS pass runs one step fewer than it launches and the refine
+    exactly what it launches, so there the count is where the pass's counter ended."""
+    cfg = getattr(sampler, "model_wrap_cfg", None)
+    func = getattr(sampler, "func", None)
+    pass_total, pass_end = getattr(cfg, "total_steps", None), getattr(cfg, "step", None)  # as the pass left them
+    if not callable(func) or not isinstance(pass_total, int) or not isinstance(pass_end, int):
+        return contextlib.nullcontext()
+    counted = pass_total if kind == "sigmas" else pass_end
+
+    @functools.wraps(func)
+    def at_the_tail(*args: Any, **kwargs: Any) -> Any:
+        refine_total = getattr(cfg, "total_steps", None)
+        if isinstance(refine_total, int) and 0 <= refine_total <= counted:
+            cfg.total_steps, cfg.step = pass_total, counted - refine_total
+        return func(*args, **kwargs)
+
+    return _instance_attr(sampler, "func", at_the_tail)
 
 
 def _refine_sigmas(host: Host, sampler: Any, state: Watch, call: _Pass, latent: Any, noise: Any, count: int,

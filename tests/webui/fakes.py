@@ -668,11 +668,14 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
     class CFGDenoiser:
         def __init__(self, sampler):
             self.sampler, self.steps, self.p = sampler, None, None
+            self.step, self.total_steps = 0, None  # the hosts' prompt-editing step counter and its total
 
         def __call__(self, x, sigma, cond, uncond, cond_scale):
             if state.interrupted or state.skipped:
                 raise InterruptedException
             out = shared.sd_model.apply_model(torch.cat([x, x]), sigma, torch.cat([cond, uncond]))
+            shared.sd_model.unet_calls[-1].update(step=self.step, total_steps=self.total_steps)
+            self.step += 1
             cond_out, uncond_out = out.chunk(2)  # the batch's conditional halves, then its unconditional ones
             denoised = uncond_out + cond_scale * (cond_out - uncond_out)
             self.sampler.last_latent = denoised
@@ -694,6 +697,7 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
 
         def launch_sampling(self, steps, func):
             self.model_wrap_cfg.steps = steps
+            self.model_wrap_cfg.total_steps = steps  # config.total_steps(steps) of a first-order sampler
             state.sampling_steps, state.sampling_step = steps, 0
             try:
                 return func()
@@ -703,6 +707,7 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
         def initialize(self, p):
             self.p = p
             self.model_wrap_cfg.p = p
+            self.model_wrap_cfg.step = 0
             return {}
 
     ssc.InterruptedException = InterruptedException

@@ -87,6 +87,16 @@ def test_txt2img_reruns_exactly_the_tail_of_its_schedule(webui, sampler):
     assert same(webui, webui.before)  # create_sampler is the host's own again, nothing else is left
 
 
+@pytest.mark.parametrize("fields", [{}, {"sampler_name": "DDIM"}, HIRES])
+def test_the_refine_continues_the_pass_step_counter_prompt_editing_reads(webui, fields):
+    plain = txt2img(webui, {}, **fields)
+    refined = txt2img(webui, REFINE, **fields)
+    count = round(0.3 * (fields.get("hr_second_pass_steps") or BASE["steps"]))
+    tail = [(c["step"], c["total_steps"]) for c in plain.unet[-count:]]
+    assert [(c["step"], c["total_steps"]) for c in refined.unet[-count:]] == tail  # [a:b:0.8] gives b, as in the pass
+    assert tail[0][0] > 0 and same(webui, webui.before)
+
+
 @pytest.mark.parametrize("strength, steps", [(0.05, 30), (0.25, 10), (0.35, 10), (0.5, 7), (0.75, 4), (0.3, 25)])
 def test_the_count_is_round_strength_times_steps(webui, strength, steps):
     if webui.host != "a1111":
