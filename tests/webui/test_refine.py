@@ -4,7 +4,6 @@ deterministically from each image's seed, counted by the progress bar, stopped b
 from __future__ import annotations
 
 import pytest
-import torch
 from PIL import Image
 
 from lib_sdfix.refine import refine_seed, refine_steps
