@@ -5,7 +5,7 @@ from typing import Any, Callable, Tuple
 
 from lib_sdfix.settings import FIXES, OPTIONS, SettingsError, option as option_spec
 
-__all__ = ["XYZ_AXES", "parse_axis_value", "add_xyz_axes"]
+__all__ = ["XYZ_AXES", "SWITCHED_ON_BY", "parse_axis_value", "add_xyz_axes"]
 
 
 def _axes() -> Tuple[Tuple[str, str, Tuple[str, ...]], ...]:
@@ -26,6 +26,9 @@ def _axes() -> Tuple[Tuple[str, str, Tuple[str, ...]], ...]:
 
 #: X/Y/Z plot axes: (label, option, choices).  Booleans take "on"/"off"; numbers have no choices.
 XYZ_AXES = _axes()
+#: An axis over a fix's strength turns that fix on for its cells (a plot over the strength of a fix
+#: that is off would be a grid of equal images).
+SWITCHED_ON_BY = {"late_refine_strength": "late_refine"}
 
 
 def parse_axis_value(option: str, raw: str) -> Any:
@@ -57,7 +60,10 @@ def add_xyz_axes() -> None:
 
     def apply(option: str) -> Callable:
         def apply_value(p: Any, x: Any, xs: Any) -> None:
-            setattr(p, OVERRIDES_ATTR, {**(getattr(p, OVERRIDES_ATTR, None) or {}), option: parse_axis_value(option, x)})
+            overrides = {**(getattr(p, OVERRIDES_ATTR, None) or {}), option: parse_axis_value(option, x)}
+            if option in SWITCHED_ON_BY:  # unless an on/off axis of its own says otherwise
+                overrides.setdefault(SWITCHED_ON_BY[option], True)
+            setattr(p, OVERRIDES_ATTR, overrides)
 
         return apply_value
 

@@ -363,6 +363,15 @@ def test_xyz_axes_switch_it_and_set_its_strength(webui):
     run(webui, p, {})
     assert p.extra_generation_params[REFINE_INFOTEXT_KEY] == "0.5"
     p.close()
+    # a strength axis alone turns the refine on in its cells; an on/off axis still decides when there is one
+    alone = webui.processing.StableDiffusionProcessingTxt2Img(sd_model=webui.shared.sd_model, **BASE)
+    strength.apply(alone, 0.4, [0.2, 0.4])
+    assert getattr(alone, OVERRIDES_ATTR) == {"late_refine": True, "late_refine_strength": 0.4}
+    off = webui.processing.StableDiffusionProcessingTxt2Img(sd_model=webui.shared.sd_model, **BASE)
+    switch.apply(off, "off", ["off", "on"])
+    strength.apply(off, 0.4, [0.2, 0.4])
+    assert getattr(off, OVERRIDES_ATTR) == {"late_refine": False, "late_refine_strength": 0.4}
+    alone.close(), off.close()
 
 
 # --- the A/B runner ---------------------------------------------------------------------------------------------
