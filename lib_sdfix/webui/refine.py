@@ -74,6 +74,7 @@ class _Pass:
     p: Any
     args: Dict[str, Any]
     steps: int
+    method: str = "sample"
 
     @property
     def cond(self) -> Any:
@@ -127,7 +128,7 @@ def _plan(host: Host, sampler: Any, state: Watch, session: GenerationSession, me
     bound = inspect.signature(state.originals[method]).bind(p, *args, **kwargs)
     bound.apply_defaults()
     arguments = dict(bound.arguments)
-    call = _Pass(p, arguments, host.pass_steps(p, method, arguments.get("steps")))
+    call = _Pass(p, arguments, host.pass_steps(p, method, arguments.get("steps")), method)
     strength = session.settings.late_refine_strength
     count = refine_steps(strength, call.steps)
     why = _unsupported(sampler, state)
@@ -171,7 +172,12 @@ def _refine(host: Host, sampler: Any, state: Watch, call: _Pass, latent: Any, co
         raise RuntimeError(f"{latent.shape[0]} latents but {len(seeds)} seeds")
     noise = host.seeded_noise(tuple(latent.shape[1:]), [refine_seed(s) for s in seeds])
     intervals = len(schedule) - 1
+    if state.kind == "timesteps" and call.method == "sample_img2img":
+        # the host's img2img walks timesteps[:t_enc] (t_enc = its steps - 1): never reach above them
+        intervals = min(intervals, call.steps - 2)
     count = min(count, intervals)
+    if count <= 0:
+        return latent
     state.runs += 1
     with _continuing_steps(sampler, state.kind):
         if state.kind == "sigmas":

@@ -149,6 +149,15 @@ def test_ddim_walks_the_last_timesteps_again(webui):
     assert pixels(refined.images[0]) != pixels(plain.images[0])
 
 
+def test_ddim_img2img_never_reaches_above_the_timesteps_its_pass_walked(webui):
+    fields = dict(sampler_name="DDIM", steps=4, denoising_strength=0.75)  # t_enc 3: the pass walks 2 steps
+    strong = {"late_refine": True, "late_refine_strength": 0.75}  # round(0.75 x 4) = 3, one more than it walked
+    plain, refined = img2img(webui, {}, **fields), img2img(webui, strong, **fields)
+    ran = len(plain.unet)
+    assert ran == 2 and sigmas(refined.unet)[:ran] == sigmas(plain.unet)
+    assert sigmas(refined.unet)[ran:] == sigmas(plain.unet)  # its whole walk again, nothing above it
+
+
 @pytest.mark.parametrize("sampler, why", [("UniPC", "UniPC lays out its own steps"), ("DPM fast", "DPM fast lays out")])
 def test_samplers_that_cannot_start_mid_schedule_are_skipped_and_noted(webui, sampler, why):
     plain = txt2img(webui, {}, sampler_name=sampler)
