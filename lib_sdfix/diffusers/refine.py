@@ -56,6 +56,8 @@ def refine_pipeline(pipe: Any) -> Any:
     components["scheduler"] = type(pipe.scheduler).from_config(pipe.scheduler.config)
     config = {k: v for k, v in dict(pipe.config).items()
               if k in accepted and k not in components and not k.startswith("_")}
+    if "add_watermarker" in accepted:  # not in SDXL's config: the twin watermarks only if ``pipe`` does
+        config["add_watermarker"] = getattr(pipe, "watermark", None) is not None
     twin = cls(**components, **config)
     twin.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     from lib_sdfix.diffusers.embeds import cast_prompt_embeds
