@@ -97,18 +97,23 @@ def _refining(sampler: Any, state: Watch, method: str) -> Callable[..., Any]:
         host = current()
         if session is None or not session.wants(FIX):
             return original(p, *args, **kwargs)
-        _announce(host, session, p)
-        if not host.final_pass(p, method):
-            return original(p, *args, **kwargs)
         try:
-            call, count, why = _plan(host, sampler, state, session, method, p, args, kwargs)
+            _announce(host, session, p)
+            planned = _plan(host, sampler, state, session, method, p, args, kwargs) if host.final_pass(p, method) else None
         except Exception as exc:  # noqa: BLE001 -- never break the generation: sample as the host does
             session.report.mark_failed(FIX, exc)
-            call, count, why = None, 0, ""
+            planned = None
+        if planned is None:  # not the last pass (or no plan): the host's own sampling, nothing more
+            return original(p, *args, **kwargs)
+        call, count, why = planned
         samples = original(p, *args, **kwargs)
-        if host.stopped():
-            return samples  # Interrupt / Skip during the pass: nothing more runs
-        host.next_job()  # the refine's job, announced up front: run now, or skipped
+        try:
+            if host.stopped():
+                return samples  # Interrupt / Skip during the pass: nothing more runs
+            host.next_job()  # the refine's job, announced up front: run now, or skipped
+        except Exception as exc:  # noqa: BLE001
+            session.report.mark_failed(FIX, exc)
+            return samples
         if why is not None:
             if why:
                 session.report.mark_skipped(FIX, why)

@@ -296,6 +296,21 @@ def test_a_failing_refine_never_breaks_the_generation(webui, monkeypatch):
     assert same(webui, webui.before)
 
 
+@pytest.mark.parametrize("method", ["final_pass", "next_job"])
+def test_a_host_call_failing_around_the_pass_never_breaks_it(webui, monkeypatch, method):
+    from lib_sdfix.webui.host import current
+
+    plain = txt2img(webui, {})
+
+    def broken(*args, **kwargs):
+        raise AttributeError("the host moved")
+
+    monkeypatch.setattr(type(current()), method, broken)
+    failed = txt2img(webui, REFINE)
+    assert pixels(failed.images[0]) == pixels(plain.images[0]) and len(failed.unet) == BASE["steps"]
+    assert "not applied: late_refine (AttributeError: the host moved)" in params(failed.infotexts[0])["SDFix notes"]
+
+
 # --- settings: infotext, paste, API, X/Y/Z --------------------------------------------------------------------
 
 
