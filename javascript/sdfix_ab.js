@@ -301,12 +301,21 @@
     });
 })();
 
-// Run button of the "SDFix A/B" tab: registers the job id so the WebUI's own progress bar (and its
-// Interrupt) follow the comparison, as the txt2img tab's submit() does.
-function sdfixABSubmit() {
+// Run buttons of SDFix's tab (A/B and Diagnose): register the job id so the WebUI's own progress bar
+// (and its Interrupt) follow the run, as the txt2img tab's submit() does -- Gradio has no hook for the
+// WebUI's progress requests, so this is the one part of the tab that needs script.
+function sdfixSubmitWithProgress(prefix, args) {
     var id = randomId();
-    requestProgress(id, gradioApp().getElementById("sdfix_ab_results"), gradioApp().getElementById("sdfix_ab_gallery"), function () {});
-    var args = create_submit_args(arguments);
-    args[0] = id;
-    return args;
+    requestProgress(id, gradioApp().getElementById(prefix + "_results"), gradioApp().getElementById(prefix + "_gallery"), function () {});
+    var submitted = create_submit_args(args);
+    submitted[0] = id;
+    return submitted;
+}
+
+function sdfixABSubmit() {
+    return sdfixSubmitWithProgress("sdfix_ab", arguments);
+}
+
+function sdfixDiagnoseSubmit() {
+    return sdfixSubmitWithProgress("sdfix_dg", arguments);
 }

@@ -1,5 +1,5 @@
-"""Command line: ``python -m lib_sdfix check`` (self-check of the core) and ``ab`` (the A/B report of
-the diffusers front: :mod:`lib_sdfix.diffusers.cli`)."""
+"""Command line: ``python -m lib_sdfix check`` (self-check of the core), ``ab`` (the A/B report of the
+diffusers front: :mod:`lib_sdfix.diffusers.cli`) and ``diagnose`` (:mod:`lib_sdfix.diffusers.diagnose_cli`)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from lib_sdfix.command import INSTALL_CORE, INSTALL_TORCH, PROG, fail, missing_module_in
 from lib_sdfix.diffusers import cli as ab_command
+from lib_sdfix.diffusers import diagnose_cli as diagnose_command
 
 
 def _check() -> int:
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="SDFix command line")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="self-check the core fixes on this machine")
-    parser.subcommands = {"check": check, "ab": ab_command.add_parser(sub)}  # type: ignore[attr-defined]
+    parser.subcommands = {"check": check, "ab": ab_command.add_parser(sub),  # type: ignore[attr-defined]
+                          "diagnose": diagnose_command.add_parser(sub)}
     return parser
 
 
@@ -85,6 +87,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "ab":
         return ab_command.run(args, parser.subcommands["ab"])  # type: ignore[attr-defined]
+    if args.command == "diagnose":
+        return diagnose_command.run(args, parser.subcommands["diagnose"])  # type: ignore[attr-defined]
     try:
         return _check()
     except (ImportError, RuntimeError) as exc:

@@ -195,6 +195,12 @@ OPTIONS: Tuple[Option, ...] = (
         "wrong shapes (a face, a hand) need 0.5 or more, which also changes more of the image.",
         "", minimum=0.05, maximum=0.75,
     ),
+    Option(
+        "nan_watch", bool, False, "Watch for NaN/Inf values",
+        "Check every sampling step and the VAE decode for NaN or infinite values and note the first step or "
+        "stage where they appeared in the infotext. Changes no pixel; off by default (one extra check per step).",
+        "nan",
+    ),
 )
 
 FIXES: Tuple[Fix, ...] = (

@@ -7,7 +7,7 @@ import modules.scripts as scripts
 
 from lib_sdfix import __version__
 from lib_sdfix.failsafe import logger
-from lib_sdfix.webui import apply, register
+from lib_sdfix.webui import apply, nan_watch, register
 
 
 class SDFixScript(scripts.Script):
@@ -37,9 +37,18 @@ class SDFixScript(scripts.Script):
         apply.setup(p, args)
 
     def process(self, p: Any, *args: Any) -> None:
-        apply.process(p, args)
+        nan_watch.attach(apply.process(p, args))
+
+    def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        nan_watch.before_sampling(p)
+
+    def postprocess_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        nan_watch.after_decode(p)
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
+        from lib_sdfix.webui.diagnosis import remember_output  # the runner loads on first use, not at start
+
+        remember_output(processed)
         apply.postprocess(p)
 
 

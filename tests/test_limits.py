@@ -375,7 +375,9 @@ def test_error_messages_stay_small_whatever_was_sent():
 
 
 def test_script_args_refuse_huge_integers_and_non_lists():
-    for args in ([True] * (len(UI_ARG_ORDER) - 1) + [10 ** 400], [{"latent_denoise_warning": -(10 ** 400)}]):
+    positional = [True] * len(UI_ARG_ORDER)
+    positional[UI_ARG_ORDER.index("latent_denoise_warning")] = 10 ** 400
+    for args in (positional, [{"latent_denoise_warning": -(10 ** 400)}]):
         with pytest.raises(SettingsError) as err:
             SDFixSettings.from_args(args)
         assert "latent_denoise_warning" in err.value.problems

@@ -128,3 +128,22 @@ def test_vae_dtype_reads_its_older_name_in_the_api_the_infotext_and_the_settings
     assert defaults_from_options(lambda key, default: stored.get(key, default)).vae_dtype == "auto"
     stored["sdfix_vae_dtype"] = "fp32"
     assert defaults_from_options(lambda key, default: stored.get(key, default)).vae_dtype == "fp32"
+
+
+def test_nan_watch_is_an_option_every_consumer_reads_not_a_fix():
+    from lib_sdfix.settings import FIXES
+    from lib_sdfix.webui.panel import settings_panel_options
+    from lib_sdfix.webui.xyz import XYZ_AXES
+
+    assert SDFixSettings().nan_watch is False and "nan_watch" not in {f.key for f in FIXES}
+    on = SDFixSettings(nan_watch=True)
+    assert on.to_infotext().endswith("nan=1") and SDFixSettings.from_infotext(on.to_infotext()) == on
+    written_before = "on=1 guard=1 encode=1 parity=1 resize=1 filter=LANCZOS vae=fp32 warn=0.5"
+    assert SDFixSettings.from_infotext(written_before).nan_watch is False  # older images still paste
+    assert SDFixSettings.from_args([{"nan_watch": True}]).nan_watch is True
+    assert UI_ARG_ORDER[-1] == "nan_watch"  # appended: older positional lists keep their meaning
+    assert ("SDFix: nan_watch", "nan_watch", ("on", "off")) in XYZ_AXES
+    assert "sdfix_nan_watch" in {spec.key for spec in settings_panel_options()}
+    with pytest.raises(SettingsError) as err:
+        SDFixSettings.from_mapping({"nan_watch": "yes"})
+    assert "nan_watch" in err.value.problems

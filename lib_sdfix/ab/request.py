@@ -18,7 +18,7 @@ from lib_sdfix.parity import is_same_marker
 from lib_sdfix.settings import SDFixSettings, SettingsError, describe
 
 __all__ = ["MAX_LABEL_CHARS", "parse_variants", "ABRequest", "ab_request_from_body", "payload_from_infotext",
-           "settings_from_infotext", "resolve_seed", "SEED_RANGE"]
+           "settings_from_infotext", "resolve_seed", "resolve_payload_seeds", "SEED_RANGE"]
 
 #: A label is one line above a grid cell and a table row: more than this is never readable.
 MAX_LABEL_CHARS = 128
@@ -263,12 +263,17 @@ class ABRequest:
     def with_resolved_seed(self, rng: Optional[random.Random] = None) -> "ABRequest":
         """A copy whose payload has a concrete seed (and subseed, when variation seeds are on), so
         every variant renders the same noise."""
-        payload = dict(self.payload)
-        payload["seed"] = resolve_seed(payload.get("seed", -1), rng)
-        strength = payload.get("subseed_strength", 0)
-        if "subseed" in payload or (isinstance(strength, (int, float)) and strength):
-            payload["subseed"] = resolve_seed(payload.get("subseed", -1), rng)
-        return replace(self, payload=payload)
+        return replace(self, payload=resolve_payload_seeds(self.payload, rng))
+
+
+def resolve_payload_seeds(payload: Mapping[str, Any], rng: Optional[random.Random] = None) -> Dict[str, Any]:
+    """A copy of a txt2img payload with a concrete seed (and subseed, when variation seeds are on)."""
+    out = dict(payload)
+    out["seed"] = resolve_seed(out.get("seed", -1), rng)
+    strength = out.get("subseed_strength", 0)
+    if "subseed" in out or (isinstance(strength, (int, float)) and strength):
+        out["subseed"] = resolve_seed(out.get("subseed", -1), rng)
+    return out
 
 
 _BODY_FIELDS = ("payload", "variants", "heatmap_gain", "save")

@@ -11,12 +11,16 @@ everything around the sampling (schedule bookkeeping, infotext, the Hires upscal
 A late refine samples once more on the last pass's sampler: a run's latents are every sampling it
 made, in order, so a variant with the refine gets the refined latent, and a variant without it the
 pass's own; a refine variant whose passes another group already sampled runs only its refine.
+The diagnosis runner (diagnosis.py) renders its sweeps with the same loop (:func:`render_groups`).
+(Over the usual ~400 lines: the payload check, the script args, the sampler injection and the loop
+that relies on it belong together; split, each half would reach into the other's private state.)
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from lib_sdfix.failsafe import log_once
@@ -24,7 +28,7 @@ from lib_sdfix.settings import SDFixSettings, SettingsError
 from lib_sdfix.webui.host import current
 from lib_sdfix.webui.session import PATCHES
 
-__all__ = ["run_comparison", "txt2img_fields", "script_args_for", "request_from_body"]
+__all__ = ["run_comparison", "render_groups", "Rendered", "txt2img_fields", "script_args_for", "request_from_body"]
 
 _PAYLOAD_DROPPED = ("script_args", "alwayson_scripts", "infotext", "send_images", "save_images",
                     "force_task_id", "sampler_index")
@@ -150,13 +154,24 @@ class _Sampling:
     runs a generation of its own from a hook on this thread (ADetailer, from ``postprocess_image``)
     samples as usual, and its latent is neither recorded as the run's nor replaced."""
 
-    def __init__(self, inject: List[Any], owner: Any = None) -> None:
+    def __init__(self, inject: List[Any], owner: Any = None, observer: Optional[Callable[[int, Any], None]] = None) -> None:
         self.inject = list(inject)
         self.outputs: List[Any] = []
         self.owner = owner
+        self.observer = observer  # observer(pass index, the sampler's callback dict) at every step it samples
 
     def wrap(self, sampler: Any) -> Any:
         launch = sampler.launch_sampling
+        if self.observer is not None:
+            # The hosts look ``self.callback_state`` up when sampling starts: an instance attribute is seen.
+            callback = sampler.callback_state
+
+            def callback_state(d: Any) -> Any:
+                if self.owner is None or getattr(sampler, "p", self.owner) is self.owner:
+                    self.observer(len(self.outputs), d)
+                return callback(d)
+
+            sampler.callback_state = callback_state
 
         def launch_sampling(steps: int, func: Callable[[], Any]) -> Any:
             if self.owner is not None and getattr(sampler, "p", self.owner) is not self.owner:
@@ -172,14 +187,14 @@ class _Sampling:
 
 
 @contextlib.contextmanager
-def _sampling(inject: List[Any], owner: Any = None) -> Iterator[_Sampling]:
+def _sampling(inject: List[Any], owner: Any = None, observer: Any = None) -> Iterator[_Sampling]:
     """Every sampler the host creates on this thread during the block reports (and may skip) its sampling."""
     from lib_sdfix.webui import hooks
 
     targets = current().patch_targets({"sampler"})
     for target, attr, kind in targets:
         PATCHES.acquire(target, attr, hooks.FACTORIES[kind])
-    _LOCAL.sampling = sampling = _Sampling(inject, owner)
+    _LOCAL.sampling = sampling = _Sampling(inject, owner, observer)
     try:
         with hooks.watching_samplers(sampling.wrap):
             yield sampling
@@ -229,11 +244,11 @@ class _Run:
         p.script_args = args
         return p
 
-    def run(self, inject: List[Any]) -> Any:
+    def run(self, inject: List[Any], observer: Any = None) -> Any:
         from modules import processing
 
         p = self._processing()
-        with contextlib.closing(p), _sampling(inject, owner=p) as sampling:
+        with contextlib.closing(p), _sampling(inject, owner=p, observer=observer) as sampling:
             processed = processing.process_images(p)
         self.outputs = [o for o in sampling.outputs if o is not None]
         return processed
@@ -263,6 +278,16 @@ def sampler_already_equal(fields: Dict[str, Any]) -> bool:
     return (first.sampler, first.scheduler) == (hires.sampler, hires.scheduler)
 
 
+def prepare(request: Any) -> Tuple[Any, Dict[str, Any], Dict[str, Any], bool, bool]:
+    """(the request with its seed resolved, its AlwaysOn scripts, its fields as the host checks them,
+    whether Hires runs, whether its upscaler is a latent one) -- what every run of a plan shares."""
+    request = request.with_resolved_seed()
+    fields = txt2img_fields(request.payload)
+    upscaler = fields.get("hr_upscaler")
+    return (request, dict(request.payload.get("alwayson_scripts") or {}), fields, bool(fields.get("enable_hr")),
+            upscaler is None or upscaler in current().shared.latent_upscale_modes)
+
+
 def run_comparison(request: Any) -> Dict[str, Any]:
     """Render every variant of an A/B request with the least sampling; images, infotexts, metrics, notes.
 
@@ -271,64 +296,16 @@ def run_comparison(request: Any) -> Dict[str, Any]:
     from lib_sdfix import ab
 
     shared = current().shared
-    request = request.with_resolved_seed()
-    alwayson = dict(request.payload.get("alwayson_scripts") or {})
-    fields = txt2img_fields(request.payload)
-    hires = bool(fields.get("enable_hr"))
+    request, alwayson, fields, hires, latent_upscaler = prepare(request)
     upscaler = fields.get("hr_upscaler")
-    latent_upscaler = upscaler is None or upscaler in shared.latent_upscale_modes
     groups = ab.sampling_groups(request.variants, hires=hires, latent_upscaler=latent_upscaler,
                                 parity_changes_sampler=hires and not sampler_already_equal(fields))
     plan = [run for group in groups for run in _group_runs(group)]
     shared.state.job_count = len(plan)
-    passes = 2 if hires else 1  # sampling passes before a late refine
 
-    images: Dict[str, Any] = {}
-    infotexts: Dict[str, str] = {}
-    times: Dict[str, float] = {}
-    runs: List[Dict[str, Any]] = []
-    run_notes: List[str] = []
-    first_pass: Optional[Any] = None
-    pass_latents: Dict[Any, List[Any]] = {}  # the passes (no refine) each pass key sampled
-    scripts_note: Optional[str] = None
-    for group in groups:
-        sampled: Optional[List[Any]] = None  # every latent of the run that sampled this group
-        sampled_by: Tuple[int, Any] = (0, None)  # the run that sampled this group, and its decode
-        for decode, members in _group_runs(group):
-            if shared.state.interrupted:
-                break
-            run = _Run(fields, alwayson, members[0].settings)
-            if sampled is not None:
-                inject, kind = sampled, "decode only (shared sampling)"
-            elif group.pass_key in pass_latents:
-                inject = pass_latents[group.pass_key]
-                kind = "refine only (shared passes)" if group.refine else "decode only (shared passes)"
-            elif first_pass is not None:
-                inject, kind = [first_pass], "Hires pass (shared first pass)"
-            else:
-                inject, kind = [], "full sampling"
-            start = time.perf_counter()
-            processed = run.run(inject)
-            elapsed = time.perf_counter() - start
-            scripts_note = scripts_note or run.scripts_note
-            if shared.state.interrupted or not processed.images:
-                break  # an interrupted generation's image is not the variant's, nor its latent the group's
-            if getattr(shared.state, "skipped", False):  # "Skip": this run's image is partial; go on with the next
-                shared.state.skipped = False
-                if sampled is None:
-                    break  # the group's sampling was cut short: its other runs have nothing to share
-                continue
-            if sampled is None:
-                sampled, sampled_by = run.outputs, (len(runs) + 1, decode)
-                if len(run.outputs) >= passes:
-                    pass_latents.setdefault(group.pass_key, run.outputs[:passes])
-            if first_pass is None and hires and run.outputs:
-                first_pass = run.outputs[0]
-            image, infotext = _first_image(processed)
-            for variant in members:
-                images[variant.name], infotexts[variant.name], times[variant.name] = image, infotext, elapsed
-            runs.append({"variants": [v.name for v in members], "kind": kind, "time_s": elapsed})
-            run_notes.append(_run_note(len(runs), runs[-1], sampled_by, decode))
+    rendered = render_groups(fields, alwayson, groups, hires=hires)
+    images, infotexts, times, runs = rendered.images, rendered.infotexts, rendered.times, rendered.runs
+    run_notes, scripts_note = rendered.notes, rendered.scripts_note
 
     done = [v for v in request.variants if v.name in images]
     reference = request.reference
@@ -355,6 +332,74 @@ def run_comparison(request: Any) -> Dict[str, Any]:
     if request.save:
         result["saved"] = save_comparison(fields, done, images, infotexts, rows, result["notes"])
     return result
+
+
+@dataclass
+class Rendered:
+    """What :func:`render_groups` rendered: per variant its image, infotext and time; per run what it
+    did (``variants``, ``kind``, ``time_s`` and what ``execute`` added) and its note."""
+
+    images: Dict[str, Any] = field(default_factory=dict)
+    infotexts: Dict[str, str] = field(default_factory=dict)
+    times: Dict[str, float] = field(default_factory=dict)
+    runs: List[Dict[str, Any]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    scripts_note: Optional[str] = None
+
+
+def render_groups(fields: Dict[str, Any], alwayson: Dict[str, Any], groups: List[Any], *, hires: bool,
+                  execute: Optional[Callable[[Any, List[Any], Tuple[Any, ...]], Tuple[Any, Dict[str, Any]]]] = None,
+                  into: Optional[Rendered] = None) -> Rendered:
+    """Render the sampling groups (lib_sdfix.ab.sampling_groups) of one generation's ``fields``: the first
+    run of a group samples, the others get its latents injected (decode only), a Hires pass shares the
+    first pass, a late refine group whose passes another group sampled runs only its refine.  ``execute(run, inject, members) -> (processed, extra)`` runs one generation (default:
+    ``run.run(inject)``); a None ``processed`` means the host stopped it: the group goes no further.
+    ``into``: add to an earlier call's result (a diagnosis sweep renders several generations).
+    Stops at an Interrupt; after "Skip" goes on with the next run."""
+    shared = current().shared
+    out = into if into is not None else Rendered()
+    passes = 2 if hires else 1  # sampling passes before a late refine
+    first_pass: Optional[Any] = None
+    pass_latents: Dict[Any, List[Any]] = {}  # the passes (no refine) each pass key sampled
+    for group in groups:
+        sampled: Optional[List[Any]] = None  # every latent of the run that sampled this group
+        sampled_by: Tuple[int, Any] = (0, None)  # the run that sampled this group, and its decode
+        for decode, members in _group_runs(group):
+            if shared.state.interrupted:
+                break
+            run = _Run(fields, alwayson, members[0].settings)
+            if sampled is not None:
+                inject, kind = sampled, "decode only (shared sampling)"
+            elif group.pass_key in pass_latents:
+                inject = pass_latents[group.pass_key]
+                kind = "refine only (shared passes)" if group.refine else "decode only (shared passes)"
+            elif first_pass is not None:
+                inject, kind = [first_pass], "Hires pass (shared first pass)"
+            else:
+                inject, kind = [], "full sampling"
+            start = time.perf_counter()
+            processed, extra = execute(run, inject, members) if execute is not None else (run.run(inject), {})
+            elapsed = time.perf_counter() - start
+            out.scripts_note = out.scripts_note or run.scripts_note
+            if processed is None or shared.state.interrupted or not processed.images:
+                break  # an interrupted generation's image is not the variant's, nor its latent the group's
+            if getattr(shared.state, "skipped", False):  # "Skip": this run's image is partial; go on with the next
+                shared.state.skipped = False
+                if sampled is None:
+                    break  # the group's sampling was cut short: its other runs have nothing to share
+                continue
+            if sampled is None:
+                sampled, sampled_by = run.outputs, (len(out.runs) + 1, decode)
+                if len(run.outputs) >= passes:
+                    pass_latents.setdefault(group.pass_key, run.outputs[:passes])
+            if first_pass is None and hires and run.outputs:
+                first_pass = run.outputs[0]
+            image, infotext = _first_image(processed)
+            for variant in members:
+                out.images[variant.name], out.infotexts[variant.name], out.times[variant.name] = image, infotext, elapsed
+            out.runs.append({"variants": [v.name for v in members], "kind": kind, "time_s": elapsed, **extra})
+            out.notes.append(_run_note(len(out.runs), out.runs[-1], sampled_by, decode))
+    return out
 
 
 def _group_runs(group: Any) -> List[Tuple[Any, Tuple[Any, ...]]]:

@@ -1,4 +1,4 @@
-"""SDFix's HTTP routes: ``GET /sdfix/v1/status`` and ``POST /sdfix/v1/ab``.
+"""SDFix's HTTP routes: ``GET /sdfix/v1/status``, ``POST /sdfix/v1/ab`` and ``POST /sdfix/v1/diagnose``.
 
 They exist only where the host serves its API (``--api`` or ``--nowebui``), and sit behind the same
 ``--api-auth`` credentials as ``/sdapi/v1/*``: with ``--listen --gradio-auth`` alone nobody on the
@@ -90,21 +90,37 @@ def on_app_started(demo: Any, app: Any) -> None:
     from lib_sdfix.webui.tab import api_response
     from modules import call_queue
 
-    def compare(body=Body(...)):
-        try:
-            request = request_from_body(body)
-        except SettingsError as err:
-            raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
-        shared = host.shared
-        with call_queue.queue_lock:
-            shared.state.begin(job="sdfix_ab")
+    def queued(name: str, job: str, validate: Any, runner: Any, respond: Any) -> Any:
+        """A POST handler: the body validated before anything runs (422 naming the field), then the run
+        under the WebUI's queue lock and job state (its progress bar and Interrupt follow it)."""
+
+        def handler(body=Body(...)):
             try:
-                result = run_comparison(request)
+                request = validate(body)
             except SettingsError as err:
                 raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
-            finally:
-                shared.state.end()
-        return api_response(result)
+            shared = host.shared
+            with call_queue.queue_lock:
+                shared.state.begin(job=job)
+                try:
+                    result = runner(request)
+                except SettingsError as err:
+                    raise HTTPException(status_code=422, detail=f"SDFix: {err}") from None
+                finally:
+                    shared.state.end()
+            return respond(result)
+
+        handler.__name__ = handler.__qualname__ = name  # FastAPI's operation id: one per route
+        return handler
+
+    def diagnosis() -> Any:
+        from lib_sdfix.webui import diagnosis as module  # the diagnosis runner loads on first use, not at start
+
+        return module
+
+    compare = queued("compare", "sdfix_ab", request_from_body, run_comparison, api_response)
+    diagnose = queued("diagnose", "sdfix_diagnose", lambda body: diagnosis().request_from_body(body),
+                      lambda request: diagnosis().run_diagnosis(request), lambda result: diagnosis().api_response(result))
 
     dependencies = auth_dependencies()
     paths = {getattr(r, "path", None) for r in app.routes}
@@ -112,3 +128,5 @@ def on_app_started(demo: Any, app: Any) -> None:
         app.add_api_route("/sdfix/v1/status", status, methods=["GET"], dependencies=dependencies)
     if "/sdfix/v1/ab" not in paths:
         app.add_api_route("/sdfix/v1/ab", compare, methods=["POST"], dependencies=dependencies)
+    if "/sdfix/v1/diagnose" not in paths:
+        app.add_api_route("/sdfix/v1/diagnose", diagnose, methods=["POST"], dependencies=dependencies)

@@ -1,4 +1,4 @@
-"""The "SDFix A/B" tab: its layout (built from callbacks, so it is tested without a WebUI) and the
+"""The A/B section of SDFix's tab: its layout (built from callbacks, so it is tested without a WebUI) and the
 host callbacks behind it (``on_ui_tabs``).  The tab works whether or not the WebUI serves its API."""
 from __future__ import annotations
 
@@ -121,13 +121,14 @@ def build_ab_tab(callbacks: TabCallbacks) -> Any:
     return tab
 
 
-def _form(gr: Any, callbacks: TabCallbacks) -> List[Any]:
+def _form(gr: Any, callbacks: Any, prefix: str = "sdfix_ab") -> List[Any]:
+    """The generation form (FORM_FIELDS); element ids ``<prefix>_<field>`` (the Diagnose section has its own)."""
     components: Dict[str, Any] = {}
     labels = {key: (label, default) for key, label, default in FORM_FIELDS}
 
     def make(key: str, factory: Callable[..., Any], **kwargs: Any) -> None:
         label, default = labels[key]
-        components[key] = factory(label=label, value=default, elem_id=f"sdfix_ab_{key}", **kwargs)
+        components[key] = factory(label=label, value=default, elem_id=f"{prefix}_{key}", **kwargs)
 
     make("prompt", gr.Textbox, lines=2)
     make("negative_prompt", gr.Textbox, lines=1)
@@ -194,7 +195,7 @@ def tab_outputs(result: Dict[str, Any]) -> List[Any]:
 
 
 def on_ui_tabs() -> List[Any]:
-    """The "SDFix A/B" tab."""
+    """SDFix's tab: the A/B comparison (this module) and the Diagnose section (diagnose_tab)."""
     import os
 
     import gradio as gr
@@ -241,4 +242,7 @@ def on_ui_tabs() -> List[Any]:
         run=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[gr.update(), "", [], None, None, ""]),
         interrupt=lambda: shared.state.interrupt(),
     )
-    return [(build_ab_tab(callbacks), "SDFix A/B", "sdfix_ab")]
+    from lib_sdfix.webui.diagnose_tab import build_diagnose_tab, build_sdfix_tab, diagnose_callbacks
+
+    return [(build_sdfix_tab(build_ab_tab(callbacks), build_diagnose_tab(diagnose_callbacks(callbacks))), "SDFix",
+             "sdfix_ab")]

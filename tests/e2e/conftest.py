@@ -3,16 +3,17 @@
 Each host instance is named by its own environment variable; tests run against every instance that
 is set and skip cleanly when none is:
 
-====================  ========  =========================================================================
-variable              mode      instance
-====================  ========  =========================================================================
-SDFIX_E2E_URL         fp32      AUTOMATIC1111 v1.10.1, ``--no-half --precision full``
-SDFIX_E2E_URL_FP16    fp16      AUTOMATIC1111, ``--precision half`` (fp16 VAE, as GPU users run it)
-SDFIX_E2E_URL_UPCAST  upcast    AUTOMATIC1111, ``--precision half --upcast-sampling``
-SDFIX_E2E_URL_SDXL    sdxl      AUTOMATIC1111 with an SDXL checkpoint selected
-SDFIX_E2E_URL_FORGE   forge     Forge, ``--always-cpu --vae-in-bf16``
-SDFIX_E2E_URL_REFORGE reforge   reForge, ``--always-cpu --vae-in-bf16`` and ``SDFIX_OBSERVER_DTYPE_VAE=fp32``
-====================  ========  =========================================================================
+=======================  =========  =========================================================================
+variable                 mode       instance
+=======================  =========  =========================================================================
+SDFIX_E2E_URL            fp32       AUTOMATIC1111 v1.10.1, ``--no-half --precision full``
+SDFIX_E2E_URL_FP16       fp16       AUTOMATIC1111, ``--precision half`` (fp16 VAE, as GPU users run it)
+SDFIX_E2E_URL_UPCAST     upcast     AUTOMATIC1111, ``--precision half --upcast-sampling``
+SDFIX_E2E_URL_NOHALFVAE  nohalfvae  AUTOMATIC1111, ``--precision half --no-half-vae`` (fp16 UNet, fp32 VAE)
+SDFIX_E2E_URL_SDXL       sdxl       AUTOMATIC1111 with an SDXL checkpoint selected
+SDFIX_E2E_URL_FORGE      forge      Forge, ``--always-cpu --vae-in-bf16``
+SDFIX_E2E_URL_REFORGE    reforge    reForge, ``--always-cpu --vae-in-bf16`` and ``SDFIX_OBSERVER_DTYPE_VAE=fp32``
+=======================  =========  =========================================================================
 
 Reference instances used by single tests: ``SDFIX_E2E_URL_FORGE_FP32`` (Forge ``--vae-in-fp32``),
 ``SDFIX_E2E_URL_HALFVAE`` (AUTOMATIC1111 ``--precision half --vae-path`` of an fp32 VAE file, see
@@ -28,6 +29,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -40,6 +42,7 @@ class Mode:
     host: str
     precision: Optional[str] = None  # AUTOMATIC1111's --precision
     upcast: bool = False
+    no_half_vae: bool = False
     sdxl: bool = False
     slow: bool = False  # half precision on this CPU: R-ESRGAN takes over 10 minutes
 
@@ -48,6 +51,7 @@ MODES_ALL = {
     "fp32": Mode("SDFIX_E2E_URL", "a1111", precision="full"),
     "fp16": Mode("SDFIX_E2E_URL_FP16", "a1111", precision="half", slow=True),
     "upcast": Mode("SDFIX_E2E_URL_UPCAST", "a1111", precision="half", upcast=True, slow=True),
+    "nohalfvae": Mode("SDFIX_E2E_URL_NOHALFVAE", "a1111", precision="half", no_half_vae=True, slow=True),
     "sdxl": Mode("SDFIX_E2E_URL_SDXL", "a1111", sdxl=True),
     "forge": Mode("SDFIX_E2E_URL_FORGE", "forge"),
     "reforge": Mode("SDFIX_E2E_URL_REFORGE", "reforge"),
@@ -188,6 +192,7 @@ def _client(mode: str) -> WebUI:
     if spec.precision:
         assert environment["precision"] == spec.precision, f"{url} runs precision={environment['precision']}"
     assert environment["upcast_sampling"] == spec.upcast, f"{url}: --upcast-sampling is {environment['upcast_sampling']}"
+    assert environment["no_half_vae"] == spec.no_half_vae, f"{url}: --no-half-vae is {environment['no_half_vae']}"
     assert environment["sdxl"] == spec.sdxl, f"{url}: the loaded checkpoint is {environment['checkpoint']}"
     status, _ = client.call("GET", "/sdfix-observer/flags")
     assert status == 200, "the SDFix e2e observer extension is not installed in this WebUI"
@@ -210,3 +215,32 @@ def encode_png(image) -> str:
 def skip_slow(webui: WebUI, what: str) -> None:
     if webui.slow:
         pytest.skip(f"{what} in half precision on this CPU takes many minutes (shared/webui-offline/README.md)")
+
+
+# --- the browser (test_browser.py, test_diagnose.py): Debian's chromium via Playwright, no download -----
+
+CHROMIUM = os.environ.get("SDFIX_E2E_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def page(tmp_path, webui):
+    url = webui.url
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no system Chromium at {CHROMIUM}")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1100})
+        page = context.new_page()
+        page.sdfix_url = url
+        yield page
+        browser.close()
+
+
+def screens_folder(tmp_path) -> Path:
+    """Where browser tests put their screenshots: SDFIX_E2E_SCREENSHOTS, else pytest's tmp dir."""
+    folder = Path(os.environ.get("SDFIX_E2E_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -66,7 +66,7 @@ def test_ablation_and_saving(webui):
     names = [v["name"] for v in result["variants"]]
     assert names[0] == "baseline" and names[-1] == "all" and len(names) == 6
     assert result["runs"] == 1
-    assert any(note.startswith("parity: no effect") for note in result["notes"])
+    assert any(note.startswith("hires_parity: no effect") for note in result["notes"])
     saved = result["saved"]
     assert "sdfix-ab" in saved["grid"]
     if os.path.exists(os.path.dirname(saved["grid"])):  # same machine as the WebUI

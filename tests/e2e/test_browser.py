@@ -1,4 +1,4 @@
-"""A person's path through the "SDFix A/B" tab in a real browser (Debian's chromium via Playwright).
+"""A person's path through the A/B section of the "SDFix" tab in a real browser (Debian's chromium via Playwright).
 
 Needs SDFIX_E2E_URL, the ``playwright`` Python package and a system Chromium (SDFIX_E2E_CHROMIUM,
 default /usr/bin/chromium; no browser download).  Screenshots go to SDFIX_E2E_SCREENSHOTS
@@ -6,37 +6,11 @@ default /usr/bin/chromium; no browser download).  Screenshots go to SDFIX_E2E_SC
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import re
 
 import pytest
 
-from .conftest import AUTH
-
-CHROMIUM = os.environ.get("SDFIX_E2E_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture
-def page(tmp_path, webui):
-    url = webui.url
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no system Chromium at {CHROMIUM}")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1100})
-        page = context.new_page()
-        page.sdfix_url = url
-        yield page
-        browser.close()
-
-
-def _screens(tmp_path) -> Path:
-    folder = Path(os.environ.get("SDFIX_E2E_SCREENSHOTS", tmp_path))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+from .conftest import AUTH, screens_folder
 
 
 def test_ab_tab_use_last_run_slider_zoom(page, tmp_path, webui):
@@ -45,7 +19,8 @@ def test_ab_tab_use_last_run_slider_zoom(page, tmp_path, webui):
     webui.txt2img(prompt="browser test portrait", seed=777)  # becomes "the last txt2img" (params.txt)
     page.goto(page.sdfix_url, timeout=120_000)
     # the top-level tab button (gradio 3: .tab-nav button; gradio 4 on Forge: button[role=tab])
-    page.locator("#tabs button", has_text="SDFix A/B").first.click(timeout=120_000)
+    # SDFix's tab ("SDFix"; its A/B section is the first sub-tab, open by default)
+    page.locator("#tabs button").filter(has_text=re.compile(r"^\s*SDFix\s*$")).first.click(timeout=120_000)
     page.locator("#sdfix_ab_use_last").click()
     page.wait_for_function("() => document.querySelector('#sdfix_ab_prompt textarea').value.includes('browser test')",
                            timeout=60_000)
@@ -71,7 +46,7 @@ def test_ab_tab_use_last_run_slider_zoom(page, tmp_path, webui):
     assert zoom > 100, zoom
     metrics = page.locator("#sdfix_ab_metrics").inner_text()
     assert "PSNR" in metrics
-    shot = _screens(tmp_path) / f"sdfix-ab-tab-{webui.mode}.png"
+    shot = screens_folder(tmp_path) / f"sdfix-ab-tab-{webui.mode}.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 10_000

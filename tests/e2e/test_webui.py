@@ -182,7 +182,7 @@ def test_img2img_encode_and_decode_are_guarded_and_plain_resizes_untouched(webui
 
 
 def test_infotext_round_trip_through_png_info_and_infotext_field(webui):
-    wanted = SDFixSettings(hires_parity=False, resize_filter="BICUBIC", decode_dtype="auto",
+    wanted = SDFixSettings(hires_parity=False, resize_filter="BICUBIC", vae_dtype="auto",
                            latent_denoise_warning=0.25)
     first = webui.txt2img([wanted.as_dict()])
     info = webui.ok("POST", "/sdapi/v1/png-info", {"image": first.payload["images"][0]})
@@ -225,7 +225,7 @@ def test_a_failing_fix_never_breaks_the_generation_nor_the_next_one(webui, flags
     finally:
         webui.ok("POST", "/sdfix-observer/inject-failure", {"target": "none"})
     assert result.payload["images"] and img2img.payload["images"]
-    assert "not applied: guard" in result.params()["SDFix notes"]
+    assert "not applied: precision_guard (" in result.params()["SDFix notes"]
     assert "not applied:" in img2img.params()["SDFix notes"]
     assert native_vae(webui) == native
     after = webui.txt2img([{"enabled": False}])

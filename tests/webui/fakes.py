@@ -81,6 +81,7 @@ class FakeVAE(torch.nn.Module):
         self._dtype = torch.float32
         self.to(dtype)
         self.seen: List[Dict[str, Any]] = []
+        self.half_overflow = False  # decoding in fp16 overflows to NaN, as a real fp16 VAE can on some latents
 
     def to(self, *args, **kwargs):
         dtype = next((a for a in args if isinstance(a, torch.dtype)), kwargs.get("dtype"))
@@ -100,7 +101,10 @@ class FakeVAE(torch.nn.Module):
         return layer(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self._run("decoder", self.conv, z)
+        out = self._run("decoder", self.conv, z)
+        if self.half_overflow and self.conv.weight.dtype == torch.float16:
+            out = out * float("nan")
+        return out
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._run("encoder", self.enc, x)
@@ -136,13 +140,29 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
     devices.device = torch.device("cpu")
     devices.without_autocast = lambda disable=False: contextlib.nullcontext()
 
+    class NansException(Exception):
+        pass
+
+    def test_for_nans(x, where):
+        """AUTOMATIC1111 looks at the first element only; Forge and reForge's is a no-op."""
+        if host != "a1111" or shared.cmd_opts.disable_nan_check:
+            return
+        if not torch.isnan(x[(0,) * len(x.shape)]):
+            return
+        raise NansException(f"A tensor with NaNs was produced in {'VAE' if where == 'vae' else 'Unet'}.")
+
+    devices.NansException = NansException
+    devices.test_for_nans = test_for_nans
+
     # shared
     shared = module("modules.shared")
-    shared.cmd_opts = Namespace(sdfix_disable=False, sdfix_decode_dtype=None, api=True, nowebui=False, api_auth=None,
-                                no_half_vae=False, no_half=False, upcast_sampling=upcast, precision="half")
+    shared.cmd_opts = Namespace(sdfix_disable=False, sdfix_vae_dtype=None, api=True, nowebui=False, api_auth=None,
+                                no_half_vae=False, no_half=False, upcast_sampling=upcast, precision="half",
+                                disable_nan_check=False)
     shared.opts = Namespace(sd_vae_decode_method="Full", sd_vae_encode_method="Full", show_progress_type="Full",
                             live_preview_fast_interrupt=False, live_preview_allow_lowvram_full=False,
-                            upscaler_for_img2img=None, hires_fix_show_sampler=False, img2img_extra_noise=0.0)
+                            upscaler_for_img2img=None, hires_fix_show_sampler=False, auto_vae_precision=True,
+                            img2img_extra_noise=0.0)
     shared.state = State()
     shared.device = torch.device("cpu")
     shared.latent_upscale_default_mode = "Latent"
@@ -336,8 +356,52 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
     else:
         images.resize_image = resize_image
 
+    def get_next_sequence_number(path, basename):
+        """images.py: one more than the largest leading number of the files in ``path`` (0 for none)."""
+        import os
+
+        result = -1
+        basename = f"{basename}-" if basename != "" else basename
+        for name in os.listdir(path):
+            if name.startswith(basename):
+                parts = os.path.splitext(name[len(basename):])[0].split("-")
+                try:
+                    result = max(int(parts[0]), result)
+                except ValueError:
+                    pass
+        return result + 1
+
+    images.get_next_sequence_number = get_next_sequence_number
+    module("modules.paths_internal").default_output_dir = "outputs"
+
     call_queue = module("modules.call_queue")
     call_queue.queue_lock = threading.Lock()
+
+    def wrap_gradio_gpu_call(func, extra_outputs=None):
+        """call_queue.py: the queue lock and job state around ``func``; an exception becomes
+        ``extra_outputs`` plus an error box; the job flags are reset afterwards; the last output gets stats."""
+
+        def f(*args, **kwargs):
+            id_task = args[0] if args and isinstance(args[0], str) and args[0].startswith("task(") else None
+            try:
+                with call_queue.queue_lock:
+                    shared.state.begin(job=id_task)
+                    try:
+                        res = list(func(*args, **kwargs))
+                    finally:
+                        shared.state.end()
+            except Exception as exc:  # noqa: BLE001 -- errors.report
+                res = list(extra_outputs if extra_outputs is not None else [None, ""]) + [
+                    f"<div class='error'>{type(exc).__name__}: {exc}</div>"]
+            finally:
+                shared.state.skipped = shared.state.interrupted = shared.state.stopping_generation = False
+                shared.state.job_count, shared.state.job = 0, ""
+            res[-1] += "<div class='performance'></div>"
+            return tuple(res)
+
+        return f
+
+    call_queue.wrap_gradio_gpu_call = wrap_gradio_gpu_call
 
     lowvram = module("modules.lowvram")
     lowvram.is_enabled = lambda model: False
@@ -382,7 +446,11 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
 # The "UNet" is ``shared.sd_model.apply_model``: a cheap deterministic function that records every call
 # in ``shared.sd_model.unet_calls``.  The fake VAE keeps the spatial size, so latents are as large as
 # their image (OPT_F = 1).  Host differences kept: Forge's ``hr_additional_modules`` (its Hires pass
-# raises TypeError unless it is a list) and extra API fields, Forge's float32 Hires encode input.
+# raises TypeError unless it is a list) and extra API fields, Forge's float32 Hires encode input,
+# ``decode_latent_batch`` (AUTOMATIC1111: one decode per image, ``devices.test_for_nans`` on the latent
+# and each image with the fp32 retry of "Automatically revert VAE to 32-bit floats"; Forge/reForge: the
+# batch in one decode, no check).  Module-level functions are called through ``processing.`` as the
+# hosts' own module globals are, so a patched one is seen.
 
 OPT_F = 1
 SIGMA_MIN, SIGMA_MAX = 0.03, 14.6
@@ -617,12 +685,14 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
     model.unet_calls = []
     model.unet_hook = None  # called with the call count after each UNet call (tests interrupt or fail there)
     model.alphas_cumprod = alphas_cumprod_sd()
+    model.unet_output = None  # (call count, output) -> output: tests put NaN or detail into the prediction
 
     def apply_model(x, sigma, cond):
         model.unet_calls.append({"shape": tuple(x.shape), "sigma": float(sigma), "thread": threading.current_thread().name})
         if model.unet_hook is not None:
             model.unet_hook(len(model.unet_calls))
-        return torch.tanh(x / (float(sigma) ** 2 + 1) ** 0.5 + cond) * 0.9
+        out = torch.tanh(x / (float(sigma) ** 2 + 1) ** 0.5 + cond) * 0.9
+        return out if model.unet_output is None else model.unet_output(len(model.unet_calls), out)
 
     model.apply_model = apply_model
 
@@ -886,8 +956,25 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
 
     def decode_latent_batch(model, batch, target_device=None, check_for_nans=False):
         samples = DecodedSamples()
+        if host != "a1111":  # Forge/reForge: the batch in one decode, check_for_nans ignored
+            for sample in processing.decode_first_stage(model, batch).to(target_device or batch.device):
+                samples.append(sample)
+            return samples
+        if check_for_nans:
+            devices.test_for_nans(batch, "unet")
         for i in range(batch.shape[0]):
             sample = processing.decode_first_stage(model, batch[i:i + 1])[0]  # the module's name, as patched
+            if check_for_nans:
+                try:
+                    devices.test_for_nans(sample, "vae")
+                except devices.NansException:
+                    # "Automatically revert VAE to 32-bit floats": for good, then decode again
+                    if not opts.auto_vae_precision or devices.dtype_vae == torch.float32:
+                        raise
+                    devices.dtype_vae = torch.float32
+                    model.first_stage_model.to(devices.dtype_vae)
+                    batch = batch.to(devices.dtype_vae)
+                    sample = processing.decode_first_stage(model, batch[i:i + 1])[0]
             samples.append(sample.to(target_device) if target_device is not None else sample)
         return samples
 
@@ -1199,7 +1286,7 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
             if not self.enable_hr:
                 return samples
             if self.latent_scale_mode is None:
-                decoded_samples = torch.stack(decode_latent_batch(self.sd_model, samples, target_device=devices.cpu,
+                decoded_samples = torch.stack(processing.decode_latent_batch(self.sd_model, samples, target_device=devices.cpu,
                                                                   check_for_nans=True)).to(dtype=torch.float32)
             else:
                 decoded_samples = None
@@ -1246,7 +1333,7 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
                                                   steps=self.hr_second_pass_steps or self.steps,
                                                   image_conditioning=image_conditioning)
             self.sampler = None
-            decoded_samples = decode_latent_batch(self.sd_model, samples, target_device=devices.cpu, check_for_nans=True)
+            decoded_samples = processing.decode_latent_batch(self.sd_model, samples, target_device=devices.cpu, check_for_nans=True)
             self.is_hr_pass = False
             return decoded_samples
 
@@ -1346,9 +1433,10 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
                 if getattr(samples_ddim, "already_decoded", False):
                     x_samples_ddim = samples_ddim
                 else:
+                    devices.test_for_nans(samples_ddim, "unet")
                     if opts.sd_vae_decode_method != "Full":
                         p.extra_generation_params["VAE Decoder"] = opts.sd_vae_decode_method
-                    x_samples_ddim = decode_latent_batch(p.sd_model, samples_ddim, target_device=devices.cpu, check_for_nans=True)
+                    x_samples_ddim = processing.decode_latent_batch(p.sd_model, samples_ddim, target_device=devices.cpu, check_for_nans=True)
                 x_samples_ddim = torch.stack(x_samples_ddim).float()
                 x_samples_ddim = torch.clamp((x_samples_ddim + 1.0) / 2.0, min=0.0, max=1.0)
                 state.nextjob()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from .fakes import install
+from .fakes import Namespace, install
 
 A1111_PATCHED = [("processing", "decode_first_stage"), ("processing", "images_tensor_to_samples"),
                  ("sd_samplers_common", "decode_first_stage"), ("sd_samplers_common", "samples_to_images_tensor"),
@@ -94,3 +94,30 @@ def recording_resize(monkeypatch):
 
     monkeypatch.setattr(Image.Image, "resize", spy)
     return calls
+
+
+# --- plain generations, to compare A/B variants and diagnosis cells with -------------------------------
+
+
+def plain(env, payload, settings, **alwayson):
+    """The same payload through the WebUI's txt2img API, SDFix's args = ``settings``."""
+    from lib_sdfix.settings import SDFixSettings
+    from lib_sdfix.webui.host import current
+
+    env.shared.sd_model.unet_calls.clear()
+    env.vae.seen.clear()
+    if isinstance(settings, SDFixSettings):
+        settings = settings.as_dict()
+    body = {**current().txt2img_defaults(), **payload}  # what a client of this host's API has to send
+    processed = env.api.api.text2imgapi({**body, "alwayson_scripts": {"SDFix": {"args": [settings]}, **alwayson}})
+    assert len(processed.images) == 1
+    return Namespace(image=processed.images[0], infotext=processed.infotexts[0],
+                     unet=list(env.shared.sd_model.unet_calls), vae=list(env.vae.seen))
+
+
+def pixels(image):
+    return image.convert("RGB").tobytes()
+
+
+def decodes(records):
+    return [(r["input"], r["weight"], r["cudnn_tf32"]) for r in records if r["part"] == "decoder"]

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from lib_sdfix import ab
-from lib_sdfix.settings import SDFixSettings, SettingsError
+from lib_sdfix.settings import SettingsError
 
 from .fakes import HOSTS, Namespace, fake_gradio, install
+from .support import decodes, pixels, plain
 
 pytest.importorskip("pydantic")
 pytest.importorskip("fastapi")
@@ -69,29 +70,6 @@ def compare(env, payload, variants="ab", **body):
     finally:
         env.shared.state.end()
     return Namespace(result=result, unet=list(env.shared.sd_model.unet_calls), vae=list(env.vae.seen), request=request)
-
-
-def plain(env, payload, settings, **alwayson):
-    """The same payload through the WebUI's txt2img API, SDFix's args = ``settings``."""
-    env.shared.sd_model.unet_calls.clear()
-    env.vae.seen.clear()
-    from lib_sdfix.webui.host import current
-
-    if isinstance(settings, SDFixSettings):
-        settings = settings.as_dict()
-    body = {**current().txt2img_defaults(), **payload}  # what a client of this host's API has to send
-    processed = env.api.api.text2imgapi({**body, "alwayson_scripts": {"SDFix": {"args": [settings]}, **alwayson}})
-    assert len(processed.images) == 1
-    return Namespace(image=processed.images[0], infotext=processed.infotexts[0],
-                     unet=list(env.shared.sd_model.unet_calls), vae=list(env.vae.seen))
-
-
-def pixels(image):
-    return image.convert("RGB").tobytes()
-
-
-def decodes(records):
-    return [(r["input"], r["weight"], r["cudnn_tf32"]) for r in records if r["part"] == "decoder"]
 
 
 def assert_clean(env):

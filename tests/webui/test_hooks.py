@@ -109,7 +109,7 @@ def test_an_approximate_decode_or_encode_method_is_reported_not_claimed(webui):
     p.close()
 
 
-def test_decode_dtype_auto_keeps_the_host_dtype_but_guards_flags(webui):
+def test_vae_dtype_auto_keeps_the_host_dtype_but_guards_flags(webui):
     p = FakeP()
     run(webui, p, {"vae_dtype": "auto"})
     decode(webui)

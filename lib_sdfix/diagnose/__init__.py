@@ -1,0 +1,39 @@
+"""Diagnosis, WebUI-free: what a careful engineer does by hand when an artifact survives SDFix.
+
+Seed 001's strategy, one module each: ``roundtrip`` (the VAE on the user's own image under several
+precisions), ``plan`` (one-variable sweeps at a fixed seed, and which cells share a sampling),
+``steps`` (the denoised prediction of chosen steps), ``nanwatch`` (the first step or stage with NaN/Inf),
+``findings`` (measurements -> likely causes in the seed's taxonomy), ``chart`` and ``output`` (metrics,
+grid, chart, JSON, saving); ``request`` validates the API body.  The hosts run the plans
+(lib_sdfix.webui.diagnosis, lib_sdfix.diffusers.diagnose) and hand the images back to ``output``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> submodule.  Imported on first use: the WebUI imports the AlwaysOn script (and its NaN watch)
+# at start, and the analysis helpers (metrics, charts, the A/B output) are only needed by a diagnosis.
+_EXPORTS = {
+    "Finding": "findings", "roundtrip_findings": "findings", "steps_findings": "findings", "sweep_findings": "findings",
+    "NanWatch": "nanwatch", "NonFinite": "nanwatch",
+    "FORMAT": "output", "analyse_roundtrip": "output", "analyse_steps": "output", "analyse_sweep": "output",
+    "diagnosis_json": "output", "display_table": "output", "merge_nan": "output", "save_diagnosis": "output",
+    "AXES": "plan", "AXIS_LABELS": "plan", "DEFAULT_VALUES": "plan", "Cell": "plan", "count_decodes": "plan",
+    "count_samplings": "plan", "sweep_cells": "plan",
+    "KINDS": "request", "MAX_STRIP_STEPS": "request", "MAX_SWEEP_VALUES": "request", "RoundTripRequest": "request",
+    "StepsRequest": "request", "SweepRequest": "request", "default_strip_steps": "request",
+    "diagnose_request_from_body": "request", "parse_value_list": "request",
+    "VARIANTS": "roundtrip", "supported_variants": "roundtrip",
+    "StepCapture": "steps",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,172 @@
+"""VAE round-trip: encode and decode the user's own image through the current VAE under several precisions.
+
+Seed 001: "test the VAE's reconstruction quality independently by encoding and decoding real images".
+If the fp32 round trip already loses the detail, the VAE (not sampling) is where it goes; if only the
+host's own precision loses it, its dtype or TF32 does.  The variants:
+
+* ``webui`` -- the host's own encode and decode, its dtype and flags as they are;
+* ``precision_guard`` -- SDFix's guarded call (its fixes precision_guard and guard_encode) (TF32 off, VAE in fp32, exact weights where the file has them);
+* ``fp32``/``fp16``/``bf16`` -- the VAE cast to that dtype for the call, flags guarded, so only the
+  dtype differs between them (those the device cannot run are left out).
+
+The host-free parts live here: the variants, the dtype probe, the in-place dtype swap, image/tensor
+conversion, and the metrics of each reconstruction against the original and against fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from PIL import Image
+
+__all__ = ["VARIANTS", "DTYPE_VARIANTS", "variant_label", "supported_variants", "crop_for_vae", "image_to_tensor",
+           "tensor_to_image", "vae_in_dtype", "roundtrip_rows", "roundtrip_heatmaps", "PRECISION_HEATMAP_GAIN"]
+
+VARIANTS = ("webui", "precision_guard", "fp32", "fp16", "bf16")
+DTYPE_VARIANTS = ("fp32", "fp16", "bf16")
+_LABELS = {"webui": "WebUI as it runs", "precision_guard": "precision_guard + guard_encode", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+#: Differences between precisions are a few levels of 255: the heatmaps against fp32 are amplified most.
+PRECISION_HEATMAP_GAIN = 64.0
+
+
+def variant_label(name: str, host_label: str = "WebUI as it runs") -> str:
+    return host_label if name == "webui" else _LABELS.get(name, name)
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _runs(device: str, dtype_name: str) -> bool:
+    import torch
+
+    try:
+        conv = torch.nn.Conv2d(3, 4, 3, padding=1).to(device=device, dtype=_dtype(dtype_name))
+        norm = torch.nn.GroupNorm(2, 4).to(device=device, dtype=_dtype(dtype_name))
+        with torch.no_grad():
+            out = norm(conv(torch.rand(1, 3, 8, 8, device=device, dtype=_dtype(dtype_name))))
+        return bool(torch.isfinite(out.float()).all())
+    except Exception:  # noqa: BLE001 -- "not implemented for 'Half'" and friends: the device cannot run it
+        return False
+
+
+def supported_variants(device: Any) -> Tuple[str, ...]:
+    """The variants this device runs: every dtype whose convolution and group norm work there (probed once)."""
+    return tuple(v for v in VARIANTS if v not in DTYPE_VARIANTS or _runs(str(device), v))
+
+
+def crop_for_vae(image: Image.Image, multiple: int = 8) -> Tuple[Image.Image, Optional[str]]:
+    """RGB, centre-cropped to multiples of the VAE's scale; the note says what was cut (None: nothing)."""
+    image = image.convert("RGB")
+    width, height = image.width - image.width % multiple, image.height - image.height % multiple
+    if (width, height) == image.size:
+        return image, None
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    cropped = image.crop((left, top, left + width, top + height))
+    return cropped, f"image cropped from {image.width}x{image.height} to {width}x{height} (multiples of {multiple})"
+
+
+def image_to_tensor(image: Image.Image) -> Any:
+    """1 x 3 x H x W float32 in [0, 1] (what the hosts' encode takes)."""
+    import numpy as np
+    import torch
+
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def tensor_to_image(tensor: Any, signed: bool = True, truncate: bool = False) -> Image.Image:
+    """The first image of a decoded batch (values in [-1, 1], or [0, 1] with ``signed=False``) as RGB.
+    ``truncate``: to 8 bits as the WebUIs' processing does (``astype(uint8)``), else rounded (diffusers).
+    Non-finite values become black, as the hosts' conversion to 8 bits leaves them."""
+    import numpy as np
+    import torch
+
+    x = tensor[0] if tensor.dim() == 4 else tensor
+    x = x.detach().float().cpu()
+    if signed:
+        x = (x + 1.0) / 2.0
+    x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+    array = 255.0 * x.permute(1, 2, 0).numpy()
+    array = (array if truncate else array.round()).astype(np.uint8)
+    return Image.fromarray(array, "RGB")
+
+
+@contextlib.contextmanager
+def vae_in_dtype(module: Any, dtype_name: str, attrs: Sequence[Tuple[Any, str]] = ()) -> Iterator[Any]:
+    """Run the block with ``module``'s floating weights in ``dtype_name`` and every ``(owner, name)`` dtype
+    attribute (plus Lightning's ``_dtype`` caches in the module) saying so; all back afterwards.
+
+    The Parameter objects stay; only their ``.data`` is swapped, and the original tensors are put back
+    (bit for bit, even from fp32 through fp16).  A tensor the host moved inside the call (its model
+    manager loading the VAE onto the GPU) is cast back to its dtype where it now is.
+    """
+    import torch
+
+    from lib_sdfix.fp32_vae import dtype_attributes
+
+    dtype = _dtype(dtype_name)
+    swaps: List[Tuple[Any, Any, int, Any]] = []
+    changed: List[Tuple[Any, str, Any]] = []
+    try:
+        if module is not None:
+            named = list(module.named_parameters(remove_duplicate=True)) + list(module.named_buffers(remove_duplicate=True))
+            for _, tensor in named:
+                if tensor.is_floating_point() and tensor.dtype != dtype:
+                    original = tensor.data
+                    tensor.data = original.to(dtype)
+                    swaps.append((tensor, original, tensor.data_ptr(), original.dtype))
+        for owner, name in list(attrs) + (dtype_attributes(module) if module is not None else []):
+            previous = getattr(owner, name, None)
+            if isinstance(previous, torch.dtype) and previous != dtype:
+                setattr(owner, name, dtype)
+                changed.append((owner, name, previous))
+        yield dtype
+    finally:
+        for owner, name, previous in reversed(changed):
+            if getattr(owner, name, None) is dtype:  # unless the host set something else meanwhile
+                setattr(owner, name, previous)
+        for tensor, original, ours, original_dtype in reversed(swaps):
+            if tensor.data_ptr() == ours and tensor.dtype == dtype:
+                tensor.data = original
+            elif tensor.dtype != original_dtype:
+                tensor.data = tensor.data.to(original_dtype)
+
+
+def roundtrip_rows(original: Image.Image, images: Mapping[str, Image.Image], times: Mapping[str, float], *,
+                   labels: Optional[Mapping[str, str]] = None) -> List[Dict[str, Any]]:
+    """One row per reconstruction (``original`` first, as the reference): PSNR/SSIM and detail ratios
+    against the original, and PSNR/SSIM against the fp32 reconstruction (precision_guard's when fp32 is
+    missing) -- how much of the loss the precision adds."""
+    from lib_sdfix.ab.output import metrics_table
+    from lib_sdfix.metrics import psnr, ssim
+
+    everything = {"original": original, **images}
+    rows = metrics_table(everything, times, "original", labels={"original": "original", **(labels or {})})
+    anchor = next((name for name in ("fp32", "precision_guard") if name in images), None)
+    for row in rows:
+        if anchor is None or row["name"] == "original":
+            row["psnr_vs_fp32"] = row["ssim_vs_fp32"] = None
+        else:
+            row["psnr_vs_fp32"] = psnr(images[anchor], images[row["name"]])
+            row["ssim_vs_fp32"] = ssim(images[anchor], images[row["name"]])
+    return rows
+
+
+def roundtrip_heatmaps(original: Image.Image, images: Mapping[str, Image.Image], gain: float = 4.0
+                       ) -> Dict[str, Dict[str, Image.Image]]:
+    """Per reconstruction: |original - it| at ``gain``, and |fp32 - it| at :data:`PRECISION_HEATMAP_GAIN`."""
+    from lib_sdfix.metrics import difference_heatmap
+
+    anchor = next((name for name in ("fp32", "precision_guard") if name in images), None)
+    out: Dict[str, Dict[str, Image.Image]] = {}
+    for name, image in images.items():
+        maps = {"original": difference_heatmap(original, image, gain)}
+        if anchor is not None and name != anchor:
+            maps["fp32"] = difference_heatmap(images[anchor], image, PRECISION_HEATMAP_GAIN)
+        out[name] = maps
+    return out

@@ -1,0 +1,251 @@
+"""``python -m lib_sdfix diagnose {vae-roundtrip,sweep,steps}``: arguments, their limits, and the run.
+
+The same rules as ``ab`` (lib_sdfix.diffusers.cli): every argument is checked before anything loads and a
+bad one is a usage error naming it (exit 2); a non-empty ``--out`` needs ``--force``; a missing
+``[diffusers]`` extra is one line naming the module.  The limits of a sweep or a strip are the API's
+(lib_sdfix.diagnose.request): at most 12 values, 16 steps shown, 150 sampling steps.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+from typing import Any, List
+
+from lib_sdfix.command import fail, missing_module_in
+from lib_sdfix.diffusers.cli import (
+    AB_MODULES,
+    SEED_MAX,
+    SIZE_MAX,
+    SIZE_MIN,
+    SIZE_MULTIPLE,
+    STEPS_MAX,
+    STEPS_MIN,
+    _device,
+    _model_path,
+    _number,
+    _out_folder,
+    _whole,
+    install_hint,
+)
+
+__all__ = ["add_parser", "run", "config_from_args", "KIND_NAMES"]
+
+#: Command-line kind -> the API's kind.
+KIND_NAMES = {"vae-roundtrip": "vae_roundtrip", "sweep": "sweep", "steps": "steps"}
+_MODULES = tuple(m for m in AB_MODULES if m != "tqdm")
+
+
+def _file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
+
+
+def _list(text: str) -> List[Any]:
+    from lib_sdfix.diagnose.request import parse_value_list
+
+    values = parse_value_list(text)
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+    return values
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=_model_path,
+                        help="diffusers model folder (SD1.x/2.x or SDXL), or an SD1.x/2.x single file whose config is in "
+                        "the local Hugging Face cache (nothing is downloaded); default: the embedded tiny random-weight SD1.5")
+    parser.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                        help="UNet and text encoder dtype (default: fp16 on a GPU, fp32 on a CPU)")
+    parser.add_argument("--vae-dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                        help="the dtype the VAE is loaded in, as a service keeps it (default: fp16 on a GPU, bf16 on a CPU)")
+    parser.add_argument("--heatmap-gain", type=_number(1.0, 64.0), default=4.0, help="heatmap amplification, 1-64 (default 4)")
+    parser.add_argument("--out", type=_out_folder, default="sdfix-diagnose",
+                        help="output folder (default: sdfix-diagnose); must be missing or empty unless --force")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out folder: files of the same name are replaced, others kept")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _generation(parser: argparse.ArgumentParser) -> None:
+    from lib_sdfix.diffusers.diagnose import SAMPLERS, SCHEDULES
+
+    parser.add_argument("--prompt", help="prompt (default: a close-up portrait prompt)")
+    parser.add_argument("--negative-prompt", help="negative prompt")
+    parser.add_argument("--seed", type=_whole(0, SEED_MAX), default=1234, help=f"seed, 0-{SEED_MAX} (default 1234)")
+    parser.add_argument("--steps", type=_whole(STEPS_MIN, STEPS_MAX),
+                        help=f"sampling steps, {STEPS_MIN}-{STEPS_MAX} (default 12 embedded, 25 with --model)")
+    size = _whole(SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE)
+    parser.add_argument("--width", type=size, help=f"width, {SIZE_MIN}-{SIZE_MAX}, a multiple of {SIZE_MULTIPLE} "
+                        "(default 128 embedded, 512 with --model)")
+    parser.add_argument("--height", type=size, help="height, same bounds (default: the width)")
+    parser.add_argument("--cfg-scale", type=_number(1.0, 30.0), default=7.0, help="CFG scale, 1-30 (default 7)")
+    parser.add_argument("--sampler", choices=list(SAMPLERS), default="DPM++ 2M", help="sampler (default DPM++ 2M)")
+    parser.add_argument("--schedule", choices=list(SCHEDULES), default="Karras", help="schedule type (default Karras)")
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``diagnose`` and its three kinds to the subcommands ``sub``; return its parser (``.kinds`` holds theirs)."""
+    from lib_sdfix.diagnose.plan import AXES
+    from lib_sdfix.diagnose.roundtrip import VARIANTS
+
+    diagnose = sub.add_parser(
+        "diagnose", help="find where an artifact comes from: VAE round-trip, one-variable sweeps, step strips",
+        description="Seed 001's debugging strategy on a diffusers pipeline, with an HTML report (report.html, the PNGs, "
+        "report.json). Without --model an embedded tiny random-weight SD1.5 runs on any CPU.")
+    kinds = diagnose.add_subparsers(dest="kind", required=True, metavar="{vae-roundtrip,sweep,steps}")
+    roundtrip = kinds.add_parser("vae-roundtrip", help="encode + decode your image through the VAE in several precisions")
+    _common(roundtrip)
+    roundtrip.add_argument("--image", type=_file, help="PNG/JPEG/WebP to test (default: scikit-image's astronaut photograph)")
+    roundtrip.add_argument("--size", type=_whole(SIZE_MIN, SIZE_MAX),
+                           help="resize so the longer side is at most this (default: 256 for the embedded model's photo)")
+    roundtrip.add_argument("--dtypes", type=_list, help=f"comma-separated subset of {','.join(VARIANTS)} (default: all this "
+                           "device runs; webui = the VAE as loaded)")
+    sweep = kinds.add_parser("sweep", help="one generation with one setting varied at a fixed seed")
+    _common(sweep)
+    _generation(sweep)
+    sweep.add_argument("--axis", choices=AXES, default="cfg_scale", help="what to vary (default cfg_scale)")
+    sweep.add_argument("--values", type=_list, help="comma-separated values (default: seed 001's, e.g. CFG 1,3,5,7,10,15)")
+    sweep.add_argument("--reference", help="the value the others are compared with (default: your setting, else the first)")
+    steps = kinds.add_parser("steps", help="the image as predicted at chosen sampling steps of one generation")
+    _common(steps)
+    _generation(steps)
+    steps.add_argument("--at", type=_list, help="comma-separated steps to show (default: six spread over the run)")
+    diagnose.kinds = {"vae-roundtrip": roundtrip, "sweep": sweep, "steps": steps}  # type: ignore[attr-defined]
+    return diagnose
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`lib_sdfix.diffusers.diagnose.DiagnoseConfig` the parsed (and checked) arguments ask for."""
+    from lib_sdfix.diffusers.diagnose import DiagnoseConfig
+
+    kind = KIND_NAMES[args.kind]
+    config = DiagnoseConfig(kind=kind, out=Path(args.out), model=args.model, device=args.device, dtype=args.dtype,
+                            vae_dtype=args.vae_dtype, heatmap_gain=args.heatmap_gain, progress=not args.quiet)
+    if kind == "vae_roundtrip":
+        config.image, config.size, config.dtypes = args.image, args.size, tuple(args.dtypes or ())
+        return config
+    for name in ("seed", "steps", "width", "cfg_scale", "sampler", "schedule"):
+        setattr(config, name, getattr(args, name))
+    config.height = args.height or args.width
+    if args.prompt is not None:
+        config.prompt = args.prompt
+    if args.negative_prompt is not None:
+        config.negative_prompt = args.negative_prompt
+    if kind == "sweep":
+        config.axis, config.values, config.reference = args.axis, tuple(args.values or ()), args.reference
+    else:
+        config.at = tuple(args.at or ())
+    return config
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What one argument alone cannot tell: values for the axis, steps within the run, the output folder."""
+    from lib_sdfix.diagnose import request as checks
+    from lib_sdfix.diffusers.diagnose import SAMPLERS, SCHEDULES, resolve
+    from lib_sdfix.settings import SettingsError
+
+    def error(option: str, problems: Any) -> None:
+        detail = "; ".join(f"{k}: {v}" for k, v in problems.items()) if isinstance(problems, dict) else str(problems)
+        parser.error(f"argument {option}: {detail}")
+
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        parser.error(f"argument --out: {out} is not empty; choose another folder, or pass --force to write into it "
+                     "(files of the same name are replaced)")
+    if args.kind == "vae-roundtrip":
+        if args.dtypes is not None:
+            try:
+                args.dtypes = list(checks.check_variants(args.dtypes, None))
+            except SettingsError as err:
+                error("--dtypes", err.problems)
+        return
+    steps = resolve(config_from_args(args))["steps"]
+    if args.kind == "steps":
+        if args.at is not None:
+            try:
+                args.at = list(checks.check_at(args.at, steps))
+            except SettingsError as err:
+                error("--at", err.problems)
+        return
+    names = {"sampler_name": list(SAMPLERS), "scheduler": list(SCHEDULES)}.get(args.axis)
+    try:
+        args.values = (checks.check_values(args.axis, args.values, "values", names) if args.values is not None
+                       else checks.default_values(args.axis, names))
+    except SettingsError as err:
+        error("--values", err.problems)
+    if args.reference is not None:
+        try:
+            parsed = checks.parse_value_list(args.reference)
+            reference = checks.check_value(args.axis, parsed[0] if len(parsed) == 1 else args.reference, names)
+        except (ValueError, IndexError) as err:
+            error("--reference", str(err))
+        if reference not in args.values:
+            error("--reference", f"must be one of the values {args.values}, got {args.reference!r}")
+        args.reference = reference
+    else:
+        own = {"cfg_scale": args.cfg_scale, "steps": args.steps, "sampler_name": args.sampler, "scheduler": args.schedule}
+        args.reference = checks.default_reference(args.axis, args.values, {k: v for k, v in own.items() if v is not None})
+
+
+def _schedules_apply(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every sampler/schedule pair the run uses must exist in this diffusers (needs diffusers: after the module check)."""
+    from lib_sdfix.diffusers.diagnose import schedule_problem
+
+    if args.kind == "vae-roundtrip":
+        return
+    samplers = args.values if args.kind == "sweep" and args.axis == "sampler_name" else [args.sampler]
+    schedules = args.values if args.kind == "sweep" and args.axis == "scheduler" else [args.schedule]
+    for sampler in samplers:
+        for schedule in schedules:
+            problem = schedule_problem(sampler, schedule)
+            if problem:
+                option = "--values" if len(samplers) > 1 or len(schedules) > 1 else "--schedule"
+                parser.error(f"argument {option}: {problem}")
+
+
+def _missing() -> List[str]:
+    missing = []
+    for name in _MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):
+            missing.append(name)
+    return missing
+
+
+def _print(result: Any) -> None:
+    for finding in result["analysis"].get("findings", []):
+        print(f"  [{finding.likelihood}] {finding.cause}: {finding.text}")
+    if not result["analysis"].get("findings"):
+        print("  no rule fired: nothing measured here points to one cause on its own")
+    t = result["timings"]
+    print(f"cost: {t['samplings']} sampling(s), {t['unet_calls']} UNet calls, {t['decodes']} decode(s), "
+          f"{t['total_s']:.1f} s")
+    print(f"report: {result['report_path']}")
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``diagnose <kind>`` with parsed ``args`` (``parser``: the ``diagnose`` parser); the exit code."""
+    kind_parser = parser.kinds[args.kind]  # type: ignore[attr-defined]
+    try:
+        _check(kind_parser, args)
+        missing = _missing()
+        if missing:
+            names = ", ".join(repr(m) for m in missing)
+            return fail("diagnose", f"missing module{'s' if len(missing) > 1 else ''} {names}: " + install_hint(missing[0]))
+        _schedules_apply(kind_parser, args)
+        from lib_sdfix.diffusers.cli import _device_available
+        from lib_sdfix.diffusers.diagnose import run_diagnose
+
+        _device_available(kind_parser, args.device)
+        print(f"SDFix diagnose {args.kind}:")
+        _print(run_diagnose(config_from_args(args)))
+        return 0
+    except (ImportError, RuntimeError) as exc:
+        module = missing_module_in(exc)
+        if module is None:
+            raise
+        return fail("diagnose", f"missing module {module!r}: {install_hint(module)}")

@@ -1,0 +1,236 @@
+"""The "Diagnose" section of SDFix's tab: layout (built from callbacks, tested without a WebUI), the
+result -> widget mapping, and the host callbacks behind it.
+
+One form for the generation (as the A/B section's, with its own element ids ``sdfix_dg_*``), one Run
+button per kind; the WebUI's progress bar and Interrupt follow a run as they follow txt2img
+(``sdfixDiagnoseSubmit`` in ``javascript/sdfix_ab.js``).  The layout uses only what gradio 3.41 (AUTOMATIC1111, reForge)
+and 4.40 (Forge, with its ``_js`` shim) both have.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Sequence
+
+from lib_sdfix.diagnose.plan import PRECISION_FIXES
+
+__all__ = ["DiagnoseCallbacks", "KIND_BUTTONS", "AXIS_CHOICES", "VARIANT_CHOICES", "build_diagnose_tab",
+           "build_sdfix_tab", "body_from_form", "tab_outputs", "diagnose_callbacks", "PREFIX"]
+
+PREFIX = "sdfix_dg"
+#: (kind, button label)
+KIND_BUTTONS = (("vae_roundtrip", "Run VAE round-trip"), ("sweep", "Run sweep"), ("steps", "Run step strip"))
+AXIS_CHOICES = {"CFG scale": "cfg_scale", "Steps": "steps", "Sampler": "sampler_name", "Schedule type": "scheduler",
+                f"SDFix {' + '.join(PRECISION_FIXES)} (off / on)": "precision"}
+VARIANT_CHOICES = {"WebUI as it runs": "webui", "SDFix (precision_guard + guard_encode)": "precision_guard", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+@dataclass(frozen=True)
+class DiagnoseCallbacks:
+    """What the glue provides: choices, the last generation and output, and the functions behind the buttons."""
+
+    samplers: Callable[[], List[str]]
+    schedulers: Callable[[], List[str]]
+    upscalers: Callable[[], List[str]]
+    variants: Callable[[], List[str]]  # round-trip variants this device runs (VARIANT_CHOICES values)
+    last_generation: Callable[[], Dict[str, Any]]
+    last_image: Callable[[], Any]
+    run: Callable[..., Any]  # wrapped for the WebUI queue: (id_task, kind, image, dtypes, axis, values, reference, at, gain, save, *form)
+    interrupt: Callable[[], None]
+
+
+def body_from_form(kind: str, image: Any, dtypes: Sequence[str], axis: str, values: str, reference: str, at: str,
+                   gain: float, save: bool, form: Sequence[Any]) -> Dict[str, Any]:
+    """The API body the form asks for (so the tab passes the route's own validation)."""
+    from lib_sdfix.diagnose.request import parse_value_list
+    from lib_sdfix.webui.tab import payload_from_form
+
+    body: Dict[str, Any] = {"kind": kind, "heatmap_gain": gain, "save": bool(save)}
+    if kind == "vae_roundtrip":
+        from lib_sdfix.ab import png_base64
+
+        body["image"] = png_base64(image) if image is not None else None
+        body["dtypes"] = [VARIANT_CHOICES.get(d, d) for d in dtypes or []] or None
+        return body
+    body["payload"] = payload_from_form(form)
+    if kind == "steps":
+        if at and at.strip():
+            body["at"] = parse_value_list(at)
+        return body
+    body["axis"] = AXIS_CHOICES.get(axis, axis)
+    if values and values.strip():
+        body["values"] = parse_value_list(values)
+    if reference and reference.strip():
+        parsed = parse_value_list(reference)
+        body["reference"] = parsed[0] if len(parsed) == 1 else reference.strip()
+    return body
+
+
+def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
+    """The Diagnose section's gr.Blocks.  Element ids start with ``sdfix_dg_``."""
+    import gradio as gr
+
+    from lib_sdfix.diagnose.plan import DEFAULT_VALUES
+    from lib_sdfix.webui.tab import FORM_FIELDS, _form, form_from_payload
+
+    supported = [label for label, value in VARIANT_CHOICES.items() if value in callbacks.variants()]
+    with gr.Blocks(analytics_enabled=False) as tab:
+        gr.Markdown("Find where an artifact comes from, one variable at a time (fixed seed): the **VAE round-trip** "
+                    "tests the VAE on your own image in several precisions; a **sweep** varies one setting; the "
+                    "**step strip** shows the image as predicted at chosen sampling steps. Findings are likelihoods, "
+                    "with the numbers behind them.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                with gr.Tabs(elem_id=f"{PREFIX}_kinds"):
+                    with gr.Tab("VAE round-trip", elem_id=f"{PREFIX}_tab_roundtrip"):
+                        image = gr.Image(label="Your image (PNG, JPEG, WebP)", type="pil", elem_id=f"{PREFIX}_image")
+                        use_image = gr.Button("Use last output", elem_id=f"{PREFIX}_use_last_image")
+                        dtypes = gr.CheckboxGroup(supported, value=supported, label="Precisions",
+                                                  elem_id=f"{PREFIX}_dtypes")
+                    with gr.Tab("Sweep", elem_id=f"{PREFIX}_tab_sweep"):
+                        axis = gr.Dropdown(list(AXIS_CHOICES), value="CFG scale", label="Vary",
+                                           elem_id=f"{PREFIX}_axis")
+                        values = gr.Textbox(label="Values (comma-separated; empty: defaults)", lines=1,
+                                            placeholder=", ".join(format(v, "g") for v in DEFAULT_VALUES["cfg_scale"]),
+                                            elem_id=f"{PREFIX}_values")
+                        reference = gr.Textbox(label="Reference value (empty: your setting)", lines=1,
+                                               elem_id=f"{PREFIX}_reference")
+                    with gr.Tab("Step strip", elem_id=f"{PREFIX}_tab_steps"):
+                        at = gr.Textbox(label="Steps to show (comma-separated; empty: six spread over the run)",
+                                        lines=1, elem_id=f"{PREFIX}_at")
+                with gr.Accordion("Generation (sweep and step strip)", open=True):
+                    use_last = gr.Button("Use last txt2img", elem_id=f"{PREFIX}_use_last")
+                    form = _form(gr, callbacks, prefix=PREFIX)
+                with gr.Row():
+                    gain = gr.Slider(1, 64, value=4, step=1, label="Heatmap amplification", elem_id=f"{PREFIX}_gain")
+                    save = gr.Checkbox(value=True, label="Save to outputs/sdfix-diagnose", elem_id=f"{PREFIX}_save")
+                with gr.Row():
+                    buttons = [gr.Button(label, variant="primary", elem_id=f"{PREFIX}_run_{kind}") for kind, label in KIND_BUTTONS]
+                    interrupt = gr.Button("Interrupt", elem_id=f"{PREFIX}_interrupt")
+            with gr.Column(scale=2, elem_id=f"{PREFIX}_results"):
+                gallery = gr.Gallery(label="Cells", elem_id=f"{PREFIX}_gallery", columns=4, height="auto")
+                chart = gr.Image(label="Metrics against the varied value", type="pil", elem_id=f"{PREFIX}_chart")
+                findings = gr.Markdown(elem_id=f"{PREFIX}_findings")
+                metrics = gr.Dataframe(label="Metrics", elem_id=f"{PREFIX}_metrics", interactive=False, wrap=True)
+                notes = gr.Markdown(elem_id=f"{PREFIX}_notes")
+                info = gr.HTML(elem_id=f"{PREFIX}_info")
+        id_task = gr.Textbox(visible=False, elem_id=f"{PREFIX}_id_task")
+        seed = form[[k for k, _, _ in FORM_FIELDS].index("seed")]
+
+        use_last.click(lambda: form_from_payload(callbacks.last_generation()), inputs=[], outputs=form)
+        use_image.click(callbacks.last_image, inputs=[], outputs=[image])
+        for (kind, _), button in zip(KIND_BUTTONS, buttons):
+            kind_box = gr.Textbox(value=kind, visible=False, elem_id=f"{PREFIX}_kind_{kind}")
+            button.click(callbacks.run, _js="sdfixDiagnoseSubmit",
+                         inputs=[id_task, kind_box, image, dtypes, axis, values, reference, at, gain, save, *form],
+                         outputs=[seed, gallery, chart, metrics, findings, notes, info])
+        interrupt.click(callbacks.interrupt, inputs=[], outputs=[])
+    return tab
+
+
+def build_sdfix_tab(ab_tab: Any, diagnose_tab: Any) -> Any:
+    """SDFix's one tab: the A/B comparison and the Diagnose section, each a sub-tab (the A/B part keeps
+    its element ids, so its script and tests find it as before)."""
+    import gradio as gr
+
+    with gr.Blocks(analytics_enabled=False) as tab:
+        with gr.Tabs(elem_id="sdfix_sections"):
+            with gr.Tab("A/B comparison", elem_id="sdfix_section_ab"):
+                ab_tab.render()
+            with gr.Tab("Diagnose", elem_id="sdfix_section_diagnose"):
+                diagnose_tab.render()
+    return tab
+
+
+# --- results -> widgets ----------------------------------------------------------------------------------
+
+
+def _findings_markdown(findings: Sequence[Any]) -> str:
+    if not findings:
+        return "**Findings:** nothing in this run points to a cause on its own (see the metrics)."
+    lines = ["**Findings** (likelihoods from this seed, not certainties):", "",
+             "| likelihood | symptom → cause | what was measured | try |", "|---|---|---|---|"]
+    for f in findings:
+        cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        lines.append(f"| {f.likelihood} | {cell(f.symptom)} → {cell(f.cause)} | {cell(f.text)} | {cell(f.next_step)} |")
+    return "\n".join(lines)
+
+
+def tab_outputs(result: Dict[str, Any]) -> List[Any]:
+    """A diagnosis result -> [seed, gallery, chart, metrics, findings, notes, info]."""
+    from lib_sdfix.diagnose.output import display_table
+
+    analysis = result["analysis"]
+    gallery = []
+    if result.get("original") is not None:
+        gallery.append((result["original"], "original"))
+    for cell in result["cells"]:
+        gallery.append((cell["image"], cell["label"]))
+    for cell in result["cells"]:
+        for against, image in (cell.get("heatmaps") or {}).items():
+            gallery.append((image, f"{cell['label']}: difference vs {against}"))
+        if cell.get("heatmap") is not None:
+            gallery.append((cell["heatmap"], f"{cell['label']}: difference vs reference"))
+    if analysis.get("strip") is not None:
+        gallery.append((analysis["strip"], "step strip"))
+    headers, rows = display_table(result["kind"], analysis.get("rows", []))
+    timings = result["timings"]
+    notes = [f"- {note}" for note in result["notes"]]
+    notes.append(f"- {timings['samplings']} sampling(s), {timings['unet_steps']} sampler steps, "
+                 f"{timings['decodes']} decode(s), {timings.get('total_s', 0):.1f} s")
+    nan = analysis.get("nan")
+    if nan:
+        notes.append("- NaN watch: " + ("all values finite" if nan.get("finite") else nan["first"]["text"]))
+    if not result["complete"]:
+        notes.append("- interrupted: only the cells shown were rendered")
+    if result.get("saved"):
+        notes.append(f"- saved: `{result['saved']['metrics']}`")
+    seed = result.get("seed")
+    return [seed if seed is not None else _no_change(), gallery, analysis.get("chart"),
+            {"headers": headers, "data": rows} if rows else None, _findings_markdown(analysis.get("findings", [])),
+            "\n".join(notes), ""]
+
+
+def _no_change() -> Any:
+    import gradio as gr
+
+    return gr.update()
+
+
+# --- host side -----------------------------------------------------------------------------------------
+
+
+def diagnose_callbacks(ab: Any) -> DiagnoseCallbacks:
+    """The host's callbacks (``ab``: the A/B section's, for its choices and last generation)."""
+    import gradio as gr
+
+    from lib_sdfix.diagnose.roundtrip import supported_variants
+    from lib_sdfix.settings import SettingsError
+    from lib_sdfix.webui import diagnosis
+    from lib_sdfix.webui.host import current
+    from modules import call_queue
+
+    shared = current().shared
+
+    def last_image() -> Any:
+        image = diagnosis.last_output()
+        if image is None:
+            gr.Warning("SDFix: no image generated since the WebUI started")
+            return gr.update()
+        return image
+
+    def run(id_task: str, kind: str, image: Any, dtypes: Any, axis: str, values: str, reference: str, at: str,
+            gain: float, save: bool, *form: Any) -> List[Any]:
+        try:
+            body = body_from_form(kind, image, dtypes, axis, values, reference, at, gain, save, form)
+            return tab_outputs(diagnosis.run_diagnosis(diagnosis.request_from_body(body)))
+        except SettingsError as err:
+            return [gr.update(), [], None, None, f"**SDFix:** {err}", "", ""]
+
+    return DiagnoseCallbacks(
+        samplers=ab.samplers, schedulers=ab.schedulers, upscalers=ab.upscalers,
+        variants=lambda: list(supported_variants(diagnosis.vae_device())),
+        last_generation=ab.last_generation, last_image=last_image,
+        run=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[gr.update(), [], None, None, "", ""]),
+        interrupt=lambda: shared.state.interrupt(),
+    )
+

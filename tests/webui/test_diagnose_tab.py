@@ -1,0 +1,112 @@
+"""The Diagnose section: form -> API body, result -> widgets, the layout (gradio 3.41 as the WebUI pins
+it), and the host callbacks behind the buttons, run in the hosts' stand-ins."""
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from lib_sdfix.webui.diagnose_tab import (
+    AXIS_CHOICES,
+    KIND_BUTTONS,
+    VARIANT_CHOICES,
+    DiagnoseCallbacks,
+    body_from_form,
+    build_diagnose_tab,
+    build_sdfix_tab,
+)
+from lib_sdfix.webui.tab import FORM_FIELDS, TabCallbacks, build_ab_tab
+
+pytest.importorskip("pydantic")
+
+
+def form(**overrides):
+    values = {key: default for key, _, default in FORM_FIELDS}
+    values.update(prompt="a portrait", seed=4321, steps=3, width=64, height=64, sampler_name="Euler")
+    values.update(overrides)
+    return [values[key] for key, _, _ in FORM_FIELDS]
+
+
+def test_form_to_body_for_each_kind():
+    sweep = body_from_form("sweep", None, [], "SDFix precision_guard + guard_encode (off / on)", "", "on", "", 4, True, form())
+    assert sweep == {"kind": "sweep", "heatmap_gain": 4, "save": True, "axis": "precision", "reference": "on",
+                     "payload": {k: v for k, v in sweep["payload"].items()}}
+    assert sweep["payload"]["prompt"] == "a portrait" and "hr_upscaler" not in sweep["payload"]
+    cfg = body_from_form("sweep", None, [], "CFG scale", "1, 3, 7.5", "7.5", "", 4, False, form())
+    assert cfg["values"] == [1, 3, 7.5] and cfg["reference"] == 7.5 and cfg["axis"] == "cfg_scale"
+    steps = body_from_form("steps", None, [], "", "", "", "1,2, 3", 4, False, form())
+    assert steps["at"] == [1, 2, 3] and "axis" not in steps
+    assert "at" not in body_from_form("steps", None, [], "", "", "", " ", 4, False, form())
+    image = Image.new("RGB", (64, 64))
+    roundtrip = body_from_form("vae_roundtrip", image, ["WebUI as it runs", "fp16"], "", "", "", "", 8, False, form())
+    assert roundtrip["dtypes"] == ["webui", "fp16"] and roundtrip["image"] and "payload" not in roundtrip
+    assert body_from_form("vae_roundtrip", None, [], "", "", "", "", 8, False, form())["dtypes"] is None
+
+
+def test_sdfix_tab_has_both_sections_and_keeps_the_ab_ids():
+    gr = pytest.importorskip("gradio")
+    ab = TabCallbacks(samplers=lambda: ["Euler"], schedulers=lambda: ["Automatic"], upscalers=lambda: ["Latent"],
+                      last_generation=lambda: {}, payload_from_text=lambda text: {}, run=lambda *a: None,
+                      interrupt=lambda: None)
+    dg = DiagnoseCallbacks(samplers=ab.samplers, schedulers=ab.schedulers, upscalers=ab.upscalers,
+                           variants=lambda: ["webui", "precision_guard", "fp32"], last_generation=lambda: {},
+                           last_image=lambda: None, run=lambda *a: None, interrupt=lambda: None)
+    tab = build_sdfix_tab(build_ab_tab(ab), build_diagnose_tab(dg))
+    with gr.Blocks() as page:  # as the WebUI renders an extension's tab
+        tab.render()
+    ids = {getattr(block, "elem_id", None) for block in page.blocks.values()}
+    for needed in ("sdfix_ab_run", "sdfix_ab_use_last", "sdfix_ab_results", "sdfix_ab_compare", "sdfix_ab_gallery",
+                   "sdfix_section_ab", "sdfix_section_diagnose", "sdfix_dg_results", "sdfix_dg_gallery",
+                   "sdfix_dg_use_last", "sdfix_dg_use_last_image", "sdfix_dg_image", "sdfix_dg_dtypes", "sdfix_dg_axis",
+                   "sdfix_dg_values", "sdfix_dg_reference", "sdfix_dg_at", "sdfix_dg_chart", "sdfix_dg_findings",
+                   "sdfix_dg_metrics", "sdfix_dg_interrupt", *[f"sdfix_dg_run_{k}" for k, _ in KIND_BUTTONS],
+                   *[f"sdfix_dg_{k}" for k, _, _ in FORM_FIELDS]):
+        assert needed in ids, needed
+    dtypes = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sdfix_dg_dtypes")
+    assert [VARIANT_CHOICES[c if isinstance(c, str) else c[0]] for c in dtypes.choices] == ["webui", "precision_guard", "fp32"]
+    axis = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sdfix_dg_axis")
+    assert [AXIS_CHOICES[c if isinstance(c, str) else c[0]] for c in axis.choices] == list(AXIS_CHOICES.values())
+
+
+@pytest.fixture
+def callbacks(webui):
+    pytest.importorskip("gradio")
+    from lib_sdfix.webui.diagnose_tab import diagnose_callbacks
+
+    ab = TabCallbacks(samplers=lambda: ["Euler"], schedulers=lambda: ["Automatic"], upscalers=lambda: ["Latent"],
+                      last_generation=lambda: {"prompt": "from params.txt"}, payload_from_text=lambda text: {},
+                      run=lambda *a: None, interrupt=lambda: None)
+    return diagnose_callbacks(ab)
+
+
+def test_run_button_renders_results_under_the_queue_and_refusals_as_a_message(webui, callbacks):
+    outputs = callbacks.run("task(abc)", "sweep", None, [], "SDFix precision_guard + guard_encode (off / on)", "", "", "", 4, False, *form())
+    seed, gallery, chart, metrics, findings, notes, info = outputs
+    assert seed == 4321 and [label for _, label in gallery][:2] == ["precision_guard+guard_encode off", "precision_guard+guard_encode on"]
+    assert isinstance(chart, Image.Image) and metrics["headers"][0] == "cell" and len(metrics["data"]) == 2
+    assert "| likelihood |" in findings and "numerical precision" in findings
+    assert "1 sampling(s)" in notes and "NaN watch: all values finite" in notes
+    assert webui.shared.state.job == ""
+    refused = callbacks.run("task(x)", "sweep", None, [], "CFG scale", "1, 99", "", "", 4, False, *form())
+    assert "**SDFix:**" in refused[4] and "values[1]" in refused[4] and refused[1] == []
+
+
+def test_step_strip_and_roundtrip_buttons(webui, callbacks):
+    steps = callbacks.run("task(s)", "steps", None, [], "", "", "", "1,3", 4, False, *form())
+    labels = [label for _, label in steps[1]]
+    assert labels == ["step 1/3", "step 3/3", "final image", "step strip"] and steps[3]["headers"][0] == "step"
+    image = Image.new("RGB", (64, 64), (200, 100, 50))
+    roundtrip = callbacks.run("task(r)", "vae_roundtrip", image, ["fp32", "fp16"], "", "", "", "", 4, False, *form())
+    labels = [label for _, label in roundtrip[1]]
+    assert labels[:3] == ["original", "fp32", "fp16"] and "fp16: difference vs fp32" in labels
+    assert roundtrip[0] is not None  # no seed: the form's seed is left as it is (an update)
+
+
+def test_use_last_output_and_generation(webui, callbacks):
+    from lib_sdfix.webui import diagnosis
+
+    assert callbacks.last_generation() == {"prompt": "from params.txt"}
+    diagnosis._LAST.clear()
+    with pytest.warns(UserWarning, match="no image generated"):
+        assert callbacks.last_image() == __import__("gradio").update()  # the image field is left as it is
+    generated = webui.api.api.text2imgapi({"prompt": "x", "steps": 2, "width": 64, "height": 64})
+    assert callbacks.last_image() is generated.images[0]
