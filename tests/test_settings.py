@@ -111,7 +111,7 @@ def test_the_fix_table_names_each_fix_by_its_option():
 
     for f in FIXES:
         assert option(f.key).kind is bool and fix(f.key) is f
-        assert set(f.patches) <= {"decode", "encode", "resize"}
+        assert set(f.patches) <= {"decode", "encode", "resize", "sampler"}
     s = SDFixSettings(hires_parity=False)
     assert s.fixes_on() == ["precision_guard", "guard_encode", "post_resize"]
     assert not SDFixSettings(enabled=False).fixes_on() and SDFixSettings().wants("hires_parity")

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = {
     "CAUSES", "CAUSE_TITLES", "Finding", "Audit", "HardenReport", "audit", "harden", "unharden", "fix_report",
     "guard_vae", "cast_prompt_embeds", "share_offload_chain", "share_scheduler", "HiresResult", "hires_fix",
-    "Upscaler", "UpscalerUnavailable", "load_upscaler",
+    "Upscaler", "UpscalerUnavailable", "load_upscaler", "refine", "refine_generators",
 }
 
 
