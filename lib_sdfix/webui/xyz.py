@@ -17,7 +17,7 @@ def _axes() -> Tuple[Tuple[str, str, Tuple[str, ...]], ...]:
         if not o.axis:
             continue
         if o.kind is bool:
-            axes.append((f"SDFix: {labels.get(o.name, o.name)}", o.name, ("on", "off")))
+            axes.append((f"SDFix: {labels.get(o.name, o.name.replace('_', ' '))}", o.name, ("on", "off")))
         else:
             label = o.label if o.label[1:2].isupper() else o.label[0].lower() + o.label[1:]  # "VAE dtype" stays
             axes.append((f"SDFix: {label}", o.name, o.choices))
