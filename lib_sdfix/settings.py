@@ -5,7 +5,7 @@ infotext key, older names); :class:`SDFixSettings` is generated from it.  Every 
 in :data:`FIXES`: its key is the option that turns it on and its name everywhere -- notes, the A/B
 ablation, X/Y/Z axes, the diffusers audit cause it removes, the host hooks it needs.  Parsing is
 strict: a wrong type, an unknown key or an out-of-range value raises :class:`SettingsError` naming
-the field -- never a silent default.
+the field -- never a silent default.  (Long because every option's help text lives in its declaration.)
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ __all__ = [
     "SettingsError",
     "INFOTEXT_KEY",
     "NOTES_INFOTEXT_KEY",
+    "REFINE_INFOTEXT_KEY",
     "OPTION_PREFIX",
     "defaults_from_options",
     "option",
@@ -35,6 +36,8 @@ __all__ = [
 
 INFOTEXT_KEY = "SDFix"
 NOTES_INFOTEXT_KEY = "SDFix notes"
+#: The late refine's own infotext entry, ``SDFix refine: 0.3``: written when it is on, holding its strength.
+REFINE_INFOTEXT_KEY = "SDFix refine"
 
 
 _REPR = reprlib.Repr()
@@ -89,12 +92,13 @@ class Option:
     default: Any
     label: str
     help: str
-    infotext: str  # short key in the "SDFix: ..." infotext entry
+    infotext: str  # short key in the "SDFix: ..." infotext entry; "" for an option with its own entry
     choices: Tuple[str, ...] = ()
     minimum: Optional[float] = None
     maximum: Optional[float] = None
     aliases: Tuple[str, ...] = ()  # older API / Settings names, still accepted
     infotext_aliases: Tuple[str, ...] = ()  # older infotext keys, still pasted
+    axis: bool = True  # an X/Y/Z plot axis
 
     def validate(self, value: Any) -> Any:
         """The value, checked (ints are accepted for float options); raises ValueError with the reason."""
@@ -126,7 +130,7 @@ class Fix:
     key: str
     label: str  # short name for the UI, notes and the ablation ("precision guard only")
     cause: str  # the diffusers audit cause it removes (lib_sdfix.diffusers.CAUSES), "" if none
-    patches: Tuple[str, ...]  # host hooks it needs while a generation runs: "decode", "encode", "resize"
+    patches: Tuple[str, ...]  # host hooks it needs while a generation runs: "decode", "encode", "resize", "sampler"
 
 
 OPTIONS: Tuple[Option, ...] = (
@@ -175,7 +179,21 @@ OPTIONS: Tuple[Option, ...] = (
         "latent_denoise_warning", float, 0.5, "Warn below this denoising with a Latent upscaler",
         "A Latent (bilinear) Hires upscaler with denoising strength below this value is a known blur "
         "source; SDFix notes it in the infotext (it never changes it silently). 0 turns the note off.",
-        "warn", minimum=0.0, maximum=1.0,
+        "warn", minimum=0.0, maximum=1.0, axis=False,  # it only changes a note, never the image
+    ),
+    Option(
+        "late_refine", bool, False, "Late-step refine",
+        "After the last sampling pass (the Hires pass with Hires.fix), add noise back to the finished latent "
+        "at a late point of that pass's own schedule and run only its remaining steps again, with the same "
+        "sampler, schedule, CFG and prompt. Repairs wrong textures and small shapes an upscaler cannot. "
+        "Costs strength x steps extra steps.",
+        "",  # its own entry: "SDFix refine: <strength>"
+    ),
+    Option(
+        "late_refine_strength", float, 0.3, "Late refine strength",
+        "Share of the pass's steps to run again (round(strength x steps)). About 0.2-0.3 repairs texture; "
+        "wrong shapes (a face, a hand) need 0.5 or more, which also changes more of the image.",
+        "", minimum=0.05, maximum=0.75,
     ),
     Option(
         "nan_watch", bool, False, "Watch for NaN/Inf values",
@@ -190,6 +208,9 @@ FIXES: Tuple[Fix, ...] = (
     Fix("guard_encode", "guard encode", "vae_precision", ("encode",)),
     Fix("hires_parity", "Hires parity", "scheduler_mismatch", ()),
     Fix("post_resize", "post-resize", "hires_resize", ("resize",)),
+    # Not a cause a diffusers service can have (nothing is misconfigured): lib_sdfix.diffusers.refine
+    # is called explicitly there.  In the WebUI it watches the samplers the host creates.
+    Fix("late_refine", "late refine", "", ("sampler",)),
 )
 
 #: Options that exist only in the WebUI's Settings panel (not per generation, not in the API args).
@@ -207,7 +228,7 @@ OPTION_PREFIX = "sdfix_"
 
 _BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
 _BY_ALIAS: Dict[str, Option] = {alias: o for o in OPTIONS for alias in o.aliases}
-_BY_INFOTEXT: Dict[str, Option] = {key: o for o in OPTIONS for key in (o.infotext, *o.infotext_aliases)}
+_BY_INFOTEXT: Dict[str, Option] = {key: o for o in OPTIONS for key in (o.infotext, *o.infotext_aliases) if key}
 _FIXES_BY_KEY: Dict[str, Fix] = {f.key: f for f in FIXES}
 
 #: Options that existed once: refused by name with the reason (an API client gets told, not ignored).
@@ -312,12 +333,15 @@ class _SettingsModel:
     # -- infotext -----------------------------------------------------------------------------
 
     def to_infotext(self) -> str:
-        """The value of the ``SDFix`` infotext entry: ``on=1 guard=1 ... filter=LANCZOS warn=0.5``.
+        """The value of the ``SDFix`` infotext entry: ``on=1 guard=1 ... filter=LANCZOS warn=0.5`` (options
+        with an entry of their own are in :meth:`infotext_entries`).
 
         Holds no commas or colons, so the WebUI writes it unquoted and reads it back intact.
         """
         parts = []
         for o in OPTIONS:
+            if not o.infotext:
+                continue
             value = getattr(self, o.name)
             if o.kind is bool:
                 text = "1" if value else "0"
@@ -327,6 +351,38 @@ class _SettingsModel:
                 text = value
             parts.append(f"{o.infotext}={text}")
         return " ".join(parts)
+
+    def infotext_entries(self) -> Dict[str, str]:
+        """Every SDFix infotext entry of these settings: ``SDFix``, and ``SDFix refine`` when the late
+        refine is on (its strength)."""
+        entries = {INFOTEXT_KEY: self.to_infotext()}
+        if self.wants("late_refine"):
+            entries[REFINE_INFOTEXT_KEY] = format(self.late_refine_strength, "g")
+        return entries
+
+    @classmethod
+    def from_infotext_params(cls, params: Mapping[str, Any], base: Optional["SDFixSettings"] = None
+                             ) -> Optional["SDFixSettings"]:
+        """The settings pasted generation parameters hold (their ``SDFix`` and ``SDFix refine``
+        entries), or None when they hold neither (an image made without SDFix).
+
+        An image with an ``SDFix`` entry but no ``SDFix refine`` was made without the late refine.
+        Raises :class:`SettingsError` naming the entry that cannot be read.
+        """
+        text, refine = params.get(INFOTEXT_KEY), params.get(REFINE_INFOTEXT_KEY)
+        if text is None and refine is None:
+            return None
+        settings = cls.from_infotext(text, base) if text is not None else (base or cls())
+        if refine is None:
+            return settings.changed(late_refine=False)
+        try:
+            strength = float(str(refine).strip().strip('"'))
+        except ValueError:
+            raise SettingsError({REFINE_INFOTEXT_KEY: f"expected a number, got {describe(refine)}"}) from None
+        try:
+            return settings.changed(late_refine=True, late_refine_strength=strength)
+        except SettingsError as err:
+            raise SettingsError({REFINE_INFOTEXT_KEY: "; ".join(err.problems.values())}) from None
 
     @classmethod
     def from_infotext(cls, text: str, base: Optional["SDFixSettings"] = None) -> "SDFixSettings":

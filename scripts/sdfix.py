@@ -22,7 +22,7 @@ class SDFixScript(scripts.Script):
         return False if apply.disabled_by_flag() else scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool) -> List[Any]:
-        from lib_sdfix.settings import INFOTEXT_KEY, UI_ARG_ORDER
+        from lib_sdfix.settings import INFOTEXT_KEY, REFINE_INFOTEXT_KEY, UI_ARG_ORDER
         from lib_sdfix.webui.controls import build_script_controls, infotext_paste_value
 
         controls = build_script_controls(apply.settings_defaults(), self.elem_id)
@@ -30,7 +30,7 @@ class SDFixScript(scripts.Script):
             (control, lambda params, name=name: infotext_paste_value(params, name))
             for control, name in zip(controls, UI_ARG_ORDER)
         ]
-        self.paste_field_names = [INFOTEXT_KEY]
+        self.paste_field_names = [INFOTEXT_KEY, REFINE_INFOTEXT_KEY]
         return controls
 
     def setup(self, p: Any, *args: Any) -> None:

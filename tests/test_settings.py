@@ -111,7 +111,7 @@ def test_the_fix_table_names_each_fix_by_its_option():
 
     for f in FIXES:
         assert option(f.key).kind is bool and fix(f.key) is f
-        assert set(f.patches) <= {"decode", "encode", "resize"}
+        assert set(f.patches) <= {"decode", "encode", "resize", "sampler"}
     s = SDFixSettings(hires_parity=False)
     assert s.fixes_on() == ["precision_guard", "guard_encode", "post_resize"]
     assert not SDFixSettings(enabled=False).fixes_on() and SDFixSettings().wants("hires_parity")
@@ -142,7 +142,7 @@ def test_nan_watch_is_an_option_every_consumer_reads_not_a_fix():
     assert SDFixSettings.from_infotext(written_before).nan_watch is False  # older images still paste
     assert SDFixSettings.from_args([{"nan_watch": True}]).nan_watch is True
     assert UI_ARG_ORDER[-1] == "nan_watch"  # appended: older positional lists keep their meaning
-    assert ("SDFix: nan_watch", "nan_watch", ("on", "off")) in XYZ_AXES
+    assert ("SDFix: nan watch", "nan_watch", ("on", "off")) in XYZ_AXES
     assert "sdfix_nan_watch" in {spec.key for spec in settings_panel_options()}
     with pytest.raises(SettingsError) as err:
         SDFixSettings.from_mapping({"nan_watch": "yes"})

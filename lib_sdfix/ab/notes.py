@@ -8,7 +8,11 @@ import numpy as np
 from PIL import Image
 
 from lib_sdfix.ab.plan import Variant
-from lib_sdfix.settings import FIXES
+from lib_sdfix.refine import describe as describe_refine
+from lib_sdfix.refine import refine_steps, skip_reason
+from lib_sdfix.settings import FIXES, SDFixSettings
+
+_REFINE = "late_refine"
 
 __all__ = ["RunContext", "effect_notes"]
 
@@ -26,6 +30,37 @@ class RunContext:
     first_scheduler: Optional[str] = None
     hires_sampler: Optional[str] = None
     hires_scheduler: Optional[str] = None
+    steps: Optional[int] = None
+    hires_steps: Optional[int] = None  # None: the first pass's steps
+
+    @property
+    def final_steps(self) -> Optional[int]:
+        """The steps of the last pass (the one the late refine re-runs the end of)."""
+        return (self.hires_steps or self.steps) if self.hires else self.steps
+
+    def final_sampler(self, settings: SDFixSettings) -> Optional[str]:
+        """The sampler of the last pass for a variant (parity decides the Hires pass's)."""
+        if not self.hires or not self.first_sampler:
+            return self.first_sampler
+        from lib_sdfix.parity import resolve_hires_sampling
+
+        return resolve_hires_sampling(self.first_sampler, self.first_scheduler, self.hires_sampler,
+                                      self.hires_scheduler, parity=settings.wants("hires_parity")).sampler
+
+    def refine_text(self, settings: SDFixSettings) -> Optional[str]:
+        """What the late refine did for a variant, when the run's shape tells."""
+        if not settings.wants(_REFINE) or not self.final_steps:
+            return None
+        return describe_refine(settings.late_refine_strength, self.final_steps)
+
+    def refine_skipped(self, settings: SDFixSettings) -> Optional[str]:
+        """Why the late refine could not run for a variant, or None."""
+        reason = skip_reason(self.final_sampler(settings))
+        if reason is not None:
+            return reason
+        if self.final_steps and refine_steps(settings.late_refine_strength, self.final_steps) == 0:
+            return describe_refine(settings.late_refine_strength, self.final_steps)
+        return None
 
     @property
     def latent_upscaler(self) -> bool:
@@ -109,10 +144,17 @@ def effect_notes(variants: Sequence[Variant], images: Mapping[str, Image.Image],
             continue
         measured.add(fix)
         change = _difference_text(images[variant.name], base_image)
-        if change is None:
+        if fix == _REFINE:
+            notes.append(_refine_note(context, variant.settings, change))
+        elif change is None:
             notes.append(f"{fix}: no effect, {reasons[fix]}" if fix in reasons else f"{fix}: no effect in this run")
         else:
             notes.append(f"{fix}: {change}")
+    if _REFINE not in measured:
+        for with_refine, without in _refine_pairs(variants, images):
+            measured.add(_REFINE)
+            change = _difference_text(images[with_refine.name], images[without.name])
+            notes.append(_refine_note(context, with_refine.settings, change, f" vs {without.label}"))
 
     for v in variants:
         if v is baseline or v in alone.values() or v.name not in images or base_image is None:
@@ -125,4 +167,27 @@ def effect_notes(variants: Sequence[Variant], images: Mapping[str, Image.Image],
         if fix in used and fix not in measured and fix in reasons:
             notes.append(f"{fix}: no effect, {reasons[fix]}")
     return notes
+
+
+def _refine_pairs(variants: Sequence[Variant], images: Mapping[str, Image.Image]) -> List[tuple]:
+    """(with, without) variants that differ only in the late refine."""
+    pairs = []
+    for variant in variants:
+        if not variant.settings.wants(_REFINE) or variant.name not in images:
+            continue
+        twin = variant.settings.changed(late_refine=False)
+        other = next((v for v in variants if v.name in images and v.settings.changed(
+            late_refine_strength=twin.late_refine_strength) == twin), None)
+        if other is not None:
+            pairs.append((variant, other))
+    return pairs
+
+
+def _refine_note(context: RunContext, settings: SDFixSettings, change: Optional[str], against: str = "") -> str:
+    """``late_refine: changed 41% of pixels (...) vs A; re-ran the last 6 of 20 steps (strength 0.3)``."""
+    done = context.refine_text(settings)
+    if change is None:
+        why = context.refine_skipped(settings)
+        return f"{_REFINE}: no effect{against}, {why}" if why else f"{_REFINE}: no effect in this run{against}"
+    return f"{_REFINE}: {change}{against}" + (f"; {done}" if done else "")
 

@@ -2,7 +2,9 @@
 
 Variants that differ only in the VAE decode share one sampling; with Hires.fix every variant shares
 the first pass (no fix touches it) and the Hires pass is shared by variants that agree on what shapes
-it (parity, and for an upscaler model the decode/resize/encode fixes before it).
+it (parity, and for an upscaler model the decode/resize/encode fixes before it).  The late refine
+samples once more after the last pass: a variant with it never shares its final latent with one
+without it (nor with another strength), only the passes before it.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from lib_sdfix.settings import FIXES, SDFixSettings, SettingsError, describe
 __all__ = ["MODES", "MAX_VARIANTS", "Variant", "plan_variants", "DecodeConfig", "SamplingGroup", "sampling_groups",
            "count_runs", "count_decodes"]
 
-#: Comparison modes: A = SDFix off / B = SDFix on, or baseline + each fix alone + all fixes.
-MODES = ("ab", "ablation")
+#: Comparison modes: A = SDFix off / B = SDFix on; baseline + each fix alone + all fixes; and the
+#: user's SDFix without / with the late refine.
+MODES = ("ab", "ablation", "refine")
 #: Most variants one comparison may render (each one is at least a VAE decode, up to a full sampling).
 MAX_VARIANTS = 8
 
@@ -33,11 +36,17 @@ def plan_variants(mode: str, base: SDFixSettings) -> List[Variant]:
     """The variants of ``mode``; ``base`` (the user's SDFix settings) supplies filter, dtype and the rest.
 
     "ab": A = SDFix off, B = ``base`` switched on.  "ablation": baseline (off), each fix alone (on,
-    with only that toggle set), all fixes on.  The first variant is always the reference.
+    with only that toggle set), all fixes on.  "refine": A = ``base`` on without the late refine,
+    "refine" = the same with it (``base``'s strength).  The first variant is always the reference.
     """
     off = base.changed(enabled=False)
     if mode == "ab":
         return [Variant("A", "A: SDFix off", off), Variant("B", "B: SDFix on", base.changed(enabled=True))]
+    if mode == "refine":
+        strength = base.late_refine_strength
+        return [Variant("A", "A: SDFix on, no late refine", base.changed(enabled=True, late_refine=False)),
+                Variant("refine", f"refine: SDFix on + late refine {strength:g}",
+                        base.changed(enabled=True, late_refine=True))]
     if mode == "ablation":
         variants = [Variant("baseline", "baseline (SDFix off)", off)]
         for fix in FIXES:
@@ -74,9 +83,28 @@ class SamplingGroup:
     decodes: Tuple[DecodeConfig, ...]
     hires: bool = False
 
+    @property
+    def refine(self) -> Optional[float]:
+        """The late refine's strength in this group, None without it."""
+        return dict(self.key).get(_REFINE)
+
+    @property
+    def pass_key(self) -> Tuple[Tuple[str, Any], ...]:
+        """What the passes before the late refine depend on: groups with the same one share them."""
+        return tuple(item for item in self.key if item[0] != _REFINE)
+
     def variants_for(self, decode: DecodeConfig) -> Tuple[Variant, ...]:
         """The variants whose image is this decode's output."""
         return tuple(v for v in self.variants if DecodeConfig.of(v.settings) == decode)
+
+
+_REFINE = "late_refine"
+#: Host hooks on the way from the first pass to the Hires pass with an upscaler model.
+_HIRES_INPUT_HOOKS = {"decode", "encode", "resize"}
+
+
+def _refine_key(settings: SDFixSettings) -> Tuple[str, Any]:
+    return (_REFINE, settings.late_refine_strength if settings.wants(_REFINE) else None)
 
 
 def _hires_key(settings: SDFixSettings, latent_upscaler: bool, parity_changes_sampler: bool) -> Tuple[Tuple[str, Any], ...]:
@@ -84,7 +112,7 @@ def _hires_key(settings: SDFixSettings, latent_upscaler: bool, parity_changes_sa
     if not latent_upscaler:
         # An upscaler model decodes the first pass, upscales, resizes and encodes again: every fix that
         # hooks one of those steps changes what the Hires pass starts from.
-        key += [(f.key, settings.wants(f.key)) for f in FIXES if f.patches]
+        key += [(f.key, settings.wants(f.key)) for f in FIXES if _HIRES_INPUT_HOOKS & set(f.patches)]
         vae = settings.wants("precision_guard") or settings.wants("guard_encode")
         key += [("resize_filter", settings.resize_filter if settings.wants("post_resize") else None),
                 ("vae_dtype", settings.vae_dtype if vae else None)]
@@ -95,15 +123,18 @@ def sampling_groups(variants: Sequence[Variant], *, hires: bool, latent_upscaler
                     parity_changes_sampler: bool = True) -> List[SamplingGroup]:
     """Group ``variants`` by the sampling they can share, in first-appearance order.
 
-    Without Hires the final VAE decode is the only stage after sampling: one group, one decode per
-    distinct decode config.  With Hires the first pass is shared by all (no fix touches it) and the
-    Hires pass is shared by variants that agree on parity and -- for a non-latent upscaler -- on
-    the decode/resize/encode fixes that shape its input.  ``parity_changes_sampler=False`` (the
-    first and Hires sampler/schedule are already equal) lets variants differing only in parity share.
+    Without Hires the final VAE decode is the only stage after sampling: one group per late refine
+    setting, one decode per distinct decode config.  With Hires the first pass is shared by all (no
+    fix touches it) and the Hires pass is shared by variants that agree on parity and -- for a
+    non-latent upscaler -- on the decode/resize/encode fixes that shape its input; the late refine
+    splits them again.  ``parity_changes_sampler=False`` (the first and Hires sampler/schedule are
+    already equal) lets variants differing only in parity share.
     """
     buckets: Dict[Tuple[Tuple[str, Any], ...], List[Variant]] = {}
     for variant in variants:
         key = _hires_key(variant.settings, latent_upscaler, parity_changes_sampler) if hires else ()
+        if variant.settings.wants(_REFINE):
+            key += (_refine_key(variant.settings),)
         buckets.setdefault(key, []).append(variant)
     groups = []
     for key, members in buckets.items():
@@ -113,10 +144,13 @@ def sampling_groups(variants: Sequence[Variant], *, hires: bool, latent_upscaler
 
 
 def count_runs(groups: Sequence[SamplingGroup]) -> int:
-    """Sampling passes the groups need: one shared first pass, plus one Hires pass per group with Hires."""
+    """Sampling passes the groups need: one shared first pass, one Hires pass per distinct Hires setting
+    with Hires, and a late refine per group that has one."""
     if not groups:
         return 0
-    return 1 + len(groups) if groups[0].hires else len(groups)
+    passes = len({g.pass_key for g in groups})
+    refines = sum(1 for g in groups if g.refine is not None)
+    return (1 + passes if groups[0].hires else passes) + refines
 
 
 def count_decodes(groups: Sequence[SamplingGroup]) -> int:

@@ -15,7 +15,7 @@ from lib_sdfix.ab.output import valid_heatmap_gain
 from lib_sdfix.ab.plan import MAX_VARIANTS, MODES, Variant, plan_variants
 from lib_sdfix.limits import check_text, check_txt2img_payload
 from lib_sdfix.parity import is_same_marker
-from lib_sdfix.settings import INFOTEXT_KEY, SDFixSettings, SettingsError, describe
+from lib_sdfix.settings import SDFixSettings, SettingsError, describe
 
 __all__ = ["MAX_LABEL_CHARS", "parse_variants", "ABRequest", "ab_request_from_body", "payload_from_infotext",
            "settings_from_infotext", "resolve_seed", "resolve_payload_seeds", "SEED_RANGE"]
@@ -177,7 +177,7 @@ def payload_from_infotext(params: Mapping[str, Any]) -> Dict[str, Any]:
     used Hires.fix (``enable_hr``); "Use same sampler"/"Use same scheduler" are left out (the
     API's default means the same); "Clip skip" becomes an ``override_settings`` entry.  A legacy
     sampler name such as "DPM++ 2M Karras" without "Schedule type" is passed on as is: the WebUI
-    API splits it.  The "SDFix" entry is not part of the payload: see :func:`settings_from_infotext`.
+    API splits it.  SDFix's entries are not part of the payload: see :func:`settings_from_infotext`.
     Raises :class:`SettingsError` naming each entry whose value has the wrong type.
     """
     if not isinstance(params, Mapping):
@@ -214,14 +214,12 @@ def payload_from_infotext(params: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def settings_from_infotext(params: Mapping[str, Any], base: SDFixSettings) -> SDFixSettings:
-    """The SDFix settings an image was made with (its "SDFix" entry), else ``base``.
+    """The SDFix settings an image was made with (its "SDFix" and "SDFix refine" entries), else ``base``.
 
-    Raises :class:`SettingsError` when the entry is there but unreadable.
+    Raises :class:`SettingsError` when an entry is there but unreadable.
     """
-    text = params.get(INFOTEXT_KEY)
-    if text is None:
-        return base
-    return SDFixSettings.from_infotext(text, base)
+    settings = SDFixSettings.from_infotext_params(params, base)
+    return base if settings is None else settings
 
 
 #: The WebUI draws random seeds from [0, 4294967294).

@@ -20,9 +20,13 @@ scheduler_mismatch    the img2img pipeline gets the txt2img scheduler's class an
 hires_resize          :func:`hires_fix` resizes the upscaler's output once, with LANCZOS
 ====================  =====================================================================
 
+Beyond the causes, :func:`refine` is the late-step refine (the WebUI's ``late_refine`` fix): the
+last steps of the schedule the latents were sampled on, run again on them.  Nothing is
+misconfigured without it, so the audit has no cause for it; it runs when called.
+
 One module per concern: ``causes`` (the causes, which option turns each on, the audit's findings),
 ``vae`` / ``vae_copy``, ``embeds``, ``offload``, ``scheduler``, ``hires`` and ``upscaler`` (one per
-cause: its finding and its fix), ``state`` (what SDFix keeps on a hardened object),
+cause: its finding and its fix), ``refine``, ``state`` (what SDFix keeps on a hardened object),
 ``hardening`` (:func:`audit`, :func:`harden`, :func:`unharden`); the A/B command: ``tiny`` (the
 embedded random-weight model), ``service`` (the unfixed service), ``compare`` (the run),
 ``report`` (its HTML/JSON page) and ``cli`` (``python -m lib_sdfix ab``).
@@ -35,6 +39,7 @@ from lib_sdfix.diffusers.embeds import cast_prompt_embeds
 from lib_sdfix.diffusers.hardening import HardenReport, audit, fix_report, harden, unharden
 from lib_sdfix.diffusers.hires import HiresResult, hires_fix
 from lib_sdfix.diffusers.offload import share_offload_chain
+from lib_sdfix.diffusers.refine import refine, refine_generators
 from lib_sdfix.diffusers.scheduler import share_scheduler
 from lib_sdfix.diffusers.upscaler import Upscaler, UpscalerUnavailable, load_upscaler
 from lib_sdfix.diffusers.vae import guard_vae
@@ -58,4 +63,6 @@ __all__ = [
     "Upscaler",
     "UpscalerUnavailable",
     "load_upscaler",
+    "refine",
+    "refine_generators",
 ]

@@ -17,6 +17,8 @@ from typing import Any, Callable, List
 
 from lib_sdfix.command import INSTALL_TORCH, fail, missing_module_in
 from lib_sdfix.diffusers.upscaler import UpscalerUnavailable
+from lib_sdfix.refine import refine_steps
+from lib_sdfix.settings import option
 
 __all__ = ["add_parser", "run", "config_from_args", "install_hint", "AB_MODULES", "INSTALL_EXTRA"]
 
@@ -29,6 +31,7 @@ SEED_MAX = 2**32 - 1
 SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 64, 2048, 8
 STEPS_MIN, STEPS_MAX = 1, 150
 HIRES_SCALE_MIN, HIRES_SCALE_MAX = 1.0, 4.0
+REFINE_MIN, REFINE_MAX = option("late_refine_strength").minimum, option("late_refine_strength").maximum
 
 
 def _whole(low: int, high: int, multiple: int = 1) -> Callable[[str], int]:
@@ -129,6 +132,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     ab.add_argument("--upscaler", type=_weights_file,
                     help="super-resolution weights for --hires (RealESRGAN .pth/.safetensors); default: "
                     "a tiny random one with the embedded model, none (plain resize) with --model")
+    ab.add_argument("--refine", type=_number(REFINE_MIN, REFINE_MAX), metavar="STRENGTH",
+                    help=f"add the late-step refine to the \"with\" arm: re-run the last round(STRENGTH x steps) "
+                    f"steps of its last pass on its latents ({REFINE_MIN:g}-{REFINE_MAX:g}; about 0.2-0.3 for "
+                    "texture, 0.5 and more for wrong shapes)")
     ab.add_argument("--ablation", action="store_true", help="also run each fix alone")
     ab.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     ab.add_argument("--no-offload", action="store_true", help="do not use enable_model_cpu_offload() in the service")
@@ -149,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         negative_prompt=args.negative_prompt if args.negative_prompt is not None else DEFAULT_NEGATIVE,
         seed=args.seed, steps=args.steps, width=args.width, height=args.height or args.width, hires=args.hires,
         hires_scale=args.hires_scale, strength=args.denoise, upscaler=args.upscaler, ablation=args.ablation,
+        refine=args.refine,
         device=args.device, offload=not args.no_offload, progress=not args.quiet,
     )
 
@@ -157,11 +165,17 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     """What one argument alone cannot tell: the Hires pass has a step, the output folder may be written."""
     from lib_sdfix.diffusers.compare import resolve_sizes
 
+    sizes = resolve_sizes(config_from_args(args))
     if args.hires:
-        sizes = resolve_sizes(config_from_args(args))
         if int(sizes["steps"] * sizes["strength"]) < 1:
             parser.error(f"argument --denoise: {sizes['strength']:g} x {sizes['steps']} steps gives no Hires step; "
                          "raise --denoise or --steps")
+    if args.refine is not None:
+        final = sizes["hires_steps"] or sizes["steps"]
+        ran = min(int(final * sizes["strength"]), final) if args.hires else final
+        if refine_steps(args.refine, ran) < 1:
+            parser.error(f"argument --refine: {args.refine:g} x {ran} steps of the last pass rounds to no step; "
+                         "raise --refine or --steps")
     out = Path(args.out)
     if out.is_dir() and any(out.iterdir()) and not args.force:
         parser.error(f"argument --out: {out} is not empty; choose another folder, or pass --force to write "
@@ -216,6 +230,9 @@ def _run(args: argparse.Namespace) -> int:
         after = result.audit_after[cause]["status"]
         print(f"  {cause:<19} {finding['status']:<12} -> {after:<12} {finding['detail']}")
     rows = json.loads((Path(args.out) / "report.json").read_text())["metrics"]["variants"]
+    for note in result.notes:
+        if "late refine" in note:
+            print(note)
     print("against the unfixed service (same seed):")
     for row in rows:
         print(f"  {row['name']:<26} PSNR {_shown(row['psnr'], 2):>6} dB, "

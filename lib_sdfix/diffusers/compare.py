@@ -2,7 +2,8 @@
 
 ``python -m lib_sdfix ab`` calls :func:`run_ab`.  The "without" arm is the unfixed service of
 :mod:`lib_sdfix.diffusers.service`; the "with" arm is the same service after
-:func:`lib_sdfix.diffusers.harden`; ``ablation`` adds one arm per fix alone.  Without a model the
+:func:`lib_sdfix.diffusers.harden` (and, with ``refine``, the late refine of its last pass:
+:func:`lib_sdfix.diffusers.refine`); ``ablation`` adds one arm per fix alone.  Without a model the
 run uses the embedded random-weight model (:mod:`lib_sdfix.diffusers.tiny`), so it runs on a fresh
 CPU-only machine in well under a minute.
 """
@@ -19,9 +20,11 @@ from PIL import Image
 from lib_sdfix.diffusers.causes import CAUSES, dtype_name
 from lib_sdfix.diffusers.hardening import audit, fix_report, harden
 from lib_sdfix.diffusers.hires import hires_fix
+from lib_sdfix.diffusers.refine import refine, refine_generators, refine_steps_for
 from lib_sdfix.diffusers.service import Service, half_dtype, resolve_device
 from lib_sdfix.diffusers.tiny import tiny_esrgan_state_dict
 from lib_sdfix.diffusers.upscaler import load_upscaler
+from lib_sdfix.refine import describe as describe_refine
 from lib_sdfix.settings import SDFixSettings
 
 __all__ = ["ABConfig", "ABResult", "ArmResult", "run_ab", "resolve_sizes", "DEFAULT_PROMPT", "DEFAULT_NEGATIVE"]
@@ -50,6 +53,7 @@ class ABConfig:
     hires_steps: Optional[int] = None
     upscaler: Optional[str] = None
     ablation: bool = False
+    refine: Optional[float] = None  # late refine strength of the "with" arm
     device: str = "auto"
     offload: bool = True
     progress: bool = True
@@ -59,6 +63,7 @@ class ABConfig:
 class ArmResult:
     name: str
     fixes: Tuple[str, ...]
+    refine: Optional[float]
     image: Image.Image
     first_pass: Optional[Image.Image]
     upscaled: Optional[Image.Image]
@@ -81,10 +86,13 @@ class ABResult:
     notes: List[str] = field(default_factory=list)
 
 
-def _arms(ablation: bool) -> List[Tuple[str, Tuple[str, ...]]]:
-    arms = [("without", ()), ("with", CAUSES)]
+def _arms(ablation: bool, refine_strength: Optional[float] = None) -> List[Tuple[str, Tuple[str, ...], Optional[float]]]:
+    """(name, causes fixed, late refine strength) of each arm."""
+    arms = [("without", (), None), ("with", CAUSES, refine_strength)]
     if ablation:
-        arms += [(f"only {cause}", (cause,)) for cause in CAUSES]
+        arms += [(f"only {cause}", (cause,), None) for cause in CAUSES]
+        if refine_strength:
+            arms.append(("only late_refine", (), refine_strength))
     return arms
 
 
@@ -99,8 +107,8 @@ def _prompt_embeddings(service: Service, config: ABConfig) -> Dict[str, Any]:
     return {name: value for name, value in zip(names, out) if value is not None}
 
 
-def _run_arm(service: Service, config: ABConfig, name: str, fixes: Tuple[str, ...], embeds: Dict[str, Any],
-             upscaler: Any, sizes: Dict[str, Any]) -> ArmResult:
+def _run_arm(service: Service, config: ABConfig, name: str, fixes: Tuple[str, ...], refine_strength: Optional[float],
+             embeds: Dict[str, Any], upscaler: Any, sizes: Dict[str, Any]) -> ArmResult:
     import torch
 
     pipe, img2img = service.pair(config.offload)
@@ -118,16 +126,28 @@ def _run_arm(service: Service, config: ABConfig, name: str, fixes: Tuple[str, ..
                       width=sizes["width"], height=sizes["height"], num_inference_steps=sizes["steps"], seed=config.seed)
         if config.hires:
             result = hires_fix(pipe, img2img, scale=config.hires_scale, strength=sizes["strength"],
-                               hires_steps=sizes["hires_steps"], upscaler=upscaler, options=options, **common)
+                               hires_steps=sizes["hires_steps"], upscaler=upscaler, options=options,
+                               refine_strength=refine_strength, **common)
             image, first, upscaled, resized = result.image, result.first_pass, result.upscaled, result.resized
             timings, resize = result.timings, result.resize
             notes += result.notes
         else:
             seed = common.pop("seed")
+            steps = common["num_inference_steps"]
+            refined = bool(refine_strength) and refine_steps_for(refine_strength, steps) > 0
             t0 = time.perf_counter()
-            image = pipe(generator=torch.Generator("cpu").manual_seed(seed), output_type="pil", **common).images[0]
+            out = pipe(generator=torch.Generator("cpu").manual_seed(seed), output_type="latent" if refined else "pil",
+                       **common).images
             first = upscaled = resized = resize = None
             timings = {"txt2img": time.perf_counter() - t0}
+            if refine_strength:
+                notes.append("late_refine: " + describe_refine(refine_strength, steps))
+            if refined:
+                t0 = time.perf_counter()
+                out = refine(pipe, out, refine_strength, generator=refine_generators([seed])[0], num_inference_steps=steps,
+                             output_type="pil", guidance_scale=config.guidance_scale, **embeds)
+                timings["refine"] = time.perf_counter() - t0
+            image = out[0]
     timings["total"] = time.perf_counter() - start
     report = fix_report(pipe)
     if report is not None:
@@ -135,7 +155,7 @@ def _run_arm(service: Service, config: ABConfig, name: str, fixes: Tuple[str, ..
         failed.update(arm_failed)
         notes += [n for n in arm_notes if n not in notes]
     found = audit(pipe, img2img).as_dict()
-    return ArmResult(name, fixes, image, first, upscaled, resized, timings, resize, notes, failed, found)
+    return ArmResult(name, fixes, refine_strength, image, first, upscaled, resized, timings, resize, notes, failed, found)
 
 
 def _diffusers_warnings_off() -> Any:
@@ -188,7 +208,8 @@ def run_ab(config: ABConfig) -> ABResult:
     out.mkdir(parents=True, exist_ok=True)
     embedded = config.model is None
     sizes = resolve_sizes(config)
-    stages = tqdm(total=2 + len(_arms(config.ablation)), desc="SDFix A/B", disable=not config.progress, unit="step")
+    arm_plan = _arms(config.ablation, config.refine)
+    stages = tqdm(total=2 + len(arm_plan), desc="SDFix A/B", disable=not config.progress, unit="step")
     quiet = _diffusers_warnings_off()
     threads = torch.get_num_threads()
     if embedded and device.type == "cpu":
@@ -215,9 +236,9 @@ def run_ab(config: ABConfig) -> ABResult:
         stages.update()
 
         arms: Dict[str, ArmResult] = {}
-        for name, fixes in _arms(config.ablation):
+        for name, fixes, refine_strength in arm_plan:
             stages.set_postfix_str(name)
-            arms[name] = _run_arm(service, config, name, fixes, embeds, upscaler, sizes)
+            arms[name] = _run_arm(service, config, name, fixes, refine_strength, embeds, upscaler, sizes)
             stages.update()
     finally:
         environment_threads = torch.get_num_threads()
@@ -244,5 +265,11 @@ def run_ab(config: ABConfig) -> ABResult:
         result.notes.append("On a CPU TF32 does not exist; the precision differences come from the half (bf16) VAE and latents.")
     result.notes.append("Both arms run under torch.autocast, as the WebUI does; without it the unfixed service fails "
                         "(fp32 embeddings into a half UNet).")
+    if config.refine:
+        final_steps = (sizes["hires_steps"] or sizes["steps"]) if config.hires else sizes["steps"]
+        ran = min(int(final_steps * sizes["strength"]), final_steps) if config.hires else final_steps
+        result.notes.append(f"The \"with\" arm adds the late refine to its last pass: "
+                            f"{describe_refine(config.refine, ran)} of that pass's own schedule on its latents, "
+                            "with noise from the seed.")
     result.report_path = write_report(out, result)
     return result

@@ -13,9 +13,11 @@ from typing import Any, Dict, List, Optional, Tuple
 from PIL import Image
 
 from lib_sdfix.diffusers.causes import Finding, cause_on
+from lib_sdfix.diffusers.refine import refine, refine_generators, refine_steps_for
 from lib_sdfix.diffusers.scheduler import share_scheduler
 from lib_sdfix.diffusers.state import state_of
 from lib_sdfix.diffusers.upscaler import Upscaler
+from lib_sdfix.refine import describe
 from lib_sdfix.resize import RESIZE_FILTERS, resize_after_upscale, upscaler_passes
 from lib_sdfix.settings import SDFixSettings
 
@@ -70,6 +72,7 @@ def hires_fix(
     seed: Optional[int] = None,
     upscaler: Optional[Upscaler] = None,
     options: Optional[SDFixSettings] = None,
+    refine_strength: Optional[float] = None,
     **call_kwargs: Any,
 ) -> HiresResult:
     """txt2img -> super-resolution upscaler -> one resize to the target -> img2img, all timed.
@@ -79,6 +82,8 @@ def hires_fix(
     hand-written Hires code does.  With Hires parity on, the img2img pipeline gets the txt2img
     scheduler again right before its pass (a scheduler swapped after hardening is followed).
     Without an upscaler the first pass is resized directly.  Both passes use ``seed``.
+    ``refine_strength`` adds the late refine to the Hires pass (:func:`lib_sdfix.diffusers.refine`,
+    noise from ``seed``), before its latents are decoded.
     """
     steps = hires_steps or num_inference_steps
     if int(steps * strength) < 1:  # diffusers' img2img would fail on an empty schedule
@@ -125,10 +130,19 @@ def hires_fix(
             notes.append("img2img scheduler aligned with txt2img")
 
     start = time.perf_counter()
-    image = img2img_pipe(image=resized, strength=strength, num_inference_steps=steps, generator=_generator(seed),
-                         output_type="pil", **common).images[0]
+    count = refine_steps_for(refine_strength, steps, strength) if refine_strength else 0
+    hires = img2img_pipe(image=resized, strength=strength, num_inference_steps=steps, generator=_generator(seed),
+                         output_type="latent" if count else "pil", **common).images
     timings["img2img"] = time.perf_counter() - start
-    return HiresResult(image, first, native, resized, resize, timings, notes)
+    if refine_strength:
+        notes.append("late_refine: " + describe(refine_strength, min(int(steps * strength), steps)))
+    if count:
+        start = time.perf_counter()
+        generator = None if seed is None else refine_generators([seed])[0]
+        hires = refine(img2img_pipe, hires, refine_strength, generator=generator, num_inference_steps=steps,
+                       denoise=strength, output_type="pil", **common)
+        timings["refine"] = time.perf_counter() - start
+    return HiresResult(hires[0], first, native, resized, resize, timings, notes)
 
 
 def last_hires_size(pipe: Any) -> Any:

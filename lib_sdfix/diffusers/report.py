@@ -117,6 +117,7 @@ def write_report(out: Path, result: Any) -> Path:
         "arms": {
             name: {
                 "fixes": list(arm.fixes),
+                "late_refine": getattr(arm, "refine", None),
                 "files": files[name],
                 "timings_s": arm.timings,
                 "hires_resize": arm.resize,
@@ -187,7 +188,7 @@ def _render(result: Any, files: Dict[str, Dict[str, Optional[str]]], rows: List[
     parts.append("</table>")
 
     stages = sorted({k for arm in arms.values() for k in arm.timings if k != "total"},
-                    key=["txt2img", "upscale", "resize", "img2img"].index)
+                    key=["txt2img", "upscale", "resize", "img2img", "refine"].index)
     parts += ["<h2>Timings (seconds)</h2>", "<table>",
               "<tr><th>arm</th>" + "".join(f"<th>{_e(s)}</th>" for s in stages) + "<th>total</th></tr>"]
     for name, arm in arms.items():
@@ -198,6 +199,8 @@ def _render(result: Any, files: Dict[str, Dict[str, Optional[str]]], rows: List[
     parts += ["<h2>Every arm</h2>", '<div class="gallery">']
     for name, arm in arms.items():
         caption = _e(name)
+        if getattr(arm, "refine", None):
+            caption += f"<br />late refine, strength {_e(format(arm.refine, 'g'))}"
         if arm.resize:
             r = arm.resize
             caption += f"<br />Hires resize: {_e(r['filter'])} {r['from'][0]}&#215;{r['from'][1]} &#8594; {r['to'][0]}&#215;{r['to'][1]}"

@@ -2,7 +2,8 @@
 
 ``scripts/sdfix.py`` defines the AlwaysOn script and calls :func:`register`; everything else is
 here, split by concern: ``host`` (the host interface and its three implementations), ``session``
-and ``hooks`` (per-generation state and the replaced host functions), ``apply`` (settings to
+and ``hooks`` (per-generation state and the replaced host functions), ``refine`` (the late refine
+on the samplers the host creates), ``apply`` (settings to
 session to infotext), ``comparison`` (the A/B runner), ``routes``, ``tab``, ``controls``,
 ``panel`` and ``xyz`` (UI pieces).
 """

@@ -11,6 +11,7 @@ from lib_sdfix.settings import (
     INFOTEXT_KEY,
     NOTES_INFOTEXT_KEY,
     OPTION_PREFIX,
+    REFINE_INFOTEXT_KEY,
     SDFixSettings,
     SettingsError,
     defaults_from_options,
@@ -23,6 +24,7 @@ __all__ = ["settings_defaults", "disabled_by_flag", "setup", "process", "postpro
            "OVERRIDES_ATTR"]
 
 OVERRIDES_ATTR = "sdfix_overrides"  # set by SDFix's X/Y/Z axes on each cell's copy of p
+_ENTRIES = (INFOTEXT_KEY, REFINE_INFOTEXT_KEY, NOTES_INFOTEXT_KEY)  # SDFix's infotext entries, in order
 # X/Y/Z axes whose value is a deliberate per-cell Hires sampling choice: parity steps aside for them.
 _XYZ_HIRES_SAMPLER = ("Hires sampler",)
 _XYZ_HIRES_SCHEDULER = ("Hires schedule type", "Hires scheduler")
@@ -119,7 +121,7 @@ def apply_settings(p: Any, settings: SDFixSettings) -> Optional[GenerationSessio
         session.finish()
         session = None
     if not settings.enabled:
-        if INFOTEXT_KEY in p.extra_generation_params or NOTES_INFOTEXT_KEY in p.extra_generation_params:
+        if any(key in p.extra_generation_params for key in _ENTRIES):
             _write_infotext(p, None)
         return None
     if session is None:
@@ -196,9 +198,12 @@ def _latent_note(p: Any, session: GenerationSession) -> None:
 
 def _write_infotext(p: Any, session: Optional[GenerationSession]) -> None:
     """Own copy of extra_generation_params (X/Y/Z cells share one dict) with SDFix's entries."""
-    params = {k: v for k, v in p.extra_generation_params.items() if k not in (INFOTEXT_KEY, NOTES_INFOTEXT_KEY)}
+    params = {k: v for k, v in p.extra_generation_params.items() if k not in _ENTRIES}
     if session is not None and add_infotext():
+        entries = session.settings.infotext_entries()
         params[INFOTEXT_KEY] = lambda **_: infotext_value(session)
+        if REFINE_INFOTEXT_KEY in entries:
+            params[REFINE_INFOTEXT_KEY] = entries[REFINE_INFOTEXT_KEY]
         params[NOTES_INFOTEXT_KEY] = lambda **_: session.infotext_notes()
     p.extra_generation_params = params
 

@@ -8,6 +8,9 @@ Sharing the sampling: variants whose sampling is equal reuse a captured latent. 
 sampler for the first pass and one for the Hires pass; while a comparison run is on this thread,
 SDFix hands such a sampler a latent to return instead of sampling (``launch_sampling``), so
 everything around the sampling (schedule bookkeeping, infotext, the Hires upscale) runs as usual.
+A late refine samples once more on the last pass's sampler: a run's latents are every sampling it
+made, in order, so a variant with the refine gets the refined latent, and a variant without it the
+pass's own; a refine variant whose passes another group already sampled runs only its refine.
 The diagnosis runner (diagnosis.py) renders its sweeps with the same loop (:func:`render_groups`).
 (Over the usual ~400 lines: the payload check, the script args, the sampler injection and the loop
 that relies on it belong together; split, each half would reach into the other's private state.)
@@ -183,40 +186,34 @@ class _Sampling:
         return sampler
 
 
-def _create_sampler(original: Callable) -> Callable:
-    """``sd_samplers.create_sampler``: on a comparison's thread, every sampler reports (and may skip) its sampling."""
-
-    def create_sampler(*args: Any, **kwargs: Any) -> Any:
-        sampler = original(*args, **kwargs)
-        sampling = getattr(_LOCAL, "sampling", None)
-        return sampling.wrap(sampler) if sampling is not None else sampler
-
-    return create_sampler
-
-
 @contextlib.contextmanager
 def _sampling(inject: List[Any], owner: Any = None, observer: Any = None) -> Iterator[_Sampling]:
-    from modules import sd_samplers
+    """Every sampler the host creates on this thread during the block reports (and may skip) its sampling."""
+    from lib_sdfix.webui import hooks
 
+    targets = current().patch_targets({"sampler"})
+    for target, attr, kind in targets:
+        PATCHES.acquire(target, attr, hooks.FACTORIES[kind])
     _LOCAL.sampling = sampling = _Sampling(inject, owner, observer)
-    PATCHES.acquire(sd_samplers, "create_sampler", _create_sampler)
     try:
-        yield sampling
+        with hooks.watching_samplers(sampling.wrap):
+            yield sampling
     finally:
         _LOCAL.sampling = None
-        PATCHES.release(sd_samplers, "create_sampler")
+        for target, attr, _ in reversed(targets):
+            PATCHES.release(target, attr)
 
 
 # --- one run ----------------------------------------------------------------------------------------
 
 
 class _Run:
-    """One generation of the comparison; keeps the first-pass and final latents its samplers returned."""
+    """One generation of the comparison; keeps every latent its samplers returned, in order (first pass,
+    Hires pass, late refine)."""
 
     def __init__(self, fields: Dict[str, Any], alwayson: Dict[str, Any], settings: SDFixSettings) -> None:
         self.fields, self.alwayson, self.settings = fields, alwayson, settings
-        self.first_pass: Optional[Any] = None
-        self.final: Optional[Any] = None
+        self.outputs: List[Any] = []
         self.scripts_note: Optional[str] = None
 
     def _processing(self) -> Any:
@@ -253,9 +250,7 @@ class _Run:
         p = self._processing()
         with contextlib.closing(p), _sampling(inject, owner=p, observer=observer) as sampling:
             processed = processing.process_images(p)
-        outputs = [o for o in sampling.outputs if o is not None]
-        self.first_pass = outputs[0] if len(outputs) > 1 else None
-        self.final = outputs[-1] if outputs else None
+        self.outputs = [o for o in sampling.outputs if o is not None]
         return processed
 
 
@@ -327,7 +322,8 @@ def run_comparison(request: Any) -> Dict[str, Any]:
         return result
     context = ab.RunContext(hires=hires, upscaler=upscaler, first_sampler=fields.get("sampler_name"),
                             first_scheduler=fields.get("scheduler"), hires_sampler=fields.get("hr_sampler_name"),
-                            hires_scheduler=fields.get("hr_scheduler"))
+                            hires_scheduler=fields.get("hr_scheduler"), steps=fields.get("steps"),
+                            hires_steps=fields.get("hr_second_pass_steps") or None)
     rows = ab.metrics_table({v.name: images[v.name] for v in done}, times, reference.name,
                             labels={v.name: v.label for v in done})
     result["metrics"] = rows
@@ -355,23 +351,28 @@ def render_groups(fields: Dict[str, Any], alwayson: Dict[str, Any], groups: List
                   execute: Optional[Callable[[Any, List[Any], Tuple[Any, ...]], Tuple[Any, Dict[str, Any]]]] = None,
                   into: Optional[Rendered] = None) -> Rendered:
     """Render the sampling groups (lib_sdfix.ab.sampling_groups) of one generation's ``fields``: the first
-    run of a group samples, the others get its latent injected (decode only), a Hires pass shares the
-    first pass.  ``execute(run, inject, members) -> (processed, extra)`` runs one generation (default:
+    run of a group samples, the others get its latents injected (decode only), a Hires pass shares the
+    first pass, a late refine group whose passes another group sampled runs only its refine.  ``execute(run, inject, members) -> (processed, extra)`` runs one generation (default:
     ``run.run(inject)``); a None ``processed`` means the host stopped it: the group goes no further.
     ``into``: add to an earlier call's result (a diagnosis sweep renders several generations).
     Stops at an Interrupt; after "Skip" goes on with the next run."""
     shared = current().shared
     out = into if into is not None else Rendered()
+    passes = 2 if hires else 1  # sampling passes before a late refine
     first_pass: Optional[Any] = None
+    pass_latents: Dict[Any, List[Any]] = {}  # the passes (no refine) each pass key sampled
     for group in groups:
-        final: Optional[Any] = None
+        sampled: Optional[List[Any]] = None  # every latent of the run that sampled this group
         sampled_by: Tuple[int, Any] = (0, None)  # the run that sampled this group, and its decode
         for decode, members in _group_runs(group):
             if shared.state.interrupted:
                 break
             run = _Run(fields, alwayson, members[0].settings)
-            if final is not None:
-                inject, kind = ([first_pass] if hires else []) + [final], "decode only (shared sampling)"
+            if sampled is not None:
+                inject, kind = sampled, "decode only (shared sampling)"
+            elif group.pass_key in pass_latents:
+                inject = pass_latents[group.pass_key]
+                kind = "refine only (shared passes)" if group.refine else "decode only (shared passes)"
             elif first_pass is not None:
                 inject, kind = [first_pass], "Hires pass (shared first pass)"
             else:
@@ -384,13 +385,15 @@ def render_groups(fields: Dict[str, Any], alwayson: Dict[str, Any], groups: List
                 break  # an interrupted generation's image is not the variant's, nor its latent the group's
             if getattr(shared.state, "skipped", False):  # "Skip": this run's image is partial; go on with the next
                 shared.state.skipped = False
-                if final is None:
+                if sampled is None:
                     break  # the group's sampling was cut short: its other runs have nothing to share
                 continue
-            if final is None:
-                final, sampled_by = run.final, (len(out.runs) + 1, decode)
-            if first_pass is None and hires:
-                first_pass = run.first_pass
+            if sampled is None:
+                sampled, sampled_by = run.outputs, (len(out.runs) + 1, decode)
+                if len(run.outputs) >= passes:
+                    pass_latents.setdefault(group.pass_key, run.outputs[:passes])
+            if first_pass is None and hires and run.outputs:
+                first_pass = run.outputs[0]
             image, infotext = _first_image(processed)
             for variant in members:
                 out.images[variant.name], out.infotexts[variant.name], out.times[variant.name] = image, infotext, elapsed
@@ -415,10 +418,13 @@ def _run_note(number: int, run: Dict[str, Any], sampled_by: Tuple[int, Any], dec
     names = ", ".join(run["variants"])
     if number == 1:
         return f"run 1 ({names}): {run['kind']}"
-    if run["kind"].startswith("decode only"):
+    if run["kind"] == "decode only (shared sampling)":
         source, source_decode = sampled_by
         why = "only SDFix's decode differs" if decode != source_decode else "same decode, its own infotext"
         return f"run {number} ({names}): decode only -- sampled as run {source}'s group, {why}"
+    if run["kind"].endswith("(shared passes)"):
+        return (f"run {number} ({names}): {run['kind']} -- its passes are an earlier group's; only the late "
+                "refine differs")
     return (f"run {number} ({names}): {run['kind']} -- the Hires pass differs (parity or the "
             "decode/resize/encode fixes shape its input)")
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping
 
-from lib_sdfix.settings import FIXES, INFOTEXT_KEY, OPTIONS, UI_ARG_ORDER, Option, SDFixSettings, SettingsError
+from lib_sdfix.settings import (FIXES, INFOTEXT_KEY, OPTIONS, REFINE_INFOTEXT_KEY, UI_ARG_ORDER, Option, SDFixSettings,
+                                SettingsError)
 
 __all__ = ["build_script_controls", "infotext_paste_value"]
 
@@ -44,12 +45,17 @@ def infotext_paste_value(params: Mapping[str, Any], name: str) -> Any:
     """The value of option ``name`` from pasted generation parameters, or None to leave the control.
 
     Images made without SDFix (no ``SDFix`` entry) leave the controls unchanged; so does an entry
-    this version cannot read.
+    this version cannot read.  An image made without the late refine (no ``SDFix refine`` entry)
+    switches it off and leaves its strength as it is.  The WebUI's API reads its ``infotext`` field
+    through the same functions.
     """
-    text = params.get(INFOTEXT_KEY)
-    if not isinstance(text, str):
+    if not any(isinstance(params.get(key), (str, int, float)) for key in (INFOTEXT_KEY, REFINE_INFOTEXT_KEY)):
+        return None
+    if name == "late_refine_strength" and REFINE_INFOTEXT_KEY not in params:
         return None
     try:
-        return getattr(SDFixSettings.from_infotext(text), name)
+        settings = SDFixSettings.from_infotext_params({k: str(params[k]) for k in (INFOTEXT_KEY, REFINE_INFOTEXT_KEY)
+                                                       if k in params})
     except SettingsError:
         return None
+    return None if settings is None else getattr(settings, name)

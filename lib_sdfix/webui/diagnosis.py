@@ -127,7 +127,6 @@ def _seeded() -> Any:
 
 
 def _roundtrip(request: Any) -> Dict[str, Any]:
-    import torch
 
     from lib_sdfix import diagnose
     from lib_sdfix.diagnose.roundtrip import crop_for_vae, image_to_tensor, tensor_to_image, variant_label
@@ -146,7 +145,7 @@ def _roundtrip(request: Any) -> Dict[str, Any]:
         if shared.state.interrupted:
             break
         start = time.perf_counter()
-        with torch.no_grad(), _precision(name):
+        with current().no_grad(), _precision(name):
             with _seeded():
                 latent = sd_samplers_common.images_tensor_to_samples(pixels.clone(), 0, model)
             decoded = sd_samplers_common.samples_to_images_tensor(latent, 0, model)
@@ -263,8 +262,6 @@ def _sweep(request: Any) -> Dict[str, Any]:
 
 
 def _steps(request: Any) -> Dict[str, Any]:
-    import torch
-
     from lib_sdfix import diagnose
     from lib_sdfix.diagnose.roundtrip import tensor_to_image
     from lib_sdfix.webui.apply import settings_defaults
@@ -311,7 +308,7 @@ def _steps(request: Any) -> Dict[str, Any]:
             if shared.state.interrupted:
                 break
             began = time.perf_counter()
-            with torch.no_grad():
+            with current().no_grad():
                 step_images[step] = tensor_to_image(processing.decode_first_stage(shared.sd_model, latent[:1]), truncate=True)
             result["timings"]["decodes"] += 1
             result["timings"]["runs"].append({"cells": [f"step {step}"], "kind": "decode (guarded VAE)",

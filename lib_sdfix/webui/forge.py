@@ -56,6 +56,11 @@ class ForgeHost(Host):
             targets.append((vae.VAE, "encode_inner", "wrapper_encode"))
         return targets
 
+    def no_grad(self) -> Any:
+        import torch
+
+        return torch.inference_mode()  # modules/processing.py: process_images runs under inference_mode
+
     def resize_extra_keywords(self) -> Tuple[str, ...]:
         return ("force_RGBA",)
 

@@ -9,12 +9,15 @@ does inside (``--upcast-sampling``'s hijack, Forge's wrapper, reForge's casts) s
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+import contextlib
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from lib_sdfix.failsafe import log_once
 from lib_sdfix.webui.session import GenerationSession, current_session
 from lib_sdfix.webui.host import current
 
-__all__ = ["FACTORIES", "vae_call", "last_decode_size"]
+__all__ = ["FACTORIES", "vae_call", "last_decode_size", "watching_samplers"]
 
 _LAST_DECODE: Dict[str, Any] = {}  # {"size": (width, height)} of the last guarded fp32 decode
 
@@ -239,6 +242,53 @@ def upscaler_upscale(original: Callable) -> Callable:
     return replacement
 
 
+# --- samplers -----------------------------------------------------------------------------------------
+
+_WATCHERS = threading.local()
+
+
+def _watchers() -> List[Callable[[Any], Any]]:
+    stack = getattr(_WATCHERS, "stack", None)
+    if stack is None:
+        stack = _WATCHERS.stack = []
+    return stack
+
+
+@contextlib.contextmanager
+def watching_samplers(watch: Callable[[Any], Any]) -> Iterator[None]:
+    """While the block runs, every sampler the host creates on this thread is handed to ``watch``
+    (which returns it): the A/B runner records and replaces sampling this way.  Needs the "sampler"
+    patch held (``Host.patch_targets({"sampler"})``)."""
+    stack = _watchers()
+    stack.append(watch)
+    try:
+        yield
+    finally:
+        stack.remove(watch)
+
+
+def create_sampler(original: Callable) -> Callable:
+    """``sd_samplers.create_sampler``: every pass's sampler.  A generation wanting the late refine gets
+    its samplers watched (lib_sdfix.webui.refine); watchers on this thread see every sampler."""
+
+    def replacement(*args, **kwargs):
+        sampler = original(*args, **kwargs)
+        session = current_session()
+        if session is not None and session.wants("late_refine"):
+            from lib_sdfix.webui.refine import watch
+
+            try:
+                sampler = watch(sampler)
+            except Exception as exc:  # noqa: BLE001 -- never break a generation
+                session.report.mark_failed("late_refine", exc)
+                log_once(f"late_refine:{type(exc).__name__}", f"late_refine failed, generation goes on without it: {exc}", exc)
+        for watcher in list(_watchers()):
+            sampler = watcher(sampler)
+        return sampler
+
+    return replacement
+
+
 FACTORIES: Dict[str, Callable[[Callable], Callable]] = {
     "decode_first_stage": decode_first_stage,
     "samples_to_images_tensor": samples_to_images_tensor,
@@ -247,4 +297,5 @@ FACTORIES: Dict[str, Callable[[Callable], Callable]] = {
     "wrapper_encode": wrapper_encode,
     "resize_image": resize_image,
     "upscaler_upscale": upscaler_upscale,
+    "create_sampler": create_sampler,
 }

@@ -9,9 +9,10 @@ string.  This package is the only place that imports ``modules.*``, ``backend.*`
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 __all__ = ["Host", "current", "detect"]
 
@@ -80,6 +81,13 @@ class Host:
 
         return devices.dtype_vae
 
+    def no_grad(self) -> Any:
+        """The no-autograd mode the host's process_images runs in: a VAE call outside a generation must
+        use the same one (Forge's weights are inference tensors, which plain no_grad cannot use)."""
+        import torch
+
+        return torch.no_grad()
+
     def decode_method(self) -> str:
         return str(getattr(self.shared.opts, "sd_vae_decode_method", "Full"))
 
@@ -93,10 +101,12 @@ class Host:
 
     def patch_targets(self, hooks: Set[str]) -> List[PatchTarget]:
         """The host functions SDFix replaces while a generation wants fixes needing ``hooks``
-        ("decode", "encode", "resize": lib_sdfix.settings.Fix.patches)."""
-        from modules import images, processing, sd_samplers_common, upscaler
+        ("decode", "encode", "resize", "sampler": lib_sdfix.settings.Fix.patches)."""
+        from modules import images, processing, sd_samplers, sd_samplers_common, upscaler
 
         targets: List[PatchTarget] = []
+        if "sampler" in hooks:  # every pass gets its sampler here (txt2img, Hires, img2img's init)
+            targets.append((sd_samplers, "create_sampler", "create_sampler"))
         if "decode" in hooks:
             targets += [(processing, "decode_first_stage", "decode_first_stage"),
                         (sd_samplers_common, "decode_first_stage", "decode_first_stage"),
@@ -107,6 +117,78 @@ class Host:
         if "resize" in hooks:
             targets += [(images, "resize_image", "resize_image"), (upscaler.Upscaler, "upscale", "upscaler_upscale")]
         return targets
+
+    # -- sampling -----------------------------------------------------------------------------------
+
+    def final_pass(self, p: Any, method: str) -> bool:
+        """Whether a sampler's ``method`` ("sample" or "sample_img2img") called for ``p`` is the last
+        sampling before ``p``'s latent is decoded: txt2img's ``sample`` without Hires.fix, the Hires
+        pass's ``sample_img2img`` (``p.is_hr_pass``), img2img's ``sample_img2img``.
+
+        The Hires pass decodes inside ``sample_hr_pass`` and hands ``p.sample``'s caller (and
+        ``scripts.post_sample``) decoded images, so work on its latent belongs inside the sampler call.
+        """
+        from modules import processing
+
+        if method == "sample":
+            return not getattr(p, "enable_hr", False)
+        return bool(getattr(p, "is_hr_pass", False)) or isinstance(p, processing.StableDiffusionProcessingImg2Img)
+
+    def pass_steps(self, p: Any, method: str, steps: Optional[int]) -> int:
+        """The steps a pass runs (what its progress bar counts): txt2img ``steps or p.steps``; an img2img
+        or Hires pass what the host's ``setup_img2img_steps`` gives for its denoising."""
+        if method == "sample":
+            return int(steps or p.steps)
+        from modules import sd_samplers_common
+
+        _, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
+        return int(t_enc) + 1
+
+    def seeded_noise(self, shape: Tuple[int, ...], seeds: List[int]) -> Any:
+        """One noise tensor per seed, ``shape`` each, drawn the way the host draws a generation's noise
+        (its noise source setting: CPU, GPU or NV)."""
+        from modules import rng
+
+        return rng.ImageRNG(tuple(shape), list(seeds)).next()
+
+    def alphas_cumprod(self, sampler: Any) -> Any:
+        """The cumulative alphas a timestep sampler (DDIM/PLMS) noises and denoises with."""
+        return sampler.model_wrap.inner_model.alphas_cumprod
+
+    @contextlib.contextmanager
+    def without_extra_noise(self) -> Iterator[None]:
+        """img2img's "Extra noise" setting held at 0 for the block (its sample_img2img adds it on top of
+        the schedule's noise level and writes an "Extra noise" infotext entry); the setting exactly as
+        it was afterwards."""
+        opts, key = self.shared.opts, "img2img_extra_noise"
+        if not getattr(opts, key, 0):
+            yield
+            return
+        data = getattr(opts, "data", None)
+        store = data if isinstance(data, dict) else vars(opts)  # Options keeps values in .data
+        had, before = key in store, store.get(key)
+        store[key] = 0.0
+        try:
+            yield
+        finally:
+            if had:
+                store[key] = before
+            else:
+                store.pop(key, None)
+
+    def stopped(self) -> bool:
+        """Interrupt or Skip was pressed for the running job."""
+        state = self.shared.state
+        return bool(getattr(state, "interrupted", False) or getattr(state, "skipped", False))
+
+    def add_jobs(self, count: int) -> None:
+        """Tell the progress bar that ``count`` more sampling jobs follow (a known total only)."""
+        state = self.shared.state
+        if getattr(state, "job_count", 0) > 0:
+            state.job_count += count
+
+    def next_job(self) -> None:
+        self.shared.state.nextjob()
 
     # -- upscaler -----------------------------------------------------------------------------------
 

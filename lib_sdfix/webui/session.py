@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Set, Tuple
 
 from lib_sdfix.failsafe import FixReport
 from lib_sdfix.patching import PatchSet
@@ -38,6 +38,7 @@ class GenerationSession:
         self.patches: List[Tuple[Any, str, Any]] = []  # (owner, attribute, factory) the host installed
         self.finished = False
         self.on_finish: List[Callable[["GenerationSession"], None]] = []
+        self.marks: Set[str] = set()  # what a fix did once for this generation (e.g. told the progress bar)
 
     def wants(self, fix: str) -> bool:
         """Whether this generation wants fix ``fix`` (a key of lib_sdfix.settings.FIXES)."""

@@ -10,7 +10,8 @@ from lib_sdfix.parity import SAME_SAMPLER, SAME_SCHEDULER, is_same_marker
 __all__ = ["TabCallbacks", "FORM_FIELDS", "build_ab_tab", "payload_from_form", "form_from_payload", "MODE_CHOICES",
            "on_ui_tabs", "tab_outputs", "api_response"]
 
-MODE_CHOICES = {"A = SDFix off, B = SDFix on": "ab", "Ablation: baseline, each fix alone, all fixes": "ablation"}
+MODE_CHOICES = {"A = SDFix off, B = SDFix on": "ab", "Ablation: baseline, each fix alone, all fixes": "ablation",
+                "A = SDFix on, refine = SDFix on + late refine": "refine"}
 
 #: The form's fields in order: (payload key, label, default).
 FORM_FIELDS: Tuple[Tuple[str, str, Any], ...] = (

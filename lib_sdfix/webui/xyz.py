@@ -5,24 +5,30 @@ from typing import Any, Callable, Tuple
 
 from lib_sdfix.settings import FIXES, OPTIONS, SettingsError, option as option_spec
 
-__all__ = ["XYZ_AXES", "parse_axis_value", "add_xyz_axes"]
+__all__ = ["XYZ_AXES", "SWITCHED_ON_BY", "parse_axis_value", "add_xyz_axes"]
 
 
 def _axes() -> Tuple[Tuple[str, str, Tuple[str, ...]], ...]:
-    """(label, option, choices) for every on/off or choice option; fixes are labelled by the fix table."""
+    """(label, option, choices) for every option marked as an axis; fixes are labelled by the fix table.
+    Numbers have no choices: the plot's own ranges work ("0.1-0.5 (+0.1)")."""
     labels = {f.key: f.label for f in FIXES}
     axes = []
     for o in OPTIONS:
+        if not o.axis:
+            continue
         if o.kind is bool:
-            axes.append((f"SDFix: {labels.get(o.name, o.name)}", o.name, ("on", "off")))
-        elif o.kind is str:
+            axes.append((f"SDFix: {labels.get(o.name, o.name.replace('_', ' '))}", o.name, ("on", "off")))
+        else:
             label = o.label if o.label[1:2].isupper() else o.label[0].lower() + o.label[1:]  # "VAE dtype" stays
             axes.append((f"SDFix: {label}", o.name, o.choices))
     return tuple(axes)
 
 
-#: X/Y/Z plot axes: (label, option, choices).  Booleans take "on"/"off".
+#: X/Y/Z plot axes: (label, option, choices).  Booleans take "on"/"off"; numbers have no choices.
 XYZ_AXES = _axes()
+#: An axis over a fix's strength turns that fix on for its cells (a plot over the strength of a fix
+#: that is off would be a grid of equal images).
+SWITCHED_ON_BY = {"late_refine_strength": "late_refine"}
 
 
 def parse_axis_value(option: str, raw: str) -> Any:
@@ -54,7 +60,10 @@ def add_xyz_axes() -> None:
 
     def apply(option: str) -> Callable:
         def apply_value(p: Any, x: Any, xs: Any) -> None:
-            setattr(p, OVERRIDES_ATTR, {**(getattr(p, OVERRIDES_ATTR, None) or {}), option: parse_axis_value(option, x)})
+            overrides = {**(getattr(p, OVERRIDES_ATTR, None) or {}), option: parse_axis_value(option, x)}
+            if option in SWITCHED_ON_BY:  # unless an on/off axis of its own says otherwise
+                overrides.setdefault(SWITCHED_ON_BY[option], True)
+            setattr(p, OVERRIDES_ATTR, overrides)
 
         return apply_value
 
@@ -66,5 +75,8 @@ def add_xyz_axes() -> None:
         return check
 
     for label, option, choices in XYZ_AXES:
-        xyz.axis_options.append(xyz.AxisOption(label, str, apply(option), confirm=confirm(option),
-                                               choices=lambda choices=choices: list(choices)))
+        if choices:
+            xyz.axis_options.append(xyz.AxisOption(label, str, apply(option), confirm=confirm(option),
+                                                   choices=lambda choices=choices: list(choices)))
+        else:
+            xyz.axis_options.append(xyz.AxisOption(label, float, apply(option), confirm=confirm(option)))

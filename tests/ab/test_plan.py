@@ -12,7 +12,7 @@ from lib_sdfix.ab import (
 )
 from lib_sdfix.settings import SDFixSettings, SettingsError
 
-TOGGLES = ("precision_guard", "guard_encode", "hires_parity", "post_resize")
+TOGGLES = ("precision_guard", "guard_encode", "hires_parity", "post_resize", "late_refine")
 
 
 def _on(settings):
@@ -34,11 +34,21 @@ def test_ab_plan_is_sdfix_off_then_the_users_settings_on():
 def test_ablation_plan_is_baseline_each_fix_alone_and_all():
     base = SDFixSettings(resize_filter="BOX", post_resize=False)
     variants = plan_variants("ablation", base)
-    assert [v.name for v in variants] == ["baseline", "precision_guard", "guard_encode", "hires_parity", "post_resize", "all"]
+    assert [v.name for v in variants] == ["baseline", "precision_guard", "guard_encode", "hires_parity", "post_resize",
+                                          "late_refine", "all"]
     assert [_on(v.settings) for v in variants] == [
-        (), ("precision_guard",), ("guard_encode",), ("hires_parity",), ("post_resize",), TOGGLES]
+        (), ("precision_guard",), ("guard_encode",), ("hires_parity",), ("post_resize",), ("late_refine",), TOGGLES]
     assert all(v.settings.resize_filter == "BOX" for v in variants)
-    assert len({v.label for v in variants}) == 6 and variants[1].label == "precision guard only"
+    assert len({v.label for v in variants}) == 7 and variants[1].label == "precision guard only"
+    assert variants[5].label == "late refine only" and variants[5].settings.late_refine_strength == 0.3
+
+
+def test_refine_plan_is_the_users_sdfix_without_and_with_the_late_refine():
+    base = SDFixSettings(enabled=False, hires_parity=False, late_refine_strength=0.55)
+    a, refine = plan_variants("refine", base)
+    assert (a.name, refine.name) == ("A", "refine") and "0.55" in refine.label
+    assert a.settings == base.changed(enabled=True, late_refine=False)
+    assert refine.settings == base.changed(enabled=True, late_refine=True)
 
 
 def test_unknown_mode_is_rejected():
@@ -64,30 +74,38 @@ def test_ablation_without_hires_shares_one_sampling_and_decodes_per_decode_confi
     variants = plan_variants("ablation", SDFixSettings())
     variants.append(Variant("auto", "guard in auto dtype", SDFixSettings(vae_dtype="auto")))
     variants.append(Variant("off-auto", "off, auto", SDFixSettings(enabled=False, vae_dtype="auto")))
-    (group,) = sampling_groups(variants, hires=False, latent_upscaler=False)
-    assert count_runs([group]) == 1
-    # unguarded (baseline, encode, parity, resize, off-auto), guarded fp32 (guard, all), guarded auto
+    group, refined = sampling_groups(variants, hires=False, latent_upscaler=False)
+    assert (group.key, refined.key) == ((), (("late_refine", 0.3),))
+    assert count_runs([group]) == 1 and count_runs([group, refined]) == 2  # one sampling, one refine after it
+    # unguarded (baseline, encode, parity, resize, off-auto), guarded fp32 (guard), guarded auto
     assert group.decodes == (DecodeConfig(False), DecodeConfig(True, "fp32"), DecodeConfig(True, "auto"))
     assert [v.name for v in group.variants_for(DecodeConfig(False))] == ["baseline", "guard_encode", "hires_parity", "post_resize", "off-auto"]
+    # the late refine samples again: its variants share only among themselves
+    assert [v.name for v in refined.variants] == ["late_refine", "all"]
+    assert refined.decodes == (DecodeConfig(False), DecodeConfig(True, "fp32"))
+    assert refined.refine == 0.3 and group.refine is None and refined.pass_key == group.pass_key == ()
 
 
 def test_hires_with_latent_upscaler_shares_everything_but_parity():
     variants = plan_variants("ablation", SDFixSettings())
     groups = sampling_groups(variants, hires=True, latent_upscaler=True)
-    assert [[v.name for v in g.variants] for g in groups] == [["baseline", "precision_guard", "guard_encode", "post_resize"], ["hires_parity", "all"]]
-    assert [g.key for g in groups] == [(("hires_parity", False),), (("hires_parity", True),)]
-    assert count_runs(groups) == 3  # one first pass + two Hires passes
-    assert count_decodes(groups) == 4
+    assert [[v.name for v in g.variants] for g in groups] == [
+        ["baseline", "precision_guard", "guard_encode", "post_resize"], ["hires_parity"], ["late_refine"], ["all"]]
+    assert [g.key for g in groups] == [(("hires_parity", False),), (("hires_parity", True),),
+                                       (("hires_parity", False), ("late_refine", 0.3)),
+                                       (("hires_parity", True), ("late_refine", 0.3))]
+    assert count_runs(groups) == 5  # one first pass + two Hires passes + two refines
+    assert count_decodes(groups) == 5
     # Sampler already equal: parity cannot change the Hires pass, so it is shared too.
     same = sampling_groups(variants, hires=True, latent_upscaler=True, parity_changes_sampler=False)
-    assert len(same) == 1 and count_runs(same) == 2
+    assert len(same) == 2 and count_runs(same) == 3
 
 
 def test_hires_with_an_upscaler_model_groups_by_what_the_hires_pass_starts_from():
     base = SDFixSettings()
     variants = plan_variants("ablation", base)
     groups = sampling_groups(variants, hires=True, latent_upscaler=False)
-    assert len(groups) == 6 and count_runs(groups) == 7
+    assert len(groups) == 7 and count_runs(groups) == 9  # first pass, 6 Hires passes, 2 refines
     assert all(len(g.decodes) == 1 for g in groups)
     # Filter and dtype only matter where a fix uses them.
     extra = [
@@ -108,3 +126,17 @@ def test_groups_and_empty_input():
     groups = sampling_groups(variants, hires=True, latent_upscaler=False)
     assert [g.variants for g in groups] == [(variants[0],), (variants[1],)]
     assert count_runs(groups) == 3
+
+
+def test_a_late_refine_never_shares_its_final_latent_with_another_strength_or_none():
+    base = SDFixSettings()
+    variants = [Variant("off", "off", base.changed(late_refine=False)),
+                Variant("r3", "0.3", base.changed(late_refine=True, late_refine_strength=0.3)),
+                Variant("r3-auto", "0.3 auto", base.changed(late_refine=True, vae_dtype="auto")),
+                Variant("r5", "0.5", base.changed(late_refine=True, late_refine_strength=0.5)),
+                Variant("disabled", "SDFix off, refine set", base.changed(enabled=False, late_refine=True))]
+    for hires in (False, True):
+        groups = sampling_groups(variants, hires=hires, latent_upscaler=True, parity_changes_sampler=False)
+        assert [[v.name for v in g.variants] for g in groups] == [["off", "disabled"], ["r3", "r3-auto"], ["r5"]]
+        assert len({g.pass_key for g in groups}) == 1  # everything before the refine is shared
+        assert count_runs(groups) == (2 if hires else 1) + 2

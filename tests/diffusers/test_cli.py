@@ -54,6 +54,29 @@ def test_ab_with_hires_and_ablation_writes_a_complete_report(tmp_path):
         assert image.size == (128, 128)
 
 
+def test_ab_refine_adds_the_late_refine_to_the_with_arm_and_the_report_shows_it(tmp_path, capsys):
+    from lib_sdfix.__main__ import main
+
+    out = tmp_path / "report"
+    assert main(["ab", "--out", str(out), "--hires", "--ablation", "--refine", "0.5", "--steps", "4", "--width", "64",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    # the Hires pass ran int(4 x 0.5) = 2 steps; round(0.5 x 2) = 1 of them again
+    assert "The \"with\" arm adds the late refine to its last pass: re-ran the last 1 of 2 steps (strength 0.5)" in printed
+    data = json.loads((out / "report.json").read_text())
+    assert list(data["arms"])[-1] == "only late_refine"
+    assert data["arms"]["with"]["late_refine"] == 0.5 and data["arms"]["without"]["late_refine"] is None
+    assert data["arms"]["only late_refine"]["fixes"] == [] and data["arms"]["only late_refine"]["late_refine"] == 0.5
+    assert "refine" in data["arms"]["with"]["timings_s"] and "refine" not in data["arms"]["without"]["timings_s"]
+    assert "late_refine: re-ran the last 1 of 2 steps (strength 0.5)" in data["arms"]["with"]["notes"]
+    assert data["config"]["refine"] == 0.5
+    page = (out / "report.html").read_text(encoding="utf-8")
+    parse_strictly(page)
+    assert "late refine, strength 0.5" in page and "<th>refine</th>" in page
+    rows = {row["name"]: row for row in data["metrics"]["variants"]}
+    assert isinstance(rows["only late_refine"]["psnr"], float), "the refine changes the image"
+
+
 def test_ab_loads_a_diffusers_model_folder(tmp_path, capsys):
     """--model with an SDXL folder: loaded offline, pooled embeddings through both passes, no upscaler."""
     from lib_sdfix.__main__ import main
@@ -151,6 +174,9 @@ def _exit_code(argv):
     (["--out", "{file}"], "--out", "is a file, not a folder"),
     (["--out", "{file}/report"], "--out", "cannot be created"),
     (["--device", "gpu"], "--device", "expected auto, cpu, cuda"),
+    (["--refine", "0.9"], "--refine", "from 0.05 to 0.75"),
+    (["--refine", "0"], "--refine", "from 0.05 to 0.75"),
+    (["--refine", "0.05", "--steps", "4"], "--refine", "rounds to no step"),
 ])
 def test_bad_arguments_fail_with_a_usage_error_naming_them(tmp_path, capsys, args, argument, says):
     (tmp_path / "a-file.txt").write_text("not a folder")
@@ -166,9 +192,10 @@ def test_arguments_at_their_bounds_are_accepted():
 
     parse = build_parser().parse_args
     low = parse(["ab", "--seed", "0", "--steps", "1", "--width", "64", "--height", "64", "--hires-scale", "1",
-                 "--denoise", "0.01"])
+                 "--denoise", "0.01", "--refine", "0.05"])
     high = parse(["ab", "--seed", str(2**32 - 1), "--steps", "150", "--width", "2048", "--height", "2048",
-                  "--hires-scale", "4", "--denoise", "1"])
+                  "--hires-scale", "4", "--denoise", "1", "--refine", "0.75"])
+    assert (low.refine, high.refine) == (0.05, 0.75)
     assert (low.seed, low.steps, low.width, low.hires_scale, low.denoise) == (0, 1, 64, 1.0, 0.01)
     assert (high.seed, high.steps, high.height, high.hires_scale, high.denoise) == (2**32 - 1, 150, 2048, 4.0, 1.0)
 

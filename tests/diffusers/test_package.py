@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = {
     "CAUSES", "CAUSE_TITLES", "Finding", "Audit", "HardenReport", "audit", "harden", "unharden", "fix_report",
     "guard_vae", "cast_prompt_embeds", "share_offload_chain", "share_scheduler", "HiresResult", "hires_fix",
-    "Upscaler", "UpscalerUnavailable", "load_upscaler",
+    "Upscaler", "UpscalerUnavailable", "load_upscaler", "refine", "refine_generators",
 }
 
 
@@ -20,7 +20,7 @@ def test_the_public_names_stay():
 
 def test_the_readme_imports_work():
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
-    imports = [line for block in blocks for line in block.splitlines() if line.startswith("from lib_sdfix")]
+    imports = [line.strip() for block in blocks for line in block.splitlines() if line.strip().startswith("from lib_sdfix")]
     assert any("lib_sdfix.diffusers import" in line for line in imports)
     for line in imports:
         exec(line, {})

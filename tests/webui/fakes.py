@@ -18,7 +18,11 @@ The generation itself (for the A/B runner) follows AUTOMATIC1111 v1.10.1's call 
 "generation pipeline" section: ``process_images`` with the script runner's hooks, txt2img sampling
 through ``create_sampler``/``get_sigmas``/``launch_sampling`` with a counting "UNet", the Hires pass
 (latent interpolate, or decode -> ``resize_image`` -> ``images_tensor_to_samples``) returning decoded
-samples, ``create_infotext``, the txt2img API model and ``text2imgapi``.  ``install`` builds
+samples, ``create_infotext``, the txt2img API model and ``text2imgapi``.  Samplers: k-diffusion ones
+taking a sigma schedule (Euler, Euler a, DPM++ 2M) or two noise levels (DPM fast), and timestep ones
+(DDIM walking ``get_timesteps`` down, UniPC laying out its own grid) over ``sd_model.alphas_cumprod``.
+img2img (no mask) encodes its init image in ``init`` and runs ``sample_img2img``.  ``shared.state``
+keeps every progress value the WebUI would show.  ``install`` builds
 ``scripts.scripts_txt2img`` with a UI-only built-in script, another extension's AlwaysOn script and
 SDFix's own script from scripts/sdfix.py.
 
@@ -30,10 +34,12 @@ import contextlib
 import dataclasses
 import importlib.machinery
 import importlib.util
+import inspect
 import itertools
 import json
 import math
 import random
+import re
 import sys
 import threading
 import types
@@ -76,6 +82,9 @@ class FakeVAE(torch.nn.Module):
         self.to(dtype)
         self.seen: List[Dict[str, Any]] = []
         self.half_overflow = False  # decoding in fp16 overflows to NaN, as a real fp16 VAE can on some latents
+        # Forge/reForge load the VAE under inference_mode: its weights are inference tensors, and their
+        # layers fail outside inference_mode (what a real Forge VAE raised when called under no_grad)
+        self.needs_inference_mode = False
 
     def to(self, *args, **kwargs):
         dtype = next((a for a in args if isinstance(a, torch.dtype)), kwargs.get("dtype"))
@@ -90,6 +99,8 @@ class FakeVAE(torch.nn.Module):
     def _run(self, part: str, layer: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         self.seen.append({"part": part, "input": x.dtype, "weight": layer.weight.dtype,
                           "thread": threading.current_thread().name, **_flags()})
+        if self.needs_inference_mode and not torch.is_inference_mode_enabled():
+            raise RuntimeError("Inference tensors do not track version counter.")
         if x.dtype != layer.weight.dtype:
             raise RuntimeError(f"Input type ({x.dtype}) and bias type ({layer.weight.dtype}) should be the same")
         return layer(x)
@@ -118,6 +129,8 @@ class FakeLdmVAE(FakeVAE):
         self._dtype = torch.float32
         self.to(dtype)
         self.seen = []
+        self.half_overflow = False
+        self.needs_inference_mode = False
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self._run("decoder", self.post_quant_conv, z))
@@ -177,7 +190,8 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
                                 disable_nan_check=False)
     shared.opts = Namespace(sd_vae_decode_method="Full", sd_vae_encode_method="Full", show_progress_type="Full",
                             live_preview_fast_interrupt=False, live_preview_allow_lowvram_full=False,
-                            upscaler_for_img2img=None, hires_fix_show_sampler=False, auto_vae_precision=True)
+                            upscaler_for_img2img=None, hires_fix_show_sampler=False, auto_vae_precision=True,
+                            img2img_extra_noise=0.0)
     shared.state = State()
     shared.device = torch.device("cpu")
     shared.latent_upscale_default_mode = "Latent"
@@ -203,6 +217,7 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
 
     # the model and its VAE, per host
     vae = FakeLdmVAE(dtype) if ldm_vae else FakeVAE(dtype)
+    vae.needs_inference_mode = host != "a1111"
     model = Namespace(is_sdxl=False, sd_checkpoint_info=Namespace(filename=None))
     model.get_first_stage_encoding = lambda z: z * 0.18215
     wrapper = None
@@ -472,13 +487,26 @@ SIGMA_MIN, SIGMA_MAX = 0.03, 14.6
 
 
 class State:
-    """``shared.state``: the job flags a generation checks."""
+    """``shared.state``: the job flags a generation checks, and the progress the WebUI shows from them
+    (``progress()``: modules/progress.py's formula; every value it took is kept in ``shown``)."""
 
     def __init__(self):
         self.interrupted = self.skipped = self.stopping_generation = False
         self.job, self.job_count, self.job_no = "", 0, 0
         self.sampling_step = self.sampling_steps = 0
         self.processing_has_refined_job_count = False
+        self.shown = []
+
+    def progress(self):
+        value = 0.0
+        if self.job_count > 0:
+            value += self.job_no / self.job_count
+        if self.sampling_steps > 0 and self.job_count > 0:
+            value += 1 / self.job_count * self.sampling_step / self.sampling_steps
+        return value
+
+    def show(self):
+        self.shown.append(self.progress())
 
     def begin(self, job="(unknown)"):
         self.interrupted = self.skipped = self.stopping_generation = False
@@ -491,6 +519,7 @@ class State:
     def nextjob(self):
         self.job_no += 1
         self.sampling_step = 0
+        self.show()
 
     def interrupt(self):
         self.interrupted = True
@@ -594,13 +623,77 @@ def _dpmpp_2m(model, x, sigmas, extra_args, callback, noise):
     return x
 
 
-SAMPLER_FUNCS = {"euler": _euler, "euler_ancestral": _euler_ancestral, "dpmpp_2m": _dpmpp_2m}
+def _dpm_fast(model, x, sigma_min, sigma_max, n, extra_args, callback, noise):
+    """Like k-diffusion's sample_dpm_fast: no schedule taken, its own steps between two noise levels."""
+    sigmas = _sigmas(torch.exp(torch.linspace(math.log(float(sigma_max)), math.log(float(sigma_min)), int(n))))
+    return _euler(model, x, sigmas, extra_args, callback, noise)
+
+
+SAMPLER_FUNCS = {"euler": _euler, "euler_ancestral": _euler_ancestral, "dpmpp_2m": _dpmpp_2m, "dpm_fast": _dpm_fast}
+
+
+def alphas_cumprod_sd() -> torch.Tensor:
+    """SD's 1000-step scaled-linear noise schedule (what ``sd_model.alphas_cumprod`` holds)."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).float()
+
+
+def _ddim(model, x, timesteps, extra_args=None, callback=None, disable=None, eta=0.0):
+    """sd_samplers_timesteps_impl.ddim's walk: timesteps ascend; the model runs at timesteps[len-1] .. [1]."""
+    alphas_cumprod = model.inner_model.inner_model.alphas_cumprod
+    alphas = alphas_cumprod[timesteps]
+    alphas_prev = alphas_cumprod[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))]
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        e_t = model(x, timesteps[index].item(), **extra_args)
+        a_t, a_prev = float(alphas[index]), float(alphas_prev[index])
+        pred_x0 = (x - (1 - a_t) ** 0.5 * e_t) / a_t ** 0.5
+        x = a_prev ** 0.5 * pred_x0 + (1 - a_prev) ** 0.5 * e_t
+        callback({"x": x, "i": i, "denoised": pred_x0})
+    return x
+
+
+def _unipc(model, x, timesteps, extra_args=None, callback=None, disable=None, is_img2img=False):
+    """Like sd_samplers_timesteps_impl.unipc: takes the timesteps only for their count (and, in img2img,
+    the last one as its start) and lays out its own time grid between start and end."""
+    alphas_cumprod = model.inner_model.inner_model.alphas_cumprod
+    start = float(timesteps[-1]) / 1000 + 1 / 1000 if is_img2img else 1.0
+    grid = torch.linspace(start, 1 / 1000, len(timesteps) + 1)
+    for i in range(len(timesteps)):
+        t, t_next = int(float(grid[i]) * 1000) - 1, int(float(grid[i + 1]) * 1000) - 1
+        e_t = model(x, float(t), **extra_args)
+        a_t, a_next = float(alphas_cumprod[max(t, 0)]), float(alphas_cumprod[max(t_next, 0)])
+        pred_x0 = (x - (1 - a_t) ** 0.5 * e_t) / a_t ** 0.5
+        x = a_next ** 0.5 * pred_x0 + (1 - a_next) ** 0.5 * e_t
+        callback({"x": x, "i": i, "denoised": pred_x0})
+    return x
+
+
+TIMESTEP_FUNCS = {"ddim": _ddim, "unipc": _unipc}
 
 
 def _conditioning(texts) -> torch.Tensor:
-    """The "text encoder": a small tensor determined by the prompt."""
-    g = torch.Generator().manual_seed(zlib.crc32("\n".join(texts).encode("utf-8")))
-    return 0.3 * torch.randn((len(texts), 4, 1, 1), generator=g)
+    """The "text encoder": a small tensor per prompt, determined by that prompt alone."""
+    def encode(text):
+        g = torch.Generator().manual_seed(zlib.crc32(text.encode("utf-8")))
+        return 0.3 * torch.randn((1, 4, 1, 1), generator=g)
+
+    return torch.cat([encode(text) for text in texts])
+
+
+_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def parse_generation_parameters(text):
+    """infotext_utils.parse_generation_parameters, for the parameter line: key -> text (quoted values unquoted)."""
+    lines = text.strip().split("\n")
+    params = {}
+    prompt = [line for line in lines[:-1] if not line.startswith("Negative prompt:")]
+    negative = [line[len("Negative prompt:"):].strip() for line in lines[:-1] if line.startswith("Negative prompt:")]
+    params["Prompt"], params["Negative prompt"] = "\n".join(prompt), "\n".join(negative)
+    for key, value in _RE_PARAM.findall(lines[-1]):
+        params[key] = json.loads(value) if value[:1] == '"' and value[-1:] == '"' else value
+    return params
 
 
 def _quote(text):
@@ -621,6 +714,7 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
     model = shared.sd_model
     model.unet_calls = []
     model.unet_hook = None  # called with the call count after each UNet call (tests interrupt or fail there)
+    model.alphas_cumprod = alphas_cumprod_sd()
     model.unet_output = None  # (call count, output) -> output: tests put NaN or detail into the prediction
 
     def apply_model(x, sigma, cond):
@@ -634,6 +728,7 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
 
     infotext_utils = module("modules.infotext_utils")
     infotext_utils.quote = _quote
+    infotext_utils.parse_generation_parameters = parse_generation_parameters
 
     # rng
     rng = module("modules.rng")
@@ -673,12 +768,16 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
     class CFGDenoiser:
         def __init__(self, sampler):
             self.sampler, self.steps, self.p = sampler, None, None
+            self.step, self.total_steps = 0, None  # the hosts' prompt-editing step counter and its total
 
         def __call__(self, x, sigma, cond, uncond, cond_scale):
             if state.interrupted or state.skipped:
                 raise InterruptedException
             out = shared.sd_model.apply_model(torch.cat([x, x]), sigma, torch.cat([cond, uncond]))
-            denoised = out[1:] + cond_scale * (out[:1] - out[1:])
+            shared.sd_model.unet_calls[-1].update(step=self.step, total_steps=self.total_steps)
+            self.step += 1
+            cond_out, uncond_out = out.chunk(2)  # the batch's conditional halves, then its unconditional ones
+            denoised = uncond_out + cond_scale * (cond_out - uncond_out)
             self.sampler.last_latent = denoised
             return denoised
 
@@ -694,9 +793,11 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
             if self.stop_at is not None and d["i"] > self.stop_at:
                 raise InterruptedException
             state.sampling_step = d["i"]
+            state.show()
 
         def launch_sampling(self, steps, func):
             self.model_wrap_cfg.steps = steps
+            self.model_wrap_cfg.total_steps = steps  # config.total_steps(steps) of a first-order sampler
             state.sampling_steps, state.sampling_step = steps, 0
             try:
                 return func()
@@ -706,6 +807,7 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
         def initialize(self, p):
             self.p = p
             self.model_wrap_cfg.p = p
+            self.model_wrap_cfg.step = 0
             return {}
 
     ssc.InterruptedException = InterruptedException
@@ -750,27 +852,77 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
                 p.extra_generation_params["Hires schedule type"] = scheduler.label
             return scheduler.function(steps)
 
-        def _launch(self, p, steps, x, sigmas, conditioning, unconditional_conditioning):
+        def _launch(self, p, steps, x, schedule, conditioning, unconditional_conditioning):
+            """schedule: what the function's parameters take (``sigmas``, or ``sigma_min``/``sigma_max``/``n``)."""
             self.initialize(p)
             self.sampler_extra_args = {"cond": conditioning, "uncond": unconditional_conditioning,
                                        "cond_scale": p.cfg_scale}
             self.last_latent = x
-            return self.launch_sampling(steps, lambda: self.func(self.model_wrap_cfg, x, sigmas, self.sampler_extra_args,
-                                                                 self.callback_state, p.rng.next))
+            parameters = inspect.signature(self.func).parameters
+            kwargs = {k: v for k, v in schedule.items() if k in parameters}
+            return self.launch_sampling(steps, lambda: self.func(self.model_wrap_cfg, x, extra_args=self.sampler_extra_args,
+                                                                 callback=self.callback_state, noise=p.rng.next,
+                                                                 **kwargs))
 
         def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
             steps = steps or p.steps
             sigmas = self.get_sigmas(p, steps)
-            return self._launch(p, steps, x * sigmas[0], sigmas, conditioning, unconditional_conditioning)
+            schedule = {"sigmas": sigmas, "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "n": steps}
+            return self._launch(p, steps, x * sigmas[0], schedule, conditioning, unconditional_conditioning)
 
         def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
             steps, t_enc = setup_img2img_steps(p, steps)
             sigmas = self.get_sigmas(p, steps)
             sigma_sched = sigmas[steps - t_enc - 1:]
-            return self._launch(p, t_enc + 1, x + noise * sigma_sched[0], sigma_sched, conditioning,
-                                unconditional_conditioning)
+            schedule = {"sigmas": sigma_sched, "sigma_min": sigma_sched[-2], "sigma_max": sigma_sched[0],
+                        "n": len(sigma_sched) - 1}
+            xi = x + noise * sigma_sched[0]
+            if opts.img2img_extra_noise > 0:  # the host's "Extra noise" setting
+                p.extra_generation_params["Extra noise"] = opts.img2img_extra_noise
+                xi = xi + noise * opts.img2img_extra_noise
+            return self._launch(p, t_enc + 1, xi, schedule, conditioning, unconditional_conditioning)
 
     kdiffusion.KDiffusionSampler = KDiffusionSampler
+
+    timesteps_module = module("modules.sd_samplers_timesteps")
+
+    class CompVisSampler(Sampler):
+        """sd_samplers_timesteps.CompVisSampler: DDIM/UniPC over 1000-step timesteps; the denoiser's
+        inner model is the SD model (its ``alphas_cumprod``)."""
+
+        def __init__(self, funcname, sd_model):
+            super().__init__(funcname)
+            self.func = TIMESTEP_FUNCS[funcname]
+            self.model_wrap = Namespace(inner_model=sd_model)
+            self.model_wrap_cfg.inner_model = self.model_wrap
+
+        def get_timesteps(self, p, steps):
+            return torch.clip(torch.asarray(list(range(0, 1000, 1000 // steps))) + 1, 0, 999)
+
+        def _launch(self, p, steps, x, timesteps, conditioning, unconditional_conditioning, **extra):
+            self.initialize(p)
+            self.sampler_extra_args = {"cond": conditioning, "uncond": unconditional_conditioning,
+                                       "cond_scale": p.cfg_scale}
+            self.last_latent = x
+            if "is_img2img" not in inspect.signature(self.func).parameters:
+                extra.pop("is_img2img", None)
+            return self.launch_sampling(steps, lambda: self.func(self.model_wrap_cfg, x, timesteps=timesteps,
+                                                                 extra_args=self.sampler_extra_args,
+                                                                 callback=self.callback_state, **extra))
+
+        def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+            steps, t_enc = setup_img2img_steps(p, steps)
+            timesteps = self.get_timesteps(p, steps)
+            alpha = self.model_wrap.inner_model.alphas_cumprod[timesteps[t_enc]]
+            xi = x * alpha.sqrt() + noise * (1 - alpha).sqrt()
+            return self._launch(p, t_enc + 1, xi, timesteps[:t_enc], conditioning, unconditional_conditioning,
+                                is_img2img=True)
+
+        def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+            steps = steps or p.steps
+            return self._launch(p, steps, x, self.get_timesteps(p, steps), conditioning, unconditional_conditioning)
+
+    timesteps_module.CompVisSampler = CompVisSampler
 
     sd_samplers = module("modules.sd_samplers")
 
@@ -781,11 +933,16 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
         aliases: list
         options: dict
 
-    def sampler_data(name, funcname, options):
+    def sampler_data(name, funcname, options, cls=KDiffusionSampler):
+        if cls is CompVisSampler:
+            return SamplerData(name, lambda m: CompVisSampler(funcname, m), [], options)
         return SamplerData(name, lambda m: KDiffusionSampler(funcname, m, options), [], options)
 
     sd_samplers.all_samplers = [sampler_data("Euler", "euler", {}), sampler_data("Euler a", "euler_ancestral", {}),
-                                sampler_data("DPM++ 2M", "dpmpp_2m", {"scheduler": "karras"})]
+                                sampler_data("DPM++ 2M", "dpmpp_2m", {"scheduler": "karras"}),
+                                sampler_data("DPM fast", "dpm_fast", {}),
+                                sampler_data("DDIM", "ddim", {}, CompVisSampler),
+                                sampler_data("UniPC", "unipc", {}, CompVisSampler)]
     sd_samplers.samplers = sd_samplers.all_samplers
     sd_samplers.all_samplers_map = {x.name: x for x in sd_samplers.all_samplers}
     sd_samplers.visible_sampler_names = lambda: [x.name for x in sd_samplers.samplers]
@@ -1214,6 +1371,39 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
             super().close()
             self.hr_c = self.hr_uc = None
 
+    @dataclasses.dataclass(repr=False)
+    class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+        """img2img without a mask: init creates the sampler and encodes the init image; sample runs
+        ``sample_img2img`` from it with the batch's noise."""
+
+        init_images: list = None
+        resize_mode: int = 0
+        denoising_strength: float = 0.75
+        image_cfg_scale: float = None
+        mask: object = None
+
+        def __post_init__(self):
+            super().__post_init__()
+            self.init_latent = self.image_conditioning = None
+
+        def init(self, all_prompts, all_seeds, all_subseeds):
+            self.extra_generation_params["Denoising strength"] = self.denoising_strength
+            self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
+            image = images.resize_image(self.resize_mode, self.init_images[0].convert("RGB"), self.width, self.height)
+            array = np.moveaxis(np.array(image).astype(np.float32) / 255.0, 2, 0)
+            batch = torch.from_numpy(np.stack([array] * self.batch_size)).to(shared.device, dtype=devices.dtype_vae)
+            self.init_latent = processing.images_tensor_to_samples(batch, ssc.approximation_indexes.get(opts.sd_vae_encode_method),
+                                                                   self.sd_model)
+            self.image_conditioning = self.img2img_image_conditioning(batch * 2 - 1, self.init_latent)
+
+        def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+            x = self.rng.next()
+            if self.scripts is not None:
+                self.scripts.process_before_every_sampling(p=self, x=self.init_latent, noise=x, c=conditioning,
+                                                           uc=unconditional_conditioning)
+            return self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning,
+                                               image_conditioning=self.image_conditioning)
+
     def process_images(p):
         if p.scripts is not None:
             p.scripts.before_process(p)
@@ -1242,7 +1432,8 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
         if p.scripts is not None:
             p.scripts.process(p)
         infotexts, output_images = [], []
-        with torch.no_grad():
+        # A1111: no_grad and ema_scope; Forge and reForge: inference_mode (modules/processing.py)
+        with torch.no_grad() if host == "a1111" else torch.inference_mode():
             p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
             if state.job_count == -1:
                 state.job_count = p.n_iter
@@ -1324,6 +1515,7 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
     processing.Processed = Processed
     processing.StableDiffusionProcessing = StableDiffusionProcessing
     processing.StableDiffusionProcessingTxt2Img = StableDiffusionProcessingTxt2Img
+    processing.StableDiffusionProcessingImg2Img = StableDiffusionProcessingImg2Img
     processing.process_images = process_images
     processing.process_images_inner = process_images_inner
 
@@ -1592,6 +1784,8 @@ def _api(module, shared, sd_samplers, scripts, processing, host) -> None:
         for key in ("script_name", "script_args", "alwayson_scripts", "infotext", "send_images", "save_images"):
             args.pop(key, None)
         script_args = default_script_args(runner)
+        for index, value in infotext_script_args(runner, request.infotext).items():
+            script_args[index] = value
         for name, spec in (request.alwayson_scripts or {}).items():
             script = next((s for s in runner.scripts if s.title().lower() == name.lower()), None)
             if script is None:
@@ -1610,6 +1804,23 @@ def _api(module, shared, sd_samplers, scripts, processing, host) -> None:
                 return processing.process_images(p)
             finally:
                 shared.state.end()
+
+    def infotext_script_args(runner, infotext):
+        """Api.apply_infotext's script part: each script control's infotext field function, given the parsed
+        ``infotext``, sets that control's slot (converted to the type of the control's value)."""
+        if not infotext:
+            return {}
+        params = parse_generation_parameters(infotext)
+        indexes = {id(control): i for i, control in enumerate(runner.inputs)}
+        found = {}
+        for script in runner.scripts:
+            for control, function in getattr(script, "infotext_fields", None) or []:
+                value = function(params)
+                if value is None or id(control) not in indexes:
+                    continue
+                kind = type(control.value)
+                found[indexes[id(control)]] = value if isinstance(value, kind) else kind(value)
+        return found
 
     api.default_script_args = default_script_args
     api.text2imgapi = text2imgapi

@@ -49,9 +49,16 @@ def run(env, p, *args):
     return script
 
 
+def grad_mode(env):
+    """The mode process_images runs the VAE in: A1111 no_grad, Forge/reForge inference_mode (their VAE
+    weights fail outside it, see fakes.FakeVAE)."""
+    return torch.no_grad() if env.host == "a1111" else torch.inference_mode()
+
+
 def decode(env, latent=None):
     latent = torch.randn(1, 4, 8, 8, dtype=torch.float16) if latent is None else latent
-    return env.processing.decode_first_stage(env.shared.sd_model, latent)
+    with grad_mode(env):
+        return env.processing.decode_first_stage(env.shared.sd_model, latent)
 
 
 

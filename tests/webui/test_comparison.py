@@ -132,22 +132,29 @@ def test_ablation_samples_once_and_decodes_as_planned(webui):
     run = compare(webui, PAYLOAD, "ablation")
     result = run.result
     variants = run.request.variants
-    assert [v.name for v in variants] == ["baseline", "precision_guard", "guard_encode", "hires_parity", "post_resize", "all"]
+    assert [v.name for v in variants] == ["baseline", "precision_guard", "guard_encode", "hires_parity", "post_resize",
+                                          "late_refine", "all"]
     groups = ab.sampling_groups(variants, hires=False, latent_upscaler=True)
-    assert len(groups) == 1 and groups[0].decodes == (ab.DecodeConfig(False), ab.DecodeConfig(True, "fp32"))
-    assert result["complete"] and result["runs"] == 1 and len(run.unet) == PAYLOAD["steps"]
+    assert [g.refine for g in groups] == [None, 0.3]
+    assert all(g.decodes == (ab.DecodeConfig(False), ab.DecodeConfig(True, "fp32")) for g in groups)
+    # one sampling, and the late refine's round(0.3 x 3) = 1 step on top of it (shared by late_refine and all)
+    assert result["complete"] and result["runs"] == 2 and len(run.unet) == PAYLOAD["steps"] + 1
 
-    # the runs follow the plan: the group's decodes in order, each run's variants sharing its decode
+    # the runs follow the plan: each group's decodes in order, each run's variants sharing its decode
     plan = result["plan"]
     assert plan[0]["kind"] == "full sampling"
-    assert all(r["kind"] == "decode only (shared sampling)" for r in plan[1:])
+    kinds = {tuple(r["variants"]): r["kind"] for r in plan[1:]}
+    assert kinds.pop(("late_refine",)) == "refine only (shared passes)"
+    assert set(kinds.values()) == {"decode only (shared sampling)"}
     by_name = {v.name: v for v in variants}
-    run_decodes = []
+    group_of = {v.name: i for i, g in enumerate(groups) for v in g.variants}
+    run_decodes, per_group = [], [[] for _ in groups]
     for entry in plan:
         configs = {ab.DecodeConfig.of(by_name[name].settings) for name in entry["variants"]}
-        assert len(configs) == 1
+        assert len(configs) == 1 and len({group_of[name] for name in entry["variants"]}) == 1
         run_decodes.append(configs.pop())
-    assert list(dict.fromkeys(run_decodes)) == list(groups[0].decodes)
+        per_group[group_of[entry["variants"][0]]].append(run_decodes[-1])
+    assert [list(dict.fromkeys(d)) for d in per_group] == [list(g.decodes) for g in groups]
     assert sorted(n for r in plan for n in r["variants"]) == sorted(by_name)
     assert decodes(run.vae) == [(FP32, FP32, False) if d.guarded else (FP16, FP16, True) for d in run_decodes]
     assert_clean(webui)
@@ -160,8 +167,12 @@ def test_ablation_samples_once_and_decodes_as_planned(webui):
     assert any(n.startswith("all fixes: changed") for n in notes)
     assert "run 1 (baseline): full sampling" in notes
     assert "run 2 (guard_encode): decode only -- sampled as run 1's group, same decode, its own infotext" in notes
-    assert "run 6 (all): decode only -- sampled as run 1's group, only SDFix's decode differs" in notes
     assert "run 5 (precision_guard): decode only -- sampled as run 1's group, only SDFix's decode differs" in notes
+    assert ("run 6 (late_refine): refine only (shared passes) -- its passes are an earlier group's; only the late "
+            "refine differs") in notes
+    assert "run 7 (all): decode only -- sampled as run 6's group, only SDFix's decode differs" in notes
+    refine = next(n for n in notes if n.startswith("late_refine:"))
+    assert refine.startswith("late_refine: changed ") and refine.endswith("; re-ran the last 1 of 3 steps (strength 0.3)")
     assert_plain(webui, run, PAYLOAD)
 
 
@@ -170,9 +181,10 @@ def test_every_variant_has_its_own_infotext_even_when_it_shares_a_decode(webui):
     run = compare(webui, PAYLOAD, "ablation")
     infotexts = run.result["infotexts"]
     assert "SDFix" not in infotexts["baseline"]
-    for name in ("precision_guard", "guard_encode", "hires_parity", "post_resize", "all"):
+    for name in ("precision_guard", "guard_encode", "hires_parity", "post_resize", "late_refine", "all"):
         settings = next(v.settings for v in run.request.variants if v.name == name)
         assert f"SDFix: {settings.to_infotext()}" in infotexts[name], name
+        assert ("SDFix refine: 0.3" in infotexts[name]) is (name in ("late_refine", "all")), name
     assert "SDFix: on=1 guard=1 encode=1 parity=1 resize=1" in infotexts["all"]
 
 
@@ -209,14 +221,18 @@ def test_hires_with_another_hires_sampler_shares_only_the_first_pass(webui):
 
     ablation = compare(webui, payload, "ablation")
     groups = ab.sampling_groups(ablation.request.variants, hires=True, latent_upscaler=True)
-    assert [[v.name for v in g.variants] for g in groups] == [["baseline", "precision_guard", "guard_encode", "post_resize"], ["hires_parity", "all"]]
-    assert ablation.result["runs"] == 2 and ablation.result["complete"]
-    assert len(ablation.unet) == payload["steps"] + len(groups) * hires_steps
+    assert [[v.name for v in g.variants] for g in groups] == [
+        ["baseline", "precision_guard", "guard_encode", "post_resize"], ["hires_parity"], ["late_refine"], ["all"]]
+    assert ablation.result["runs"] == 4 and ablation.result["complete"]
+    # one first pass, a Hires pass per parity setting, and a 1-step refine (round(0.3 x 2)) for late_refine and all
+    assert len(ablation.unet) == payload["steps"] + 2 * hires_steps + 2 * 1
     assert [(r["variants"], r["kind"]) for r in ablation.result["plan"]] == [
         (["baseline"], "full sampling"), (["guard_encode"], "decode only (shared sampling)"),
         (["post_resize"], "decode only (shared sampling)"), (["precision_guard"], "decode only (shared sampling)"),
-        (["hires_parity"], "Hires pass (shared first pass)"), (["all"], "decode only (shared sampling)")]
-    assert "run 6 (all): decode only -- sampled as run 5's group, only SDFix's decode differs" in ablation.result["notes"]
+        (["hires_parity"], "Hires pass (shared first pass)"), (["late_refine"], "refine only (shared passes)"),
+        (["all"], "refine only (shared passes)")]
+    assert ("run 7 (all): refine only (shared passes) -- its passes are an earlier group's; only the late refine "
+            "differs") in ablation.result["notes"]
     assert_clean(webui)
     assert_plain(webui, ablation, payload)
 
@@ -240,12 +256,14 @@ def test_hires_with_an_upscaler_model_splits_groups_by_the_decode_resize_encode_
     groups = ab.sampling_groups(ablation.request.variants, hires=True, latent_upscaler=False,
                                 parity_changes_sampler=False)
     assert [[v.name for v in g.variants] for g in groups] == [["baseline", "hires_parity"], ["precision_guard"], ["guard_encode"],
-                                                              ["post_resize"], ["all"]]
+                                                              ["post_resize"], ["late_refine"], ["all"]]
     assert ablation.result["runs"] == len(groups) and ablation.result["complete"]
     kinds = [r["kind"] for r in ablation.result["plan"]]
-    assert kinds == ["full sampling", "decode only (shared sampling)"] + ["Hires pass (shared first pass)"] * 4
+    assert kinds == (["full sampling", "decode only (shared sampling)"] + ["Hires pass (shared first pass)"] * 3
+                     + ["refine only (shared passes)", "Hires pass (shared first pass)"])
     assert len(first_pass(ablation.unet, payload)) == payload["steps"]
-    assert len(ablation.unet) == payload["steps"] + len(groups) * payload["hr_second_pass_steps"]
+    # a Hires pass per group but late_refine's (it has baseline's), a 1-step refine for late_refine and all
+    assert len(ablation.unet) == payload["steps"] + (len(groups) - 1) * payload["hr_second_pass_steps"] + 2
     assert_clean(webui)
     assert_plain(webui, ablation, payload)
     notes = ablation.result["notes"]
@@ -447,8 +465,10 @@ def test_a_skipped_run_is_not_a_finished_variant_and_the_next_run_goes_on(webui)
 
     webui.shared.sd_model.unet_hook = skip
     result = compare(webui, payload, "ablation").result
-    # the parity-off group finished; the parity group's Hires pass was skipped: its variants are missing
-    assert sorted(result["images"]) == ["baseline", "guard_encode", "post_resize", "precision_guard"] and not result["complete"]
+    # the parity-off group finished; the parity group's Hires pass was skipped: its variant is missing; the
+    # refine groups after it ran ("all" sampled its own Hires pass, the parity group had none to share)
+    assert sorted(result["images"]) == ["all", "baseline", "guard_encode", "late_refine", "post_resize",
+                                        "precision_guard"] and not result["complete"]
     assert webui.shared.state.skipped is False
     assert_clean(webui)
 

@@ -10,7 +10,7 @@ from PIL import Image
 from lib_sdfix.settings import SDFixSettings
 
 from .fakes import FakeP
-from .support import decode, flags_on, make_env, recording_resize, run, same
+from .support import decode, flags_on, grad_mode, make_env, recording_resize, run, same
 
 
 def test_decode_is_guarded_in_fp32_and_all_is_restored(webui):
@@ -40,7 +40,8 @@ def test_without_sdfix_the_host_decode_runs_in_its_dtype(webui):
 def test_encode_is_guarded_and_returns_the_host_dtype(webui):
     p = FakeP()
     run(webui, p)
-    latent = webui.processing.images_tensor_to_samples(torch.rand(1, 3, 8, 8), None, webui.shared.sd_model)
+    with grad_mode(webui):
+        latent = webui.processing.images_tensor_to_samples(torch.rand(1, 3, 8, 8), None, webui.shared.sd_model)
     seen = webui.vae.seen[-1]
     assert (seen["part"], seen["input"], seen["weight"], seen["cudnn_tf32"]) == ("encoder", torch.float32, torch.float32, False)
     assert latent.dtype == torch.float16
@@ -70,7 +71,8 @@ def test_reforge_with_a_wrapper_dtype_unlike_the_webui_setting(monkeypatch):
     p = FakeP()
     run(env, p)
     decode(env)
-    env.processing.images_tensor_to_samples(torch.rand(1, 3, 8, 8), None, env.shared.sd_model)
+    with grad_mode(env):
+        env.processing.images_tensor_to_samples(torch.rand(1, 3, 8, 8), None, env.shared.sd_model)
     assert all((s["input"], s["weight"]) == (torch.float32, torch.float32) for s in env.vae.seen[-2:])
     assert p.extra_generation_params["SDFix notes"]() is None
     p.close()
@@ -89,7 +91,8 @@ def test_previews_are_left_alone_but_the_save_before_hires_decode_is_guarded(web
     thread.start(); thread.join()
     assert all(s["thread"] != thread.name or s["cudnn_tf32"] for s in webui.vae.seen)
     webui.shared.opts.sd_vae_decode_method = "TAESD"
-    webui.sd_samplers_common.samples_to_images_tensor(torch.randn(1, 4, 4, 4), 0)  # before-highres-fix save
+    with grad_mode(webui):
+        webui.sd_samplers_common.samples_to_images_tensor(torch.randn(1, 4, 4, 4), 0)  # before-highres-fix save
     assert webui.vae.seen[-1]["cudnn_tf32"] is False and webui.vae.seen[-1]["input"] == torch.float32
     p.close()
 
@@ -101,7 +104,8 @@ def test_an_approximate_decode_or_encode_method_is_reported_not_claimed(webui):
     run(webui, p)
     count = len(webui.vae.seen)
     decode(webui)
-    webui.processing.images_tensor_to_samples(torch.rand(1, 3, 8, 8), None, webui.shared.sd_model)
+    with grad_mode(webui):
+        webui.processing.images_tensor_to_samples(torch.rand(1, 3, 8, 8), None, webui.shared.sd_model)
     assert len(webui.vae.seen) == count  # the VAE never ran
     notes = p.extra_generation_params["SDFix notes"]()
     assert "skipped: precision_guard (VAE decode method TAESD does not run the VAE)" in notes

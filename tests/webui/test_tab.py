@@ -44,4 +44,4 @@ def test_tab_builds_with_the_webui_gradio():
                    "sdfix_ab_gallery", "sdfix_ab_interrupt", "sdfix_ab_mode", *[f"sdfix_ab_{k}" for k, _, _ in FORM_FIELDS]):
         assert needed in ids, needed
     mode = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "sdfix_ab_mode")
-    assert [MODE_CHOICES[c if isinstance(c, str) else c[0]] for c in mode.choices] == ["ab", "ablation"]
+    assert [MODE_CHOICES[c if isinstance(c, str) else c[0]] for c in mode.choices] == ["ab", "ablation", "refine"]

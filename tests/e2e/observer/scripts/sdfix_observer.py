@@ -4,7 +4,8 @@ Install it beside SDFix in the WebUI under test (symlink ``tests/e2e/observer`` 
 ``extensions/sdfix-observer``).  It never changes a generation; it records:
 
 * every VAE encoder/decoder forward (forward pre-hooks): input dtype, weight dtype, and the torch
-  flags of both APIs at the moment the VAE runs; every UNet forward (to count samplings);
+  flags of both APIs at the moment the VAE runs; every UNet forward and its timestep (to count
+  samplings and tell which steps ran);
 * the sampler and schedule each sampling pass really uses (first pass, Hires pass) and its sigmas;
 * every PIL resize (source size, target size, filter, caller);
 * whether the WebUI functions SDFix may patch are the WebUI's own objects again after a generation.
@@ -125,8 +126,15 @@ def hook_vae(sd_model):
         unet = getattr(getattr(getattr(getattr(sd_model, "forge_objects", None), "unet", None), "model", None),
                        "diffusion_model", None)
     if unet is not None:
-        unet.register_forward_pre_hook(lambda module, args: _record("unet", {
-            "shape": list(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None}))
+        unet.register_forward_pre_hook(_unet_pre_hook, with_kwargs=True)
+
+
+def _unet_pre_hook(module, args, kwargs):
+    """Every UNet forward: its input's shape and its timestep (the second positional argument, or
+    ``timesteps=`` as SDXL's wrapper passes it), to compare which steps ran."""
+    t = args[1] if len(args) > 1 else kwargs.get("timesteps")
+    _record("unet", {"shape": list(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None,
+                     "t": round(float(t.flatten()[0]), 4) if isinstance(t, torch.Tensor) and t.numel() else None})
 
 
 script_callbacks.on_model_loaded(hook_vae)
