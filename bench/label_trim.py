@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from lib_sdfix.ab import _fit_label  # noqa: E402
+from lib_sdfix.ab.output import fit_label  # noqa: E402
 
 LENGTHS = (125, 250, 500, 1000, 2000, 4000, 8000, 16000)
 CELL = 512 - 2 * 4  # a 512-pixel cell less its padding, as compose_grid lays it out
@@ -59,8 +59,8 @@ def main() -> None:
     for n in LENGTHS:
         label = ("A/B variant label " * (n // 18 + 1))[:n]
         if n <= 2000:  # same visual result as the one-by-one cut
-            assert _fit_label(label, CELL, measure) == one_by_one(label, CELL, measure)
-        seconds = best_time(_fit_label, label, measure, args.repeat)
+            assert fit_label(label, CELL, measure) == one_by_one(label, CELL, measure)
+        seconds = best_time(fit_label, label, measure, args.repeat)
         ratio = f"{seconds / previous:15.2f}" if previous else f"{'':>15}"
         line = f"{n:7d} {seconds * 1000:17.3f} {ratio}"
         if args.old and n <= 4000:

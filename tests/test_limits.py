@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageFile
 
 from lib_sdfix import limits
 from lib_sdfix.ab import MAX_LABEL_CHARS, ab_request_from_body, compose_grid, payload_from_infotext
-from lib_sdfix.ab.output import _fit_label
+from lib_sdfix.ab.output import fit_label
 from lib_sdfix.webui.tab import FORM_FIELDS, payload_from_form
 from lib_sdfix.limits import (
     MAX_IMAGE_PIXELS,
@@ -496,7 +496,7 @@ def test_label_trimming_matches_the_old_result():
     for label in labels:
         text = label.encode("latin-1", "replace").decode("latin-1")
         for width in (0, 1, 5, 8, 20, 24, 56, 120, 248, 600):
-            assert _fit_label(text, width, measure) == _old_trim(text, width, measure), (label, width)
+            assert fit_label(text, width, measure) == _old_trim(text, width, measure), (label, width)
 
 
 def test_label_trimming_grows_about_linearly():
@@ -510,7 +510,7 @@ def test_label_trimming_grows_about_linearly():
 
     def work(n):
         measured.clear()
-        assert _fit_label("m" * n, 120, measure).endswith("...")
+        assert fit_label("m" * n, 120, measure).endswith("...")
         return sum(measured)
 
     assert work(8000) < 8 * 2 * work(1000)  # O(n log n): ~10x for 8x the text; cutting one by one was ~64x

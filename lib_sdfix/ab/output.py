@@ -122,7 +122,7 @@ def _latin1(text: str) -> str:
     return str(text).encode("latin-1", "replace").decode("latin-1")
 
 
-def _fit_label(text: str, width: float, measure: Callable[[str], float]) -> str:
+def fit_label(text: str, width: float, measure: Callable[[str], float]) -> str:
     """The longest ``text[:k] + "..."`` that fits ``width`` (``text`` itself if it fits).
 
     Binary search over the prefix length, one measurement per probe: O(n log n) for a label of n
@@ -171,7 +171,7 @@ def compose_grid(images: Sequence[Image.Image], labels: Sequence[str], columns: 
     draw = ImageDraw.Draw(grid)
     for i, (image, label) in enumerate(zip(images, labels)):
         x, y = (i % columns) * cell_w, (i // columns) * cell_h
-        text = _fit_label(_latin1(label), cell_w - 2 * pad, lambda t: draw.textlength(t, font=font))
+        text = fit_label(_latin1(label), cell_w - 2 * pad, lambda t: draw.textlength(t, font=font))
         draw.text((x + pad, y + pad), text, fill=(0, 0, 0), font=font)
         grid.paste(image.convert("RGB"), (x, y + strip))
     return grid
