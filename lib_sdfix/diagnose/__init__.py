@@ -24,7 +24,7 @@ _EXPORTS = {
     "KINDS": "request", "MAX_STRIP_STEPS": "request", "MAX_SWEEP_VALUES": "request", "RoundTripRequest": "request",
     "StepsRequest": "request", "SweepRequest": "request", "default_strip_steps": "request",
     "diagnose_request_from_body": "request", "parse_value_list": "request",
-    "VARIANTS": "roundtrip", "supported_variants": "roundtrip",
+    "VARIANTS": "roundtrip", "supported_variants": "roundtrip", "default_variants": "roundtrip",
     "StepCapture": "steps",
 }
 __all__ = sorted(_EXPORTS)

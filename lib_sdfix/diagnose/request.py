@@ -196,10 +196,11 @@ def check_at(value: Any, steps: int) -> Tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def check_variants(value: Any, supported: Optional[Collection[str]]) -> Tuple[str, ...]:
+def check_variants(value: Any, supported: Optional[Collection[str]],
+                   default: Optional[Collection[str]] = None) -> Tuple[str, ...]:
     allowed = [v for v in VARIANTS if supported is None or v in supported]
     if value is None:
-        return tuple(allowed)
+        return tuple(v for v in allowed if default is None or v in default)
     if not isinstance(value, list) or not value:
         raise SettingsError({"dtypes": f"expected a non-empty list of {list(VARIANTS)}, got {describe(value)}"})
     problems: Dict[str, str] = {}
@@ -223,7 +224,8 @@ def check_variants(value: Any, supported: Optional[Collection[str]]) -> Tuple[st
 def diagnose_request_from_body(body: Any, base: SDFixSettings, *, choices: Optional[Mapping[str, Any]] = None,
                                extra_rules: Optional[Mapping[str, Any]] = None,
                                names: Optional[Mapping[str, Collection[str]]] = None,
-                               supported_variants: Optional[Collection[str]] = None) -> Any:
+                               supported_variants: Optional[Collection[str]] = None,
+                               default_variants: Optional[Collection[str]] = None) -> Any:
     """Validate the JSON body of POST /sdfix/v1/diagnose before anything runs.
 
     ``{"kind": "vae_roundtrip", "image": base64, "dtypes": [...]}``, ``{"kind": "sweep", "payload": {...},
@@ -231,7 +233,7 @@ def diagnose_request_from_body(body: Any, base: SDFixSettings, *, choices: Optio
     [...]}``; all take ``heatmap_gain`` (1-64, default 4) and ``save`` (default false).  ``choices`` and
     ``extra_rules`` go to the payload check as for A/B; ``names`` maps "sampler_name"/"scheduler" to the
     names the host knows (checked for sweep values); ``supported_variants`` are the round-trip variants
-    this device runs.  Raises :class:`SettingsError` naming every offending field.
+    this device runs, ``default_variants`` those run when ``dtypes`` is not given.  Raises :class:`SettingsError` naming every offending field.
     """
     if not isinstance(body, Mapping):
         raise SettingsError({"body": f"expected a JSON object, got {type(body).__name__}"})
@@ -257,7 +259,7 @@ def diagnose_request_from_body(body: Any, base: SDFixSettings, *, choices: Optio
 
     if kind == "vae_roundtrip":
         image = attempt(_check_image, body.get("image"))
-        variants = attempt(check_variants, body.get("dtypes"), supported_variants)
+        variants = attempt(check_variants, body.get("dtypes"), supported_variants, default_variants)
         if problems:
             raise SettingsError(problems)
         return RoundTripRequest(image, variants, float(gain), save)

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image
 
-__all__ = ["VARIANTS", "DTYPE_VARIANTS", "variant_label", "supported_variants", "crop_for_vae", "image_to_tensor",
+__all__ = ["VARIANTS", "DTYPE_VARIANTS", "variant_label", "supported_variants", "default_variants", "crop_for_vae", "image_to_tensor",
            "tensor_to_image", "vae_in_dtype", "roundtrip_rows", "roundtrip_heatmaps", "PRECISION_HEATMAP_GAIN"]
 
 VARIANTS = ("webui", "precision_guard", "fp32", "fp16", "bf16")
@@ -57,6 +57,14 @@ def _runs(device: str, dtype_name: str) -> bool:
 def supported_variants(device: Any) -> Tuple[str, ...]:
     """The variants this device runs: every dtype whose convolution and group norm work there (probed once)."""
     return tuple(v for v in VARIANTS if v not in DTYPE_VARIANTS or _runs(str(device), v))
+
+
+def default_variants(device: Any) -> Tuple[str, ...]:
+    """What a request without ``dtypes`` runs: the supported variants, less fp16 on a CPU -- torch has
+    no fast fp16 convolutions there, and a full-size VAE's fp16 round trip takes many minutes (asking
+    for it by name still runs it)."""
+    slow = ("fp16",) if str(device).split(":")[0] == "cpu" else ()
+    return tuple(v for v in supported_variants(device) if v not in slow)
 
 
 def crop_for_vae(image: Image.Image, multiple: int = 8) -> Tuple[Image.Image, Optional[str]]:

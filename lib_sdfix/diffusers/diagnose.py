@@ -235,10 +235,10 @@ def _roundtrip(pipe: _Pipeline, config: DiagnoseConfig, original: Image.Image) -
     import torch
 
     from lib_sdfix.diagnose.output import analyse_roundtrip
-    from lib_sdfix.diagnose.roundtrip import image_to_tensor, supported_variants, tensor_to_image, variant_label
+    from lib_sdfix.diagnose.roundtrip import default_variants, image_to_tensor, supported_variants, tensor_to_image, variant_label
 
     vae = pipe.pipe.vae
-    wanted = [v for v in (config.dtypes or supported_variants(pipe.device)) if v in supported_variants(pipe.device)]
+    wanted = [v for v in (config.dtypes or default_variants(pipe.device)) if v in supported_variants(pipe.device)]
     pixels = image_to_tensor(original).to(pipe.device) * 2.0 - 1.0
     images, times, labels = {}, {}, {}
     loaded = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(pipe.vae_dtype, str(pipe.vae_dtype))

@@ -69,7 +69,8 @@ def request_from_body(body: Any) -> Any:
     choices = {"hr_upscaler": [*shared.latent_upscale_modes, *[x.name for x in shared.sd_upscalers]]}
     return diagnose.diagnose_request_from_body(
         body, settings_defaults(), choices=choices, extra_rules=host.txt2img_extra_fields(), names=_names(),
-        supported_variants=diagnose.supported_variants(vae_device()))
+        supported_variants=diagnose.supported_variants(vae_device()),
+        default_variants=diagnose.default_variants(vae_device()))
 
 
 def run_diagnosis(request: Any) -> Dict[str, Any]:

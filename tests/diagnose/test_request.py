@@ -148,3 +148,15 @@ def test_cells_that_differ_only_in_the_decode_share_one_sampling():
     # with Hires and an upscaler model, the guarded decode and encode shape the Hires input: two Hires passes
     assert plan.count_samplings(precision, hires=True, latent_upscaler=False) == 3
     assert plan.count_samplings(precision, hires=True, latent_upscaler=True) == 2
+
+
+def test_without_dtypes_a_cpu_runs_no_fp16_but_one_asked_for_by_name_runs():
+    from lib_sdfix.diagnose.roundtrip import default_variants, supported_variants
+
+    assert "fp16" in supported_variants("cpu") and "fp16" not in default_variants("cpu")
+    cpu = dict(supported_variants=supported_variants("cpu"), default_variants=default_variants("cpu"))
+    default = R.diagnose_request_from_body({"kind": "vae_roundtrip", "image": png(64, 64)}, SDFixSettings(), **cpu)
+    assert default.variants == ("webui", "precision_guard", "fp32", "bf16")
+    named = R.diagnose_request_from_body({"kind": "vae_roundtrip", "image": png(64, 64), "dtypes": ["fp16"]},
+                                         SDFixSettings(), **cpu)
+    assert named.variants == ("fp16",)
