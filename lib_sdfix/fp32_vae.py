@@ -111,12 +111,16 @@ def _swap_in(state: _ModuleState, parts: Optional[Sequence[str]]) -> None:
                 continue
             original = tensor.data
             source = exact.get(name) if exact else None
-            if source is not None:
-                new = source.to(original.device)
-                if new.stride() != original.stride():  # channels-last weights pick other kernels: keep the layout
-                    new = torch.empty_like(original, dtype=torch.float32).copy_(new)
-            else:
-                new = original.to(torch.float32)
+            # The fp32 tensor is of the parameter's kind: Forge and reForge load their VAE under
+            # inference_mode, and an inference parameter holding a normal tensor fails in every conv.
+            with torch.inference_mode(tensor.is_inference()):
+                if source is not None:
+                    new = source.to(original.device)
+                    if new.stride() != original.stride() or new.is_inference() != tensor.is_inference():
+                        # channels-last weights pick other kernels: keep the layout (and the kind)
+                        new = torch.empty_like(original, dtype=torch.float32).copy_(new)
+                else:
+                    new = original.to(torch.float32)
             tensor.data = new
             state.swaps.append(_Swap(name, tensor, original, new.data_ptr(), original.dtype))
     except BaseException:
@@ -336,11 +340,13 @@ def exact_weights(module: Optional[torch.nn.Module], files: Sequence[str]) -> Ex
     if cached is not None and cached.signature == signature:
         return cached
     result = ExactWeights(None, None, "no safetensors source file for the VAE's weights")
+    inference = any(t.is_inference() for _, t in low)  # cached tensors of the parameters' kind (see _swap_in)
     for path in files:
         if not path.endswith(".safetensors") or not os.path.isfile(path):
             continue
         try:
-            result = _match_file(low, path)
+            with torch.inference_mode(inference):
+                result = _match_file(low, path)
         except Exception as exc:  # noqa: BLE001 -- a damaged file costs the exact values only
             base = os.path.basename(path)
             result = ExactWeights(None, base, f"{base}: not readable ({type(exc).__name__}: {exc})")

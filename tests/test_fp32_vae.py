@@ -486,6 +486,28 @@ def test_exact_weights_use_the_files_fp32_values_bit_for_bit(tmp_path):
     assert_as_before(module, before)
 
 
+@pytest.mark.parametrize("cache_built_in_inference_mode", [False, True])
+def test_a_vae_loaded_under_inference_mode_runs_exact_and_upcast(tmp_path, cache_built_in_inference_mode):
+    """Forge and reForge load the VAE under inference_mode and decode inside it; the exact-weights cache
+    may be built outside it (the status route).  An inference parameter holding a normal tensor fails
+    in every conv ("Inference tensors do not track version counter"): the fp32 tensors are of its kind."""
+    reference = tiny()
+    path = checkpoint(tmp_path / "model.safetensors", reference.state_dict())
+    with torch.inference_mode():
+        module = tiny().to(torch.bfloat16)
+    before = snapshot(module)
+    with torch.inference_mode(cache_built_in_inference_mode):
+        exact_weights(module, [path])
+    x = torch.randn(1, 3, 6, 6)
+    with torch.inference_mode():
+        with fp32_vae(module, exact=exact_weights(module, [path]).tensors) as mode:
+            assert mode == "exact" and same_bits(module(x), reference(x))
+        with fp32_vae(module) as mode:
+            assert mode == "upcast" and module(x).dtype == torch.float32
+    assert all(t.is_inference() for t in floating(module).values())
+    assert_as_before(module, before)
+
+
 def test_fp16_file_is_exact_for_a_bf16_module(tmp_path):
     """fp16 has 10 mantissa bits, bf16 7: an fp16 file holds what a bf16 VAE lost."""
     reference = tiny()

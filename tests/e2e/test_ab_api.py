@@ -8,6 +8,8 @@ import os
 import pytest
 from PIL import Image
 
+from lib_sdfix.settings import FIXES
+
 from .conftest import AUTH
 
 PAYLOAD = {"prompt": "a portrait, detailed skin", "negative_prompt": "blurry", "seed": 4321, "steps": 2,
@@ -64,8 +66,8 @@ def test_ab_shares_the_sampling_and_matches_plain_generations(webui):
 def test_ablation_and_saving(webui):
     result = webui.ok("POST", "/sdfix/v1/ab", {"payload": _payload(webui), "variants": "ablation", "save": True})
     names = [v["name"] for v in result["variants"]]
-    assert names[0] == "baseline" and names[-1] == "all" and len(names) == 6
-    assert result["runs"] == 1
+    assert names == ["baseline", *(f.key for f in FIXES), "all"]
+    assert result["runs"] == 2  # one sampling shared by all; the late refine (alone, and in "all") once after it
     assert any(note.startswith("hires_parity: no effect") for note in result["notes"])
     saved = result["saved"]
     assert "sdfix-ab" in saved["grid"]
