@@ -16,7 +16,9 @@ def _pixels(result) -> np.ndarray:
 def test_status_reports_the_fp32_peak_of_the_host_vae(webui):
     memory = webui.ok("GET", "/sdfix/v1/status")["environment"]["vae_fp32_memory"]
     assert memory["available"] is True, memory  # the host's VAE structure is recognised
-    assert memory["fp32_bytes"] > memory["fp32_tiled_bytes"] > 0 and memory["tiled"] in (True, False)
+    # (at the small sizes of these tests the strips' fixed cost makes the tiled estimate the larger one)
+    assert memory["fp32_bytes"] >= memory["native_bytes"] > 0 and memory["fp32_tiled_bytes"] > 0
+    assert memory["tiled"] is False and memory["reason"] == "fits", memory
 
 
 def test_a_decode_over_the_memory_budget_runs_tiled_in_fp32(webui):
