@@ -155,7 +155,8 @@ def test_routes_only_with_the_api():
         pytest.skip("set SDFIX_E2E_URL_NOAPI to a WebUI started without --api")
     status, _ = call(url, "GET", "/sdfix/v1/status")
     assert status == 404
-    status, _ = call(url, "POST", "/sdfix/v1/ab", {"payload": {}})
-    assert status in (404, 405)
+    for route in ("/sdfix/v1/ab", "/sdfix/v1/diagnose"):
+        status, _ = call(url, "POST", route, {"payload": {}})
+        assert status in (404, 405), route
     status, config = call(url, "GET", "/config")
-    assert status == 200 and "sdfix_ab_run" in str(config)  # the A/B tab is still there
+    assert status == 200 and "sdfix_ab_run" in str(config) and "sdfix_dg_run_sweep" in str(config)  # the tab stays
