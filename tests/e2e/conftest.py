@@ -9,7 +9,7 @@ variable                 mode       instance
 SDFIX_E2E_URL            fp32       AUTOMATIC1111 v1.10.1, ``--no-half --precision full``
 SDFIX_E2E_URL_FP16       fp16       AUTOMATIC1111, ``--precision half`` (fp16 VAE, as GPU users run it)
 SDFIX_E2E_URL_UPCAST     upcast     AUTOMATIC1111, ``--precision half --upcast-sampling``
-SDFIX_E2E_URL_NOHALFVAE  nohalfvae  AUTOMATIC1111, ``--precision half --no-half-vae`` (fp16 UNet, fp32 VAE)
+SDFIX_E2E_URL_NOHALFVAE  nohalfvae  AUTOMATIC1111, ``--no-half-vae`` (autocast: fp16 UNet, fp32 VAE; a GPU only)
 SDFIX_E2E_URL_SDXL       sdxl       AUTOMATIC1111 with an SDXL checkpoint selected
 SDFIX_E2E_URL_FORGE      forge      Forge, ``--always-cpu --vae-in-bf16``
 SDFIX_E2E_URL_REFORGE    reforge    reForge, ``--always-cpu --vae-in-bf16`` and ``SDFIX_OBSERVER_DTYPE_VAE=fp32``
@@ -51,7 +51,8 @@ MODES_ALL = {
     "fp32": Mode("SDFIX_E2E_URL", "a1111", precision="full"),
     "fp16": Mode("SDFIX_E2E_URL_FP16", "a1111", precision="half", slow=True),
     "upcast": Mode("SDFIX_E2E_URL_UPCAST", "a1111", precision="half", upcast=True, slow=True),
-    "nohalfvae": Mode("SDFIX_E2E_URL_NOHALFVAE", "a1111", precision="half", no_half_vae=True, slow=True),
+    # AUTOMATIC1111 refuses --no-half-vae with --precision half, and its autocast precision needs a GPU
+    "nohalfvae": Mode("SDFIX_E2E_URL_NOHALFVAE", "a1111", precision="autocast", no_half_vae=True, slow=True),
     "sdxl": Mode("SDFIX_E2E_URL_SDXL", "a1111", sdxl=True),
     "forge": Mode("SDFIX_E2E_URL_FORGE", "forge"),
     "reforge": Mode("SDFIX_E2E_URL_REFORGE", "reforge"),
