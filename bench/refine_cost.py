@@ -21,13 +21,11 @@ counting the UNet calls of each as well::
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import statistics
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -73,14 +71,7 @@ def report(label: str, times: Dict[str, List[float]], steps: int, strength: floa
 
 # --- a real WebUI -------------------------------------------------------------------------------------
 
-
-def post(url: str, path: str, body: dict, auth: str) -> dict:
-    headers = {"Content-Type": "application/json"}
-    if auth:
-        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode(), headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=3600) as response:
-        return json.loads(response.read())
+from ab_cost import post  # noqa: E402 -- the bench folder's POST helper (sys.path[0] is bench/ when run)
 
 
 def webui(args: argparse.Namespace) -> None:
