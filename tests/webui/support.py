@@ -91,6 +91,18 @@ def xyz_cell(x_label, apply, generate):
     return namespace["make_cell"](Axis(x_label, apply), Axis("Nothing", None), Axis("Nothing", None), generate)
 
 
+def install_xyz_script(env):
+    """The X/Y/Z plot script's module as the host lists it (``scripts_data``, module ``xyz_grid.py``),
+    with its AxisOption signature and an empty ``axis_options``; returns that module."""
+    class AxisOption:
+        def __init__(self, label, type, apply, confirm=None, choices=None, **_):
+            self.label, self.type, self.apply, self.confirm, self.choices = label, type, apply, confirm, choices
+
+    xyz = type("xyz", (), {"AxisOption": AxisOption, "axis_options": []})
+    env.scripts.scripts_data.append(type("D", (), {"module": xyz, "script_class": type("S", (), {"__module__": "xyz_grid.py"})}))
+    return xyz
+
+
 def recording_resize(monkeypatch):
     calls = []
     original = Image.Image.resize

@@ -10,7 +10,7 @@ from lib_sdfix.refine import refine_seed, refine_steps
 from lib_sdfix.settings import REFINE_INFOTEXT_KEY, SDFixSettings
 
 from .fakes import Namespace, sigmas_automatic
-from .support import run, same
+from .support import install_xyz_script, run, same
 
 pytest.importorskip("pydantic")
 pytest.importorskip("fastapi")
@@ -370,12 +370,7 @@ def test_xyz_axes_switch_it_and_set_its_strength(webui):
     with pytest.raises(ValueError, match="late_refine_strength"):
         xyz_module.parse_axis_value("late_refine_strength", "0.8")
 
-    class AxisOption:
-        def __init__(self, label, type, apply, confirm=None, choices=None, **_):
-            self.label, self.type, self.apply, self.confirm, self.choices = label, type, apply, confirm, choices
-
-    xyz = type("xyz", (), {"AxisOption": AxisOption, "axis_options": []})
-    webui.scripts.scripts_data.append(type("D", (), {"module": xyz, "script_class": type("S", (), {"__module__": "xyz_grid.py"})}))
+    xyz = install_xyz_script(webui)
     xyz_module.add_xyz_axes()
     strength = next(o for o in xyz.axis_options if o.label == "SDFix: late refine strength")
     assert strength.type is float and strength.choices is None

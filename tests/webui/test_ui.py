@@ -8,18 +8,13 @@ import sys
 import pytest
 
 from .fakes import FakeP
-from .support import run
+from .support import install_xyz_script, run
 
 
 def test_xyz_axes_and_overrides(webui):
     from lib_sdfix.webui import xyz as xyz_module
 
-    class AxisOption:
-        def __init__(self, label, type, apply, confirm=None, choices=None, **_):
-            self.label, self.type, self.apply, self.confirm, self.choices = label, type, apply, confirm, choices
-
-    xyz = type("xyz", (), {"AxisOption": AxisOption, "axis_options": []})
-    webui.scripts.scripts_data.append(type("D", (), {"module": xyz, "script_class": type("S", (), {"__module__": "xyz_grid.py"})}))
+    xyz = install_xyz_script(webui)
     xyz_module.add_xyz_axes()
     xyz_module.add_xyz_axes()  # idempotent
     labels = [o.label for o in xyz.axis_options]
