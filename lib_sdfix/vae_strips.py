@@ -76,18 +76,21 @@ class Rows:
 
     def group_stats(self, groups: int, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-group mean and 1/sqrt(var + eps) over all rows, as GroupNorm computes them: each
-        strip's mean and variance in fp32, combined in fp64 (Chan et al.'s pairwise update)."""
+        strip's mean and variance from the GroupNorm kernel itself (several times faster than
+        ``var_mean`` on the CPU), combined in fp64 (Chan et al.'s pairwise update)."""
         if self.start != 0 or self.end != self.height:
             raise RuntimeError("statistics need every row")
-        means, variances, counts = [], [], []
+        means, rstds, counts = [], [], []
         for _, tensor in self.strips:
-            part = tensor.to(self.device).reshape(groups, -1)
-            var, mean = torch.var_mean(part, dim=1, unbiased=False)
-            means.append(mean)
-            variances.append(var)
-            counts.append(part.shape[1])
+            part = tensor.to(self.device)
+            count = part.numel() // self.channels
+            flat = part.reshape(1, self.channels, count).contiguous()
+            _, mean, rstd = torch.ops.aten.native_group_norm(flat, None, None, 1, self.channels, count, groups, 0.0)
+            means.append(mean[0])
+            rstds.append(rstd[0])
+            counts.append(count * (self.channels // groups))
         mean_s = torch.stack(means).double().cpu()
-        var_s = torch.stack(variances).double().cpu()
+        var_s = torch.stack(rstds).double().cpu().pow(-2).nan_to_num(0.0, 0.0, 0.0)  # a constant group: rstd inf
         n = torch.tensor(counts, dtype=torch.float64)[:, None]
         total = n.sum()
         mean = (n * mean_s).sum(0) / total

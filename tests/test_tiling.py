@@ -81,6 +81,26 @@ def test_tiled_decode_and_encode_give_the_untiled_fp32_result(vae, small_strips)
         assert (_decode(vae)(z).float() - untiled).abs().max() > 1e-3, "and afterwards the VAE is half again"
 
 
+@pytest.mark.parametrize("offset", [0.0, 10.0, 1000.0])
+def test_group_statistics_over_strips_are_the_whole_images(offset):
+    """Each strip's statistics come from the GroupNorm kernel and are combined in fp64: as close to
+    the exact (fp64) statistics of the whole image as GroupNorm's own, a constant group included."""
+    torch.manual_seed(0)
+    x = (torch.randn(64, 40, 9, dtype=torch.float64) * 0.5 + offset).float()
+    x[:2] = 3.0  # group 0 is constant: its strips' rstd is infinite
+    rows = vae_strips.Rows(64, 40, 9, torch.device("cpu"), torch.device("cpu"))
+    for a in range(0, 40, 7):  # uneven strips, the last one short
+        rows.append(x[:, a:a + 7])
+    mean, rstd = rows.group_stats(32, 1e-6)
+    var_ref, mean_ref = torch.var_mean(x.double().reshape(32, -1), dim=1, unbiased=False)
+    rstd_ref = torch.rsqrt(var_ref + 1e-6)
+    _, _, kernel = torch.ops.aten.native_group_norm(x.reshape(1, 64, -1), None, None, 1, 64, 360, 32, 1e-6)
+    kernel_error = float(((kernel[0].double() - rstd_ref) / rstd_ref).abs().max())
+    assert float(((rstd.double() - rstd_ref) / rstd_ref).abs().max()) <= 2 * kernel_error + 1e-7
+    assert torch.allclose(mean.double(), mean_ref, rtol=1e-6, atol=1e-6)
+    assert rstd[0] == pytest.approx(1e-6 ** -0.5, rel=1e-6)
+
+
 def test_the_estimate_decides(vae, monkeypatch):
     graph = tiling.network(vae.decoder)
     shape = (1, 4, 128, 128)
