@@ -21,7 +21,8 @@ the estimate of ``lib_sdfix.tiling`` is printed next to each measurement.
                                [--allocator exact|default] [--out DIR]
 
 Needs diffusers (``pip install -e .[bench]``).  On this 2-core CPU a 512x512 fp32 decode takes about
-15-30 s, a 1024x1024 one about four times that: the default is 512 for both architectures.
+17 s, a 1024x1024 one about 70 s and a 2048x2048 one about 6 min with a 16 GB peak (the untiled fp32
+child): the default is 512 for both architectures.
 """
 from __future__ import annotations
 
