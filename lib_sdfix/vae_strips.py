@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib_sdfix.failsafe import log_once
 from lib_sdfix.vae_net import Attention, Conv, Network, Resample, Resnet, Exit, resampled_size
 
 __all__ = ["run_network"]
@@ -80,23 +81,37 @@ class Rows:
         ``var_mean`` on the CPU), combined in fp64 (Chan et al.'s pairwise update)."""
         if self.start != 0 or self.end != self.height:
             raise RuntimeError("statistics need every row")
-        means, rstds, counts = [], [], []
+        means, variances, counts = [], [], []
         for _, tensor in self.strips:
             part = tensor.to(self.device)
             count = part.numel() // self.channels
-            flat = part.reshape(1, self.channels, count).contiguous()
-            _, mean, rstd = torch.ops.aten.native_group_norm(flat, None, None, 1, self.channels, count, groups, 0.0)
-            means.append(mean[0])
-            rstds.append(rstd[0])
+            mean, var = _moments(part.reshape(1, self.channels, count).contiguous(), groups)
+            means.append(mean)
+            variances.append(var)
             counts.append(count * (self.channels // groups))
         mean_s = torch.stack(means).double().cpu()
-        var_s = torch.stack(rstds).double().cpu().pow(-2).nan_to_num(0.0, 0.0, 0.0)  # a constant group: rstd inf
+        var_s = torch.stack(variances).double().cpu()
         n = torch.tensor(counts, dtype=torch.float64)[:, None]
         total = n.sum()
         mean = (n * mean_s).sum(0) / total
         m2 = (n * var_s).sum(0) + (n * (mean_s - mean) ** 2).sum(0)
         rstd = torch.rsqrt(m2 / total + eps)
         return mean.float().to(self.device), rstd.float().to(self.device)
+
+
+_group_norm_kernel = torch.ops.aten.native_group_norm  # (out, mean, 1/std) per group
+
+
+def _moments(flat: torch.Tensor, groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean and variance of ``flat`` ``[1, C, N]``: the GroupNorm kernel's own (it returns
+    1/std; a constant group's is infinite, its variance 0), or ``var_mean`` on a backend without it."""
+    try:
+        _, mean, rstd = _group_norm_kernel(flat, None, None, 1, flat.shape[1], flat.shape[2], groups, 0.0)
+    except NotImplementedError:
+        log_once("tiling:group-norm-kernel", f"no GroupNorm kernel on {flat.device.type}: statistics by var_mean")
+        var, mean = torch.var_mean(flat.reshape(groups, -1), dim=1, unbiased=False)
+        return mean, var
+    return mean[0], rstd[0].double().pow(-2).nan_to_num(0.0, 0.0, 0.0)
 
 
 class _Weights:

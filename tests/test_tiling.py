@@ -81,10 +81,16 @@ def test_tiled_decode_and_encode_give_the_untiled_fp32_result(vae, small_strips)
         assert (_decode(vae)(z).float() - untiled).abs().max() > 1e-3, "and afterwards the VAE is half again"
 
 
+@pytest.mark.parametrize("kernel", ["group-norm", "missing"])
 @pytest.mark.parametrize("offset", [0.0, 10.0, 1000.0])
-def test_group_statistics_over_strips_are_the_whole_images(offset):
+def test_group_statistics_over_strips_are_the_whole_images(offset, kernel, monkeypatch):
     """Each strip's statistics come from the GroupNorm kernel and are combined in fp64: as close to
     the exact (fp64) statistics of the whole image as GroupNorm's own, a constant group included."""
+    if kernel == "missing":  # a backend without the GroupNorm kernel: var_mean instead
+        def missing(*args):
+            raise NotImplementedError("no kernel")
+
+        monkeypatch.setattr(vae_strips, "_group_norm_kernel", missing)
     torch.manual_seed(0)
     x = (torch.randn(64, 40, 9, dtype=torch.float64) * 0.5 + offset).float()
     x[:2] = 3.0  # group 0 is constant: its strips' rstd is infinite
