@@ -13,6 +13,7 @@ pytest.importorskip("diffusers")
 from lib_sdfix.diffusers import CAUSES  # noqa: E402
 
 from ..html_check import parse_strictly  # noqa: E402
+from .cli_support import exit_code  # noqa: E402
 from .tiny_pipelines import one_thread  # noqa: E402,F401 -- autouse fixture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,15 +143,6 @@ def test_a_module_missing_deeper_down_is_reported_the_same_way(tmp_path):
 # --- argument errors: argparse-style, naming the argument, exit 2 ---------------------------------
 
 
-def _exit_code(argv):
-    from lib_sdfix.__main__ import main
-
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code
-
-
 @pytest.mark.parametrize("args, argument, says", [
     (["--seed", "-1"], "--seed", "from 0 to 4294967295"),
     (["--seed", "4294967296"], "--seed", "from 0 to 4294967295"),
@@ -181,7 +173,7 @@ def _exit_code(argv):
 def test_bad_arguments_fail_with_a_usage_error_naming_them(tmp_path, capsys, args, argument, says):
     (tmp_path / "a-file.txt").write_text("not a folder")
     args = [a.format(tmp=tmp_path, file=tmp_path / "a-file.txt") for a in args]
-    assert _exit_code(["ab", "--out", str(tmp_path / "out"), *args]) == 2
+    assert exit_code(["ab", "--out", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"error: argument {argument}: " in err and says in err, err
     assert not (tmp_path / "out").exists(), "nothing written"
@@ -207,22 +199,22 @@ def test_out_must_be_empty_or_missing_unless_forced(tmp_path, capsys):
     out = tmp_path / "report"
     out.mkdir()  # empty: fine
     run = ["ab", "--out", str(out), "--steps", "1", "--width", "64", "--quiet"]
-    assert _exit_code(run) == 0
+    assert exit_code(run) == 0
     first = (out / "report.json").read_bytes()
     (out / "notes.txt").write_text("mine")
     capsys.readouterr()
 
-    assert _exit_code(run + ["--seed", "7"]) == 2
+    assert exit_code(run + ["--seed", "7"]) == 2
     err = capsys.readouterr().err
     assert f"error: argument --out: {out} is not empty" in err and "--force" in err and "Traceback" not in err
     assert (out / "report.json").read_bytes() == first, "nothing overwritten"
 
-    assert _exit_code(run + ["--seed", "7", "--force"]) == 0
+    assert exit_code(run + ["--seed", "7", "--force"]) == 0
     assert json.loads((out / "report.json").read_text())["config"]["seed"] == 7
     assert (out / "notes.txt").read_text() == "mine", "--force replaces the report's files, nothing else"
 
 
 def test_force_is_documented_in_the_help(capsys):
-    assert _exit_code(["ab", "--help"]) == 0
+    assert exit_code(["ab", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--force" in text and "non-empty --out folder" in text and "must be missing or empty unless --force" in text

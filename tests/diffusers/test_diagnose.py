@@ -11,18 +11,10 @@ from PIL import Image
 pytest.importorskip("diffusers")
 
 from ..html_check import parse_strictly  # noqa: E402
+from .cli_support import exit_code  # noqa: E402
 from .tiny_pipelines import one_thread  # noqa: E402,F401 -- autouse fixture
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _exit_code(argv):
-    from lib_sdfix.__main__ import main
-
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code
 
 
 @pytest.mark.parametrize("args, argument, says", [
@@ -46,7 +38,7 @@ def _exit_code(argv):
 ])
 def test_bad_arguments_fail_with_a_usage_error_naming_them(tmp_path, capsys, args, argument, says):
     args = [a.format(tmp=tmp_path) for a in args]
-    assert _exit_code(["diagnose", args[0], "--out", str(tmp_path / "out"), *args[1:]]) == 2
+    assert exit_code(["diagnose", args[0], "--out", str(tmp_path / "out"), *args[1:]]) == 2
     err = capsys.readouterr().err
     assert f"argument {argument}" in err and says in err, err
     assert not (tmp_path / "out").exists()  # nothing ran
@@ -56,10 +48,10 @@ def test_a_non_empty_out_folder_needs_force(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert _exit_code(["diagnose", "steps", "--out", str(out), "--steps", "2", "--width", "64", "--quiet"]) == 2
+    assert exit_code(["diagnose", "steps", "--out", str(out), "--steps", "2", "--width", "64", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "argument --out" in err and "--force" in err
-    assert _exit_code(["diagnose", "steps", "--out", str(out), "--steps", "2", "--width", "64", "--quiet",
+    assert exit_code(["diagnose", "steps", "--out", str(out), "--steps", "2", "--width", "64", "--quiet",
                        "--force"]) == 0
     assert (out / "keep.txt").read_text() == "mine" and (out / "report.html").is_file()
 
@@ -82,7 +74,7 @@ def _report(out):
 
 def test_roundtrip_of_a_photograph_in_every_precision(tmp_path, capsys):
     out = tmp_path / "rt"
-    assert _exit_code(["diagnose", "vae-roundtrip", "--out", str(out), "--size", "64", "--quiet"]) == 0
+    assert exit_code(["diagnose", "vae-roundtrip", "--out", str(out), "--size", "64", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.html'}" in printed and "0 sampling(s)" in printed
     page, data = _report(out)
@@ -125,7 +117,7 @@ def test_cfg_sweep_samples_each_value_once(tmp_path):
 
 def test_step_strip_decodes_each_prediction(tmp_path):
     out = tmp_path / "st"
-    assert _exit_code(["diagnose", "steps", "--out", str(out), "--steps", "4", "--width", "64", "--at", "1,2",
+    assert exit_code(["diagnose", "steps", "--out", str(out), "--steps", "4", "--width", "64", "--at", "1,2",
                        "--quiet"]) == 0
     page, data = _report(out)
     assert [r["step"] for r in data["rows"]] == [1, 2] and data["timings"]["decodes"] == 3

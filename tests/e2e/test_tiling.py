@@ -14,8 +14,12 @@ def _pixels(result) -> np.ndarray:
 
 
 def test_status_reports_the_fp32_peak_of_the_host_vae(webui):
+    # Before any decode the report is for twice the model's size (SDXL: 2048x2048, ~16 GB in fp32,
+    # which tiles on a small machine); after one it is for the last decode's size.
+    webui.txt2img(width=64, height=72)
     memory = webui.ok("GET", "/sdfix/v1/status")["environment"]["vae_fp32_memory"]
     assert memory["available"] is True, memory  # the host's VAE structure is recognised
+    assert memory["size_source"] == "last decode" and memory["size"] == [64, 72], memory
     # (at the small sizes of these tests the strips' fixed cost makes the tiled estimate the larger one)
     assert memory["fp32_bytes"] >= memory["native_bytes"] > 0 and memory["fp32_tiled_bytes"] > 0
     assert memory["tiled"] is False and memory["reason"] == "fits", memory
