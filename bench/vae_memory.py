@@ -12,8 +12,9 @@ through /proc/self/clear_refs) minus the RSS before, with glibc told to return f
 wall time after a small warm-up; with ``--repeat`` the fastest run counts (other work on the
 machine only ever slows a run down).  ``--allocator default`` runs the children with glibc's own
 settings, as a WebUI runs: times as users see them (freed strips are reused from the heap while the
-untiled call's large tensors are mapped afresh), peaks then not exact.  Targets: tiled peak <= 1.1 x native peak, tiled time <= 1.3 x
-fp32 time, tiled vs fp32 output within 1/255 mean absolute difference with no seam.  A heatmap PNG
+untiled call's large tensors are mapped afresh), peaks then not exact.  Targets: tiled peak <= 1.1 x
+native peak, tiled time <= 1.3 x fp32 time, tiled vs fp32 output within 1/255 mean absolute
+difference with no seam.  A heatmap PNG
 of |tiled - fp32| (brightest = the largest difference) is written to ``--out`` for every size, and
 the estimate of ``lib_sdfix.tiling`` is printed next to each measurement.
 
