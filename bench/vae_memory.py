@@ -209,7 +209,8 @@ def main() -> None:
     for arch in archs:
         for size in sizes:
             for mode in modes:
-                runs = [run_child(arch, size, mode, args.device, out, args.allocator) for _ in range(max(1, args.repeat))]
+                runs = [run_child(arch, size, mode, args.device, out, args.allocator)
+                        for _ in range(max(1, args.repeat))]
                 best = min(runs, key=lambda r: r["seconds"])
                 best["peak"] = max(r["peak"] for r in runs)  # memory: the worst run
                 results[(arch, size, mode)] = best
