@@ -52,7 +52,7 @@ def test_a_non_empty_out_folder_needs_force(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "argument --out" in err and "--force" in err
     assert exit_code(["diagnose", "steps", "--out", str(out), "--steps", "2", "--width", "64", "--quiet",
-                       "--force"]) == 0
+                      "--force"]) == 0
     assert (out / "keep.txt").read_text() == "mine" and (out / "report.html").is_file()
 
 
@@ -118,7 +118,7 @@ def test_cfg_sweep_samples_each_value_once(tmp_path):
 def test_step_strip_decodes_each_prediction(tmp_path):
     out = tmp_path / "st"
     assert exit_code(["diagnose", "steps", "--out", str(out), "--steps", "4", "--width", "64", "--at", "1,2",
-                       "--quiet"]) == 0
+                      "--quiet"]) == 0
     page, data = _report(out)
     assert [r["step"] for r in data["rows"]] == [1, 2] and data["timings"]["decodes"] == 3
     assert data["timings"]["unet_calls"] == 4 and data["nan_watch"]["finite"] is True
