@@ -21,9 +21,10 @@ from lib_sdfix.webui.session import GenerationSession
 from lib_sdfix.webui.host import current
 
 __all__ = ["settings_defaults", "disabled_by_flag", "setup", "process", "postprocess", "apply_settings",
-           "OVERRIDES_ATTR"]
+           "OVERRIDES_ATTR", "AXIS_NOTES_ATTR"]
 
 OVERRIDES_ATTR = "sdfix_overrides"  # set by SDFix's X/Y/Z axes on each cell's copy of p
+AXIS_NOTES_ATTR = "sdfix_axis_notes"  # SDFix's X/Y/Z axes' notes (values left out), on the plot's p
 _ENTRIES = (INFOTEXT_KEY, REFINE_INFOTEXT_KEY, NOTES_INFOTEXT_KEY)  # SDFix's infotext entries, in order
 # X/Y/Z axes whose value is a deliberate per-cell Hires sampling choice: parity steps aside for them.
 _XYZ_HIRES_SAMPLER = ("Hires sampler",)
@@ -130,6 +131,8 @@ def apply_settings(p: Any, settings: SDFixSettings) -> Optional[GenerationSessio
         except Exception as exc:  # noqa: BLE001 -- never break a generation
             log_once("process", f"SDFix could not set up this generation: {exc}", exc)
             return None
+    for note in getattr(p, AXIS_NOTES_ATTR, None) or ():
+        session.report.note(note)
     try:
         if getattr(p, "enable_hr", False):
             if settings.hires_parity:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from lib_sdfix.refine import refine_seed, refine_steps
-from lib_sdfix.settings import REFINE_INFOTEXT_KEY, SDFixSettings
+from lib_sdfix.settings import NOTES_INFOTEXT_KEY, REFINE_INFOTEXT_KEY, SDFixSettings
 
 from .fakes import Namespace, sigmas_automatic
 from .support import install_xyz_script, run, same
@@ -417,3 +417,47 @@ def test_refine_comparison_shares_the_pass_and_runs_only_the_refine(webui):
     assert note.startswith("late_refine: changed ") and "vs A: SDFix on, no late refine" in note
     assert note.endswith("re-ran the last 3 of 10 steps (strength 0.3)")
     assert same(webui, webui.before)
+
+
+@pytest.mark.parametrize("typed, expanded, plotted, left_out", [
+    # what the WebUI's float range syntax hands the axis's confirm: np.arange(start, end + step, step)
+    ("0.2-0.6 (+0.2)", [0.2, 0.4, 0.6000000000000001, 0.8000000000000002], [0.2, 0.4, 0.6], "0.8"),
+    ("0.05-0.75 (+0.1)", [0.05, 0.15000000000000002, 0.25, 0.35000000000000003, 0.45, 0.55,
+                          0.6500000000000001, 0.7500000000000002], [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75], None),
+    ("0.1-0.3 (+0.1)", [0.1, 0.2, 0.30000000000000004, 0.4], [0.1, 0.2, 0.3, 0.4], None),
+])
+def test_xyz_strength_axis_takes_the_webuis_float_ranges(webui, typed, expanded, plotted, left_out):
+    from lib_sdfix.webui import xyz as xyz_module
+    from lib_sdfix.webui.apply import AXIS_NOTES_ATTR, OVERRIDES_ATTR
+
+    xyz = install_xyz_script(webui)
+    xyz_module.add_xyz_axes()
+    strength = next(o for o in xyz.axis_options if o.label == "SDFix: late refine strength")
+    p = webui.processing.StableDiffusionProcessingTxt2Img(sd_model=webui.shared.sd_model, **BASE)
+    values = list(expanded)
+    strength.confirm(p, values)  # the plot then runs exactly this list
+    assert values == plotted
+    notes = getattr(p, AXIS_NOTES_ATTR, None)
+    if left_out is None:
+        assert notes is None
+    else:
+        assert notes == [f"X/Y/Z late_refine_strength {left_out} left out (outside 0.05-0.75)"]
+        strength.apply(p, values[-1], values)
+        run(webui, p, {})
+        assert f"X/Y/Z late_refine_strength {left_out} left out" in p.extra_generation_params[NOTES_INFOTEXT_KEY]()
+        assert getattr(p, OVERRIDES_ATTR)["late_refine_strength"] == values[-1]
+    p.close()
+
+
+def test_xyz_strength_axis_refuses_a_plot_with_no_value_in_range(webui):
+    from lib_sdfix.settings import SettingsError
+    from lib_sdfix.webui import xyz as xyz_module
+
+    xyz = install_xyz_script(webui)
+    xyz_module.add_xyz_axes()
+    strength = next(o for o in xyz.axis_options if o.label == "SDFix: late refine strength")
+    p = webui.processing.StableDiffusionProcessingTxt2Img(sd_model=webui.shared.sd_model, **BASE)
+    for values in ([0.8, 1.0], [0.0], ["lots"], [float("nan")]):
+        with pytest.raises(SettingsError, match="late_refine_strength"):
+            strength.confirm(p, list(values))
+    p.close()
