@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 __all__ = ["STAGES", "NonFinite", "NanWatch"]
 
 #: Where values are checked, in the order a generation reaches them.
-STAGES = ("sampling", "hires sampling", "latent", "vae decode")
+STAGES = ("sampling", "hires sampling", "late refine", "latent", "vae decode")
 #: Checks queued before they are read anyway (bounds the memory a very long run holds in flags).
 _MAX_PENDING = 4096
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from lib_sdfix.failsafe import log_once
 from lib_sdfix.settings import SDFixSettings, SettingsError
 from lib_sdfix.webui.host import current
+from lib_sdfix.webui.nan_watch import sampling_stage
 from lib_sdfix.webui.session import PATCHES
 
 __all__ = ["run_comparison", "render_groups", "Rendered", "txt2img_fields", "script_args_for", "request_from_body"]
@@ -154,11 +155,11 @@ class _Sampling:
     runs a generation of its own from a hook on this thread (ADetailer, from ``postprocess_image``)
     samples as usual, and its latent is neither recorded as the run's nor replaced."""
 
-    def __init__(self, inject: List[Any], owner: Any = None, observer: Optional[Callable[[int, Any], None]] = None) -> None:
+    def __init__(self, inject: List[Any], owner: Any = None, observer: Optional[Callable[[str, Any], None]] = None) -> None:
         self.inject = list(inject)
         self.outputs: List[Any] = []
         self.owner = owner
-        self.observer = observer  # observer(pass index, the sampler's callback dict) at every step it samples
+        self.observer = observer  # observer(stage, the sampler's callback dict) at every step it samples
 
     def wrap(self, sampler: Any) -> Any:
         launch = sampler.launch_sampling
@@ -168,7 +169,7 @@ class _Sampling:
 
             def callback_state(d: Any) -> Any:
                 if self.owner is None or getattr(sampler, "p", self.owner) is self.owner:
-                    self.observer(len(self.outputs), d)
+                    self.observer(sampling_stage(sampler, getattr(sampler, "p", self.owner)), d)
                 return callback(d)
 
             sampler.callback_state = callback_state

@@ -176,7 +176,7 @@ def _roundtrip_info(name: str, label: str) -> str:
 # --- generations: sweeps and step strips -----------------------------------------------------------------
 
 
-def _watched_run(run: _Run, inject: List[Any], on_step: Optional[Callable[[int, Any], None]] = None) -> Tuple[Any, Any, int]:
+def _watched_run(run: _Run, inject: List[Any], on_step: Optional[Callable[[str, Any], None]] = None) -> Tuple[Any, Any, int]:
     """One generation with a NaN watch; (processed, watch summary, steps the samplers took)."""
     from lib_sdfix.diagnose.nanwatch import NanWatch
     from lib_sdfix.webui.nan_watch import observe_step, watching
@@ -184,11 +184,11 @@ def _watched_run(run: _Run, inject: List[Any], on_step: Optional[Callable[[int, 
     watch = NanWatch()
     counted = [0]
 
-    def observer(pass_index: int, d: Any) -> None:
+    def observer(stage: str, d: Any) -> None:
         counted[0] += 1
-        observe_step(watch, pass_index, d)
+        observe_step(watch, stage, d)
         if on_step is not None:
-            on_step(pass_index, d)
+            on_step(stage, d)
 
     try:
         with watching(watch):
@@ -281,8 +281,8 @@ def _steps(request: Any) -> Dict[str, Any]:
     if fields.get("enable_hr"):
         result["notes"].append("the strip shows the first pass; the Hires pass's steps are not captured")
 
-    def on_step(pass_index: int, d: Any) -> None:
-        if pass_index == 0 and isinstance(d, dict) and isinstance(d.get("i"), int):
+    def on_step(stage: str, d: Any) -> None:
+        if stage == "sampling" and isinstance(d, dict) and isinstance(d.get("i"), int):
             capture(d["i"] + 1, d.get("denoised"))
 
     start = time.perf_counter()

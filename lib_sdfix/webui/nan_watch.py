@@ -19,9 +19,10 @@ from typing import Any, Callable, Iterator, Optional
 
 from lib_sdfix.diagnose.nanwatch import NanWatch
 from lib_sdfix.failsafe import log_once
+from lib_sdfix.webui.refine import is_refining
 from lib_sdfix.webui.session import PATCHES, current_session, session_of
 
-__all__ = ["watching", "attach", "before_sampling", "after_decode", "observe_step", "active_watch"]
+__all__ = ["watching", "attach", "before_sampling", "after_decode", "observe_step", "sampling_stage", "active_watch"]
 
 _LOCAL = threading.local()
 _WRAPPED = "_sdfix_nan_watch"
@@ -37,15 +38,23 @@ def active_watch() -> Optional[NanWatch]:
     return getattr(session, "nan_watch", None) if session is not None else None
 
 
-def observe_step(watch: NanWatch, pass_index: int, d: Any) -> None:
-    """One sampler step (its callback dict): the state ``x`` and the prediction ``denoised``."""
+def sampling_stage(sampler: Any, p: Any) -> str:
+    """What the steps ``sampler`` runs now for ``p`` are, by what they are: the late refine's steps
+    ("late refine"), the Hires pass's ("hires sampling"), or the first pass's ("sampling")."""
+    if is_refining(sampler):
+        return "late refine"
+    return "hires sampling" if getattr(p, "is_hr_pass", False) else "sampling"
+
+
+def observe_step(watch: NanWatch, stage: str, d: Any) -> None:
+    """One sampler step at ``stage`` (its callback dict): the state ``x`` and the prediction ``denoised``."""
     if not isinstance(d, dict):
         return
     from lib_sdfix.webui.host import current
 
     step = d.get("i")
     steps = getattr(current().shared.state, "sampling_steps", None) or None
-    watch.observe("sampling" if pass_index == 0 else "hires sampling", (d.get("x"), d.get("denoised")),
+    watch.observe(stage, (d.get("x"), d.get("denoised")),
                   step=int(step) + 1 if isinstance(step, int) else None, steps=steps)
 
 
@@ -155,11 +164,9 @@ def before_sampling(p: Any) -> None:
         callback = getattr(sampler, "callback_state", None)
         if watch is None or callback is None or getattr(sampler, _WRAPPED, False):
             return
-        pass_index = 1 if getattr(p, "is_hr_pass", False) else 0
-
         def callback_state(d: Any) -> Any:
             try:
-                observe_step(watch, pass_index, d)
+                observe_step(watch, sampling_stage(sampler, p), d)
             except Exception as exc:  # noqa: BLE001 -- the watch must not stop the sampler
                 log_once("nan-watch-step", f"SDFix: NaN watch could not check a step: {exc}", exc)
             return callback(d)

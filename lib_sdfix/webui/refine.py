@@ -26,10 +26,11 @@ from lib_sdfix.refine import refine_seed, refine_steps, skip_reason
 from lib_sdfix.webui.host import Host, current
 from lib_sdfix.webui.session import GenerationSession, session_of
 
-__all__ = ["watch", "Watch", "FIX"]
+__all__ = ["watch", "Watch", "FIX", "is_refining"]
 
 FIX = "late_refine"
 _ATTR = "_sdfix_refine"
+_REFINING = "_sdfix_refining"  # on a sampler while it runs the refine's steps
 _METHODS = ("sample", "sample_img2img")
 _SCHEDULES = {"sigmas": "get_sigmas", "timesteps": "get_timesteps"}
 _MISSING = object()
@@ -87,6 +88,11 @@ class _Pass:
     @property
     def image_conditioning(self) -> Any:
         return self.args.get("image_conditioning")
+
+
+def is_refining(sampler: Any) -> bool:
+    """Whether ``sampler`` is running the late refine's steps now (not its pass's own)."""
+    return vars(sampler).get(_REFINING, False) is True if hasattr(sampler, "__dict__") else False
 
 
 def _refining(sampler: Any, state: Watch, method: str) -> Callable[..., Any]:
@@ -184,7 +190,7 @@ def _refine(host: Host, sampler: Any, state: Watch, call: _Pass, latent: Any, co
     if count <= 0:
         return latent
     state.runs += 1
-    with _continuing_steps(sampler, state.kind):
+    with _continuing_steps(sampler, state.kind), _instance_attr(sampler, _REFINING, True):
         if state.kind == "sigmas":
             return _refine_sigmas(host, sampler, state, call, latent, noise, count, intervals)
         return _refine_timesteps(host, sampler, state, call, latent, noise, count)

@@ -259,6 +259,24 @@ def test_nan_watch_follows_both_passes_of_a_hires_generation(webui):
     assert "first NaN at hires sampling step 1 of 2" in result.infotext
 
 
+def test_nan_watch_names_the_late_refine_steps_as_such(webui):
+    """The refine's steps are neither the first pass's nor a Hires pass (there is none here)."""
+    if webui.host == "a1111":
+        webui.shared.cmd_opts.disable_nan_check = True
+    refine = {"nan_watch": True, "late_refine": True, "late_refine_strength": 0.67}  # 2 of 3 steps again
+    webui.shared.sd_model.unet_output = nan_from(4)  # the refine's first step (3 first-pass calls)
+    result = plain(webui, PAYLOAD, refine)
+    assert "first NaN at late refine step" in result.infotext and "hires" not in result.infotext
+    webui.shared.opts.sdfix_late_refine, webui.shared.opts.sdfix_late_refine_strength = True, 0.67  # Settings
+    try:
+        run = diagnose(webui, kind="sweep", payload=PAYLOAD, axis="cfg_scale", values=[3, 5])
+    finally:
+        del webui.shared.opts.sdfix_late_refine, webui.shared.opts.sdfix_late_refine_strength
+    nan = run.result["analysis"]["nan"]
+    assert nan["first"]["stage"] == "late refine", nan
+    assert "hires" not in repr(run.result["analysis"]).lower()
+
+
 # --- the last output, saving, routes --------------------------------------------------------------------------
 
 
