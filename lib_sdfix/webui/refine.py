@@ -120,6 +120,12 @@ def _refining(sampler: Any, state: Watch, method: str) -> Callable[..., Any]:
         except Exception as exc:  # noqa: BLE001
             session.report.mark_failed(FIX, exc)
             return samples
+        if why is None:
+            try:
+                why = _no_tail(state, call, count)
+            except Exception as exc:  # noqa: BLE001
+                session.report.mark_failed(FIX, exc)
+                return samples
         if why is not None:
             if why:
                 session.report.mark_skipped(FIX, why)
@@ -173,19 +179,32 @@ def _announce(host: Host, session: GenerationSession, p: Any) -> None:
     host.add_jobs(max(1, int(getattr(p, "n_iter", 1)) - int(getattr(p, "iteration", 0))))
 
 
+def _intervals(state: Watch, call: _Pass) -> int:
+    """How many steps of the pass's schedule a refine can start from (0: none)."""
+    if state.schedule is None:
+        raise RuntimeError("the pass computed no schedule SDFix could see")
+    intervals = len(state.schedule) - 1
+    if state.kind == "timesteps" and call.method == "sample_img2img":
+        # the host's img2img walks timesteps[:t_enc] (t_enc = its steps - 1): never reach above them
+        intervals = min(intervals, call.steps - 2)
+    return max(0, intervals)
+
+
+def _no_tail(state: Watch, call: _Pass, count: int) -> Optional[str]:
+    """Why the pass, now sampled, leaves no step of its schedule to run again (None: it does)."""
+    if count > 0 and _intervals(state, call) == 0:
+        what = "img2img pass" if call.method == "sample_img2img" else "pass"
+        return f"the {what}'s schedule ({call.steps} step{'s' if call.steps != 1 else ''}) leaves no step to run again"
+    return None
+
+
 def _refine(host: Host, sampler: Any, state: Watch, call: _Pass, latent: Any, count: int) -> Any:
     """The last ``count`` steps of the pass's schedule again, on ``latent``."""
-    schedule = state.schedule
-    if schedule is None:
-        raise RuntimeError("the pass computed no schedule SDFix could see")
+    intervals = _intervals(state, call)
     seeds = list(getattr(call.p, "seeds", None) or [])
     if len(seeds) != latent.shape[0]:
         raise RuntimeError(f"{latent.shape[0]} latents but {len(seeds)} seeds")
     noise = host.seeded_noise(tuple(latent.shape[1:]), [refine_seed(s) for s in seeds])
-    intervals = len(schedule) - 1
-    if state.kind == "timesteps" and call.method == "sample_img2img":
-        # the host's img2img walks timesteps[:t_enc] (t_enc = its steps - 1): never reach above them
-        intervals = min(intervals, call.steps - 2)
     count = min(count, intervals)
     if count <= 0:
         return latent

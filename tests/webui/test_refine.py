@@ -158,6 +158,21 @@ def test_ddim_img2img_never_reaches_above_the_timesteps_its_pass_walked(webui):
     assert sigmas(refined.unet)[ran:] == sigmas(plain.unet)  # its whole walk again, nothing above it
 
 
+def test_ddim_with_no_schedule_step_left_notes_that_nothing_ran(webui):
+    # txt2img DDIM 1 step: the schedule has one timestep, no interval to start from
+    plain = txt2img(webui, {}, sampler_name="DDIM", steps=1)
+    refined = txt2img(webui, {"late_refine": True, "late_refine_strength": 0.75}, sampler_name="DDIM", steps=1)
+    assert len(refined.unet) == len(plain.unet) and pixels(refined.images[0]) == pixels(plain.images[0])
+    assert params(refined.infotexts[0])["SDFix notes"] == \
+        "skipped: late_refine (the pass's schedule (1 step) leaves no step to run again)"
+    # img2img DDIM at a low denoising: the pass walks one timestep (t_enc 1)
+    fields = dict(sampler_name="DDIM", steps=4, denoising_strength=0.3)
+    plain, refined = img2img(webui, {}, **fields), img2img(webui, {"late_refine": True, "late_refine_strength": 0.5}, **fields)
+    assert len(refined.unet) == len(plain.unet) and pixels(refined.images[0]) == pixels(plain.images[0])
+    notes = params(refined.infotexts[0])["SDFix notes"]
+    assert notes.startswith("skipped: late_refine (the img2img pass's schedule (") and "leaves no step" in notes
+
+
 @pytest.mark.parametrize("sampler, why", [("UniPC", "UniPC lays out its own steps"), ("DPM fast", "DPM fast lays out")])
 def test_samplers_that_cannot_start_mid_schedule_are_skipped_and_noted(webui, sampler, why):
     plain = txt2img(webui, {}, sampler_name=sampler)
