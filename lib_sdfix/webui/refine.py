@@ -36,6 +36,21 @@ _SCHEDULES = {"sigmas": "get_sigmas", "timesteps": "get_timesteps"}
 _MISSING = object()
 
 
+def _layout(p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):  # noqa: ANN001
+    """The hosts' ``sample(p, x, conditioning, ...)``: what every host's samplers take, in this order."""
+
+
+def _layout_img2img(p, x, noise, conditioning, unconditional_conditioning, steps=None,  # noqa: ANN001
+                    image_conditioning=None):
+    """The hosts' ``sample_img2img(p, x, noise, conditioning, ...)``."""
+
+
+#: The hosts' parameter layout of each sampler call (AUTOMATIC1111, Forge and reForge alike), for a
+#: call whose method hides its names (another extension's ``(*args, **kwargs)`` wrapper).
+_LAYOUTS = {"sample": inspect.signature(_layout), "sample_img2img": inspect.signature(_layout_img2img)}
+_NEEDED = ("conditioning", "unconditional_conditioning")
+
+
 class Watch:
     """What SDFix keeps on a watched sampler: the host's own methods and the last schedule it computed."""
 
@@ -142,9 +157,7 @@ def _refining(sampler: Any, state: Watch, method: str) -> Callable[..., Any]:
 def _plan(host: Host, sampler: Any, state: Watch, session: GenerationSession, method: str, p: Any,
           args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[_Pass, int, Optional[str]]:
     """The pass's call, how many of its steps run again, and why none can (None: they run)."""
-    bound = inspect.signature(state.originals[method]).bind(p, *args, **kwargs)
-    bound.apply_defaults()
-    arguments = dict(bound.arguments)
+    arguments = bind_call(state.originals[method], method, p, args, kwargs)
     call = _Pass(p, arguments, host.pass_steps(p, method, arguments.get("steps")), method)
     strength = session.settings.late_refine_strength
     count = refine_steps(strength, call.steps)
@@ -152,6 +165,22 @@ def _plan(host: Host, sampler: Any, state: Watch, session: GenerationSession, me
     if why is None and count == 0:
         why = f"strength {strength:g} x {call.steps} steps rounds to 0 steps"
     return call, count, why
+
+
+def bind_call(original: Callable[..., Any], method: str, p: Any, args: Tuple[Any, ...],
+              kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """A sampler call's arguments by name, however the host passed them: the hosts call ``sample``
+    positionally (``sample(p, x, conditioning, unconditional_conditioning, image_conditioning=...)``),
+    others by keyword.  Bound to the method's own signature, or -- where that hides the names (a
+    wrapper taking ``*args, **kwargs``) -- to the hosts' layout of that call.  TypeError if neither fits."""
+    try:
+        bound = inspect.signature(original).bind(p, *args, **kwargs)
+    except (TypeError, ValueError):
+        bound = None
+    if bound is None or not all(name in bound.arguments for name in _NEEDED):
+        bound = _LAYOUTS[method].bind(p, *args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def _unsupported(sampler: Any, state: Watch) -> Optional[str]:

@@ -158,6 +158,31 @@ def test_ddim_img2img_never_reaches_above_the_timesteps_its_pass_walked(webui):
     assert sigmas(refined.unet)[ran:] == sigmas(plain.unet)  # its whole walk again, nothing above it
 
 
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+@pytest.mark.parametrize("mode", ["txt2img", "hires", "img2img"])
+def test_refine_runs_when_another_extension_wraps_the_samplers_call(webui, monkeypatch, sampler, mode):
+    """The hosts call ``sampler.sample(p, x, conditioning, unconditional_conditioning, image_conditioning=...)``
+    positionally; an extension's ``(*args, **kwargs)`` wrapper around it hides the parameter names."""
+    import modules.sd_samplers_kdiffusion as kdiffusion
+    import modules.sd_samplers_timesteps as timesteps
+
+    owner = timesteps.CompVisSampler if sampler == "DDIM" else kdiffusion.KDiffusionSampler
+    for method in ("sample", "sample_img2img"):
+        def wrapper(self, *args, _original=getattr(owner, method), **kwargs):
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(owner, method, wrapper)
+    strong = {"late_refine": True, "late_refine_strength": 0.5}
+    if mode == "img2img":
+        plain, refined = img2img(webui, {}, sampler_name=sampler), img2img(webui, strong, sampler_name=sampler)
+    else:
+        fields = dict(HIRES if mode == "hires" else {}, sampler_name=sampler)
+        plain, refined = txt2img(webui, {}, **fields), txt2img(webui, strong, **fields)
+    assert len(refined.unet) > len(plain.unet)
+    assert "SDFix notes" not in params(refined.infotexts[0]), params(refined.infotexts[0])
+    assert params(refined.infotexts[0])[REFINE_INFOTEXT_KEY] == "0.5"
+
+
 def test_ddim_with_no_schedule_step_left_notes_that_nothing_ran(webui):
     # txt2img DDIM 1 step: the schedule has one timestep, no interval to start from
     plain = txt2img(webui, {}, sampler_name="DDIM", steps=1)
