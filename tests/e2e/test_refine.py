@@ -149,3 +149,47 @@ def test_ab_refine_mode_matches_plain_generations(webui):
     assert pixels_of(result["images"]["A"]) == webui.txt2img([{"late_refine": False}], steps=STEPS).pixels()
     assert pixels_of(result["images"]["refine"]) == webui.txt2img([{"late_refine": True}], steps=STEPS).pixels()
     assert any(note.startswith("late_refine: ") and "re-ran the last 3 of 10 steps" in note for note in result["notes"])
+
+
+# Every sampler family README names: k-diffusion (Euler), DDIM, DDIM CFG++ (its own function), PLMS.
+# The hosts call ``sampler.sample``/``sample_img2img`` positionally: the refine must find its pass's call.
+FAMILIES = ["Euler", "DDIM", "DDIM CFG++", "PLMS"]
+FAMILY_STEPS = 6
+
+
+def _family_run(webui, mode, sampler, sdfix):
+    fields = dict(steps=FAMILY_STEPS, sampler_name=sampler)
+    if mode == "img2img":
+        init = encode_png(Image.effect_noise((64, 64), 40).convert("RGB"))
+        return webui.img2img(sdfix, init_images=[init], denoising_strength=0.75, **fields)
+    if mode == "hires":
+        fields.update(HIRES, hr_second_pass_steps=4)
+    return webui.txt2img(sdfix, **fields)
+
+
+@pytest.mark.parametrize("mode", ["txt2img", "hires", "img2img"])
+@pytest.mark.parametrize("sampler", FAMILIES)
+def test_every_sampler_family_refines_its_last_pass(webui, sampler, mode):
+    if sampler == "DDIM CFG++" and webui.host != "a1111":
+        available = {s["name"] for s in webui.ok("GET", "/sdapi/v1/samplers")}
+        if sampler not in available:
+            pytest.skip(f"{webui.host} has no {sampler}")
+    plain = _family_run(webui, mode, sampler, [{}])
+    refined = _family_run(webui, mode, sampler, [{"late_refine": True, "late_refine_strength": 0.5}])
+    before, after = calls(plain), calls(refined)
+    extra = after[len(before):]
+    assert after[:len(before)] == before  # the passes themselves are untouched
+    assert extra, (sampler, mode, "the refine ran no step")
+    last_width = before[-1][0]
+    assert all(width == last_width for width, _ in extra)  # it refines the last pass, at its size
+    assert {t for _, t in extra} <= {t for width, t in before if width == last_width}  # on that pass's schedule
+    assert "SDFix notes" not in refined.params(), refined.params()
+    assert refined.params()[REFINE_INFOTEXT_KEY] == "0.5" and refined.pixels() != plain.pixels()
+
+
+def test_ddim_with_no_step_left_to_refine_says_so(webui):
+    plain = webui.txt2img([{}], steps=1, sampler_name="DDIM")
+    refined = webui.txt2img([{"late_refine": True, "late_refine_strength": 0.75}], steps=1, sampler_name="DDIM")
+    assert refined.pixels() == plain.pixels() and len(calls(refined)) == len(calls(plain))
+    assert "skipped: late_refine (the pass's schedule (1 step) leaves no step to run again)" \
+        in refined.params()["SDFix notes"]

@@ -160,3 +160,24 @@ def test_routes_only_with_the_api():
         assert status in (404, 405), route
     status, config = call(url, "GET", "/config")
     assert status == 200 and "sdfix_ab_run" in str(config) and "sdfix_dg_run_sweep" in str(config)  # the tab stays
+
+
+@pytest.mark.parametrize("typed, cells, left_out", [
+    ("0.2-0.6 (+0.2)", ["0.2", "0.4", "0.6"], "0.8"),  # the WebUI expands it to 0.2, 0.4, 0.6, 0.8
+    ("0.55-0.75 (+0.1)", ["0.55", "0.65", "0.75"], None),  # ends at 0.7500000000000002
+])
+def test_xyz_strength_axis_takes_the_webuis_own_range_syntax(webui, typed, cells, left_out):
+    """README's example through the host's real X/Y/Z range parser: the plot runs, in range."""
+    answer = webui.ok("POST", "/sdapi/v1/txt2img", webui.body(
+        steps=4, script_name="x/y/z plot", script_args=_xyz_args(webui, "SDFix: late refine strength", typed)))
+    import json
+
+    infotexts = json.loads(answer["info"])["infotexts"]
+    strengths = [next(part.split(": ", 1)[1] for part in text.split(", ") if part.startswith("SDFix refine: "))
+                 for text in infotexts[1:]]  # the first infotext is the grid's
+    assert strengths == cells, infotexts
+    for text in infotexts[1:]:
+        if left_out is None:
+            assert "left out" not in text
+        else:
+            assert f"X/Y/Z late_refine_strength {left_out} left out (outside 0.05-0.75)" in text
