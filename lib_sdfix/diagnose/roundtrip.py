@@ -68,8 +68,11 @@ def default_variants(device: Any) -> Tuple[str, ...]:
 
 
 def crop_for_vae(image: Image.Image, multiple: int = 8) -> Tuple[Image.Image, Optional[str]]:
-    """RGB, centre-cropped to multiples of the VAE's scale; the note says what was cut (None: nothing)."""
-    image = image.convert("RGB")
+    """8-bit RGB (:func:`lib_sdfix.image_input.rgb8`: 16-bit scaled, transparency flattened), centre-cropped
+    to multiples of the VAE's scale; the note says what was cut (None: nothing)."""
+    from lib_sdfix.image_input import rgb8
+
+    image = rgb8(image)
     width, height = image.width - image.width % multiple, image.height - image.height % multiple
     if (width, height) == image.size:
         return image, None
@@ -83,7 +86,9 @@ def image_to_tensor(image: Image.Image) -> Any:
     import numpy as np
     import torch
 
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    from lib_sdfix.image_input import rgb8
+
+    array = np.asarray(rgb8(image), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 

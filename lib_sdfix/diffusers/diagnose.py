@@ -321,11 +321,12 @@ def _steps(pipe: _Pipeline, config: DiagnoseConfig) -> Dict[str, Any]:
 def _photo(config: DiagnoseConfig) -> Tuple[Image.Image, List[str]]:
     """The user's image, or scikit-image's astronaut (a real photograph); resized to ``size`` and cropped for the VAE."""
     from lib_sdfix.diagnose.roundtrip import crop_for_vae
+    from lib_sdfix.image_input import to_rgb8
 
     notes: List[str] = []
     if config.image:
         with Image.open(config.image) as opened:
-            image = opened.convert("RGB")
+            image, notes = to_rgb8(opened)
     else:
         from skimage import data
 

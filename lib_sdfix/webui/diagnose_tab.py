@@ -46,9 +46,7 @@ def body_from_form(kind: str, image: Any, dtypes: Sequence[str], axis: str, valu
 
     body: Dict[str, Any] = {"kind": kind, "heatmap_gain": gain, "save": bool(save)}
     if kind == "vae_roundtrip":
-        from lib_sdfix.ab import png_base64
-
-        body["image"] = png_base64(image) if image is not None else None
+        body["image"] = _image_base64(image) if image is not None else None
         body["dtypes"] = [VARIANT_CHOICES.get(d, d) for d in dtypes or []] or None
         return body
     body["payload"] = payload_from_form(form)
@@ -63,6 +61,25 @@ def body_from_form(kind: str, image: Any, dtypes: Sequence[str], axis: str, valu
         parsed = parse_value_list(reference)
         body["reference"] = parsed[0] if len(parsed) == 1 else reference.strip()
     return body
+
+
+#: Modes a PNG keeps as they are (16-bit grayscale included); others go to 8-bit RGB in the tab.
+_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
+
+
+def _image_base64(image: Any) -> str:
+    """The uploaded image as base64 PNG, in its own mode where a PNG holds it (the route scales 16-bit
+    and says so), else as 8-bit RGB (:func:`lib_sdfix.image_input.rgb8`); a refusal names the field."""
+    from lib_sdfix.ab import png_base64
+    from lib_sdfix.image_input import ImageModeError, rgb8
+    from lib_sdfix.settings import SettingsError
+
+    if image.mode not in _PNG_MODES:
+        try:
+            image = rgb8(image)
+        except ImageModeError as err:
+            raise SettingsError({"image": str(err)}) from None
+    return png_base64(image)
 
 
 def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
@@ -82,7 +99,10 @@ def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
             with gr.Column(scale=1):
                 with gr.Tabs(elem_id=f"{PREFIX}_kinds"):
                     with gr.Tab("VAE round-trip", elem_id=f"{PREFIX}_tab_roundtrip"):
-                        image = gr.Image(label="Your image (PNG, JPEG, WebP)", type="pil", elem_id=f"{PREFIX}_image")
+                        # image_mode None: gradio hands the upload over as it is (its default "RGB" clips
+                        # 16-bit PNGs to white and drops transparency); SDFix converts it (image_input)
+                        image = gr.Image(label="Your image (PNG, JPEG, WebP)", type="pil", image_mode=None,
+                                         elem_id=f"{PREFIX}_image")
                         use_image = gr.Button("Use last output", elem_id=f"{PREFIX}_use_last_image")
                         dtypes = gr.CheckboxGroup(supported, value=supported, label="Precisions",
                                                   elem_id=f"{PREFIX}_dtypes")

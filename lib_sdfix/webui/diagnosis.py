@@ -131,12 +131,15 @@ def _roundtrip(request: Any) -> Dict[str, Any]:
 
     from lib_sdfix import diagnose
     from lib_sdfix.diagnose.roundtrip import crop_for_vae, image_to_tensor, tensor_to_image, variant_label
+    from lib_sdfix.image_input import to_rgb8
     from modules import sd_samplers_common
 
     shared = current().shared
     model = shared.sd_model
     result = _result("vae_roundtrip", variants=list(request.variants))
-    original, crop_note = crop_for_vae(request.image)
+    image, notes = to_rgb8(request.image)
+    result["notes"] += notes
+    original, crop_note = crop_for_vae(image)
     if crop_note:
         result["notes"].append(crop_note)
     shared.state.job_count = len(request.variants)

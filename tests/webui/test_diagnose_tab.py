@@ -42,6 +42,45 @@ def test_form_to_body_for_each_kind():
     assert body_from_form("vae_roundtrip", None, [], "", "", "", "", 8, False, form())["dtypes"] is None
 
 
+def test_the_tab_hands_a_16_bit_upload_over_unclipped_and_refuses_floats():
+    import base64
+    import io
+
+    import numpy as np
+
+    from lib_sdfix.settings import SettingsError
+
+    ramp = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    body = body_from_form("vae_roundtrip", Image.fromarray(ramp), [], "", "", "", "", 4, False, form())
+    sent = Image.open(io.BytesIO(base64.b64decode(body["image"])))
+    assert np.asarray(sent).max() == 65535, "16 bits reach the route (which scales them and says so)"
+    cmyk = body_from_form("vae_roundtrip", Image.new("CMYK", (64, 64), (0, 255, 255, 0)), [], "", "", "", "", 4,
+                          False, form())
+    assert Image.open(io.BytesIO(base64.b64decode(cmyk["image"]))).getpixel((0, 0)) == (255, 0, 0)
+    with pytest.raises(SettingsError) as err:
+        body_from_form("vae_roundtrip", Image.new("F", (64, 64)), [], "", "", "", "", 4, False, form())
+    assert "floating-point" in err.value.problems["image"]
+
+
+def test_the_image_field_keeps_the_uploads_mode():
+    """gradio's default image_mode "RGB" clips a 16-bit PNG to white before SDFix sees it."""
+    gr = pytest.importorskip("gradio")
+    import base64
+    import io
+
+    import numpy as np
+
+    dg = DiagnoseCallbacks(samplers=lambda: [], schedulers=lambda: [], upscalers=lambda: [], variants=lambda: ["fp32"],
+                           last_generation=lambda: {}, last_image=lambda: None, run=lambda *a: None, interrupt=lambda: None)
+    with gr.Blocks() as page:
+        build_diagnose_tab(dg).render()
+    field = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sdfix_dg_image")
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(buffer, "PNG")
+    uploaded = field.preprocess("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
+    assert uploaded.mode in ("I", "I;16") and np.asarray(uploaded).max() == 32768
+
+
 def test_sdfix_tab_has_both_sections_and_keeps_the_ab_ids():
     gr = pytest.importorskip("gradio")
     ab = TabCallbacks(samplers=lambda: ["Euler"], schedulers=lambda: ["Automatic"], upscalers=lambda: ["Latent"],

@@ -183,6 +183,19 @@ def test_roundtrip_runs_each_precision_through_the_hosts_own_encode_and_decode(w
     json.dumps(__import__("lib_sdfix.webui.diagnosis", fromlist=["x"]).api_response(result), allow_nan=False)
 
 
+def test_roundtrip_of_a_16_bit_png_measures_the_image_not_white(webui):
+    import numpy as np
+
+    ramp = np.linspace(0, 65535, 96 * 64).round().astype(np.uint16).reshape(64, 96)
+    run = diagnose(webui, kind="vae_roundtrip", image=png(Image.fromarray(ramp)), dtypes=["fp32"])
+    original = np.asarray(run.result["original"])
+    assert run.result["original"].mode == "RGB" and original.min() == 0 and original.max() == 255
+    assert 120 < original.mean() < 135, "a 0-65535 ramp is mid-grey on average, not white"
+    encoded = [r for r in run.vae if r["part"] == "encoder"]
+    assert len(encoded) == 1 and any("scaled to 8 bits" in note for note in run.result["notes"])
+    assert_clean(webui)
+
+
 def test_roundtrip_refuses_a_precision_the_device_cannot_run(webui, photo, monkeypatch):
     from lib_sdfix.diagnose import roundtrip
     from lib_sdfix.settings import SettingsError
