@@ -101,7 +101,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     roundtrip.add_argument("--size", type=_whole(SIZE_MIN, SIZE_MAX),
                            help="resize so the longer side is at most this (default: 256 for the embedded model's photo)")
     roundtrip.add_argument("--dtypes", type=_list, help=f"comma-separated subset of {','.join(VARIANTS)} (default: all this "
-                           "device runs; webui = the VAE as loaded)")
+                           "device runs fast -- on a CPU fp16 and bf16 only where it has kernels for them; webui = the "
+                           "VAE as loaded)")
     sweep = kinds.add_parser("sweep", help="one generation with one setting varied at a fixed seed")
     _common(sweep)
     _generation(sweep)

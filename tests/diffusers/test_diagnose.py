@@ -92,6 +92,23 @@ def test_roundtrip_of_a_photograph_in_every_precision(tmp_path, capsys):
     assert any(tag == "svg" for tag, _ in page.elements)  # the chart, inline
 
 
+def test_roundtrip_on_a_cpu_without_fast_half_kernels_runs_them_only_when_named(tmp_path, monkeypatch):
+    from lib_sdfix.diagnose import roundtrip
+
+    monkeypatch.setattr(roundtrip, "_fast_on_cpu", lambda dtype: False)
+    out = tmp_path / "slow"
+    assert exit_code(["diagnose", "vae-roundtrip", "--out", str(out), "--size", "64", "--quiet"]) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert [row["name"] for row in data["rows"]] == ["original", "webui", "precision_guard", "fp32"]
+    assert any(n.startswith("fp16 and bf16 not run: this CPU has no fast") and "--dtypes" in n for n in data["notes"])
+    named = tmp_path / "named"
+    assert exit_code(["diagnose", "vae-roundtrip", "--out", str(named), "--size", "64", "--dtypes", "fp32,bf16",
+                      "--quiet"]) == 0
+    data = json.loads((named / "report.json").read_text())
+    assert [row["name"] for row in data["rows"]] == ["original", "fp32", "bf16"]
+    assert not any("not run" in n for n in data["notes"])
+
+
 def test_roundtrip_of_a_16_bit_png_and_a_refused_float_image(tmp_path, capsys):
     import numpy as np
 

@@ -42,6 +42,25 @@ def test_form_to_body_for_each_kind():
     assert body_from_form("vae_roundtrip", None, [], "", "", "", "", 8, False, form())["dtypes"] is None
 
 
+def _dtypes_box(dg):
+    gr = pytest.importorskip("gradio")
+    with gr.Blocks() as page:
+        build_diagnose_tab(dg).render()
+    return next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sdfix_dg_dtypes")
+
+
+def test_the_precisions_ticked_at_start_are_what_runs_by_default():
+    variants = ["webui", "precision_guard", "fp32", "fp16", "bf16"]
+    common = dict(samplers=lambda: [], schedulers=lambda: [], upscalers=lambda: [], variants=lambda: variants,
+                  last_generation=lambda: {}, last_image=lambda: None, run=lambda *a: None, interrupt=lambda: None)
+    box = _dtypes_box(DiagnoseCallbacks(**common, default_variants=lambda: ["webui", "precision_guard", "fp32"]))
+    assert [VARIANT_CHOICES[c if isinstance(c, str) else c[0]] for c in box.choices] == variants
+    assert [VARIANT_CHOICES[v] for v in box.value] == ["webui", "precision_guard", "fp32"]
+    assert "fp16 and bf16 unticked: no fast kernels for them on this device" in box.label
+    fast = _dtypes_box(DiagnoseCallbacks(**common))  # no default_variants: everything the device runs
+    assert [VARIANT_CHOICES[v] for v in fast.value] == variants and fast.label == "Precisions"
+
+
 def test_the_tab_hands_a_16_bit_upload_over_unclipped_and_refuses_floats():
     import base64
     import io
@@ -138,6 +157,16 @@ def test_step_strip_and_roundtrip_buttons(webui, callbacks):
     labels = [label for _, label in roundtrip[1]]
     assert labels[:3] == ["original", "fp32", "fp16"] and "fp16: difference vs fp32" in labels
     assert roundtrip[0] is not None  # no seed: the form's seed is left as it is (an update)
+
+
+def test_the_hosts_callbacks_tick_the_devices_defaults(webui, callbacks, monkeypatch):
+    from lib_sdfix.diagnose import roundtrip
+
+    monkeypatch.setattr(roundtrip, "_fast_on_cpu", lambda dtype: False)
+    assert callbacks.default_variants() == ["webui", "precision_guard", "fp32"]
+    assert set(callbacks.variants()) >= {"fp16", "bf16"}
+    box = _dtypes_box(callbacks)
+    assert [VARIANT_CHOICES[v] for v in box.value] == ["webui", "precision_guard", "fp32"]
 
 
 def test_use_last_output_and_generation(webui, callbacks):
