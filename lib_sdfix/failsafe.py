@@ -19,13 +19,14 @@ _LOGGED: Set[str] = set()
 _LOGGED_LOCK = threading.Lock()
 
 
-def log_once(key: str, message: str, exc: Optional[BaseException] = None) -> bool:
-    """Log ``message`` (with the exception's traceback) the first time ``key`` is seen; True if logged."""
+def log_once(key: str, message: str, exc: Optional[BaseException] = None, *, warning: bool = False) -> bool:
+    """Log ``message`` (with the exception's traceback) the first time ``key`` is seen; True if logged.
+    ``warning``: at warning level (something SDFix ignores and works around), else as an error."""
     with _LOGGED_LOCK:
         if key in _LOGGED:
             return False
         _LOGGED.add(key)
-    logger.error(message, exc_info=exc)
+    (logger.warning if warning else logger.error)(message, exc_info=exc)
     return True
 
 

@@ -32,7 +32,9 @@ ImageLike = Union[Image.Image, np.ndarray]
 def _to_float_rgb(image: ImageLike) -> np.ndarray:
     """H x W x 3 float64 in [0, 1]."""
     if isinstance(image, Image.Image):
-        array = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+        from lib_sdfix.image_input import rgb8
+
+        array = np.asarray(rgb8(image), dtype=np.float64) / 255.0
     else:
         array = np.asarray(image, dtype=np.float64)
         if array.max(initial=0.0) > 1.0:

@@ -14,10 +14,13 @@ plus five strips and the largest layer's weights.  ``bench/vae_memory.py`` print
 the measured peaks.
 
 ``SDFIX_VAE_MEMORY_GB`` (environment): at most this many GiB for one VAE call (default: 90 % of the
-free device memory).  A small value forces tiling, e.g. to check it on a large GPU.
+free device memory).  A small value forces tiling, e.g. to check it on a large GPU.  Unset, empty or 0
+means the default; anything else that is not a finite positive number (``inf``, ``1e400``, ``nan``,
+negative, text) is logged once and ignored -- the call is planned as without it.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
@@ -25,6 +28,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from lib_sdfix.failsafe import log_once
 from lib_sdfix.vae_net import Attention, Conv, Exit, Network, Resample, Resnet, resampled_size
 
 __all__ = ["Estimate", "Plan", "estimate", "plan", "free_memory", "available_memory", "budget_from_env",
@@ -37,6 +41,9 @@ _KERNELS = 1.25  # convolution kernels' own buffers (oneDNN reorders, cuDNN work
 _SLACK = 64 * _MIB
 _FREE_SHARE = 0.9  # of the free memory a call may plan for (the allocator fragments the rest)
 MIN_STRIP = 4 * _MIB
+#: A cap above this many GiB (a zettabyte) caps nothing: the budget is clamped to it, so that bytes stay a
+#: Python int (``1e300 * GIB`` is an infinite float).
+_MAX_BUDGET_GB = float(2 ** 40)
 
 
 def _size(dtype: torch.dtype) -> int:
@@ -186,24 +193,36 @@ def _available_ram() -> Optional[int]:
 
 
 def budget_from_env() -> float:
-    """``SDFIX_VAE_MEMORY_GB`` as GiB; 0 (automatic) when unset or not a positive number."""
+    """``SDFIX_VAE_MEMORY_GB`` as GiB; 0 (automatic) when unset, empty or 0.  A value that is not a finite
+    positive number is logged once (per value) and ignored: 0, as if unset."""
+    raw = os.environ.get(BUDGET_ENV, "")
     try:
-        value = float(os.environ.get(BUDGET_ENV, "") or 0)
+        value = float(raw.strip() or 0)
     except ValueError:
+        value = math.nan
+    if value == 0:
         return 0.0
-    return value if value > 0 else 0.0
+    if _valid_budget(value):
+        return value
+    log_once(f"{BUDGET_ENV}={raw}", f"{BUDGET_ENV}={raw!r} ignored: expected a positive number of GiB "
+             "(unset, empty or 0: plan for 90 % of the free device memory)", warning=True)
+    return 0.0
+
+
+def _valid_budget(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def available_memory(device: torch.device, budget_gb: Optional[float] = None) -> Optional[int]:
     """What a VAE call may plan to use on ``device``: 90 % of the free memory, and no more than
-    ``budget_gb`` when that is set (None: ``SDFIX_VAE_MEMORY_GB``; 0: automatic).  None when
-    neither is known."""
+    ``budget_gb`` when that is set (None: ``SDFIX_VAE_MEMORY_GB``; 0: automatic; not a finite positive
+    number: automatic too).  None when neither is known."""
     if budget_gb is None:
         budget_gb = budget_from_env()
     free = free_memory(device)
     share = None if free is None else int(free * _FREE_SHARE)
-    if budget_gb and budget_gb > 0:
-        budget = int(budget_gb * GIB)
+    if _valid_budget(budget_gb):
+        budget = int(min(float(budget_gb), _MAX_BUDGET_GB) * GIB)
         return budget if share is None else min(budget, share)
     return share
 

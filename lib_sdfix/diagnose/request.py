@@ -300,11 +300,18 @@ def diagnose_request_from_body(body: Any, base: SDFixSettings, *, choices: Optio
 
 
 def _check_image(value: Any) -> Any:
-    """The image, cropped to multiples of 8 (the VAE's scale) and 64-2048 per side like a generation."""
+    """The image, cropped to multiples of 8 (the VAE's scale) and 64-2048 per side like a generation, with
+    pixels that have an 8-bit meaning (:func:`lib_sdfix.image_input.to_rgb8`: 16-bit is scaled)."""
+    from lib_sdfix.image_input import ImageModeError, to_rgb8
+
     if value is None:
         raise SettingsError({"image": "required: a base64-encoded PNG, JPEG or WebP image"})
     image = decode_image_field(value, "image")
     width, height = image.size
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
         raise SettingsError({"image": f"each side must be {MIN_SIDE}-{MAX_SIDE} pixels, got {width}x{height}"})
+    try:
+        to_rgb8(image)
+    except ImageModeError as err:
+        raise SettingsError({"image": str(err)}) from None
     return image

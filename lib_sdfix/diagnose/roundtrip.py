@@ -7,7 +7,8 @@ host's own precision loses it, its dtype or TF32 does.  The variants:
 * ``webui`` -- the host's own encode and decode, its dtype and flags as they are;
 * ``precision_guard`` -- SDFix's guarded call (its fixes precision_guard and guard_encode) (TF32 off, VAE in fp32, exact weights where the file has them);
 * ``fp32``/``fp16``/``bf16`` -- the VAE cast to that dtype for the call, flags guarded, so only the
-  dtype differs between them (those the device cannot run are left out).
+  dtype differs between them (those the device cannot run are left out; those it has no fast kernels
+  for -- fp16 and bf16 on most CPUs -- run only when asked for by name, see :func:`default_variants`).
 
 The host-free parts live here: the variants, the dtype probe, the in-place dtype swap, image/tensor
 conversion, and the metrics of each reconstruction against the original and against fp32.
@@ -20,8 +21,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image
 
-__all__ = ["VARIANTS", "DTYPE_VARIANTS", "variant_label", "supported_variants", "default_variants", "crop_for_vae", "image_to_tensor",
-           "tensor_to_image", "vae_in_dtype", "roundtrip_rows", "roundtrip_heatmaps", "PRECISION_HEATMAP_GAIN"]
+__all__ = ["VARIANTS", "DTYPE_VARIANTS", "variant_label", "supported_variants", "default_variants", "slow_variants",
+           "skipped_note", "crop_for_vae", "image_to_tensor", "tensor_to_image", "vae_in_dtype", "roundtrip_rows",
+           "roundtrip_heatmaps", "PRECISION_HEATMAP_GAIN"]
 
 VARIANTS = ("webui", "precision_guard", "fp32", "fp16", "bf16")
 DTYPE_VARIANTS = ("fp32", "fp16", "bf16")
@@ -59,17 +61,54 @@ def supported_variants(device: Any) -> Tuple[str, ...]:
     return tuple(v for v in VARIANTS if v not in DTYPE_VARIANTS or _runs(str(device), v))
 
 
+@functools.lru_cache(maxsize=None)
+def _fast_on_cpu(dtype_name: str) -> bool:
+    """Whether torch's CPU convolutions in this half dtype have fast (oneDNN) kernels on this CPU: bf16
+    wants AVX-512 (BW/VL/DQ) or ARM BF16, fp16 AVX-512-FP16/AMX-FP16 or ARM FP16.  Elsewhere torch falls
+    back to a reference convolution: a 128x96 round trip of a full-size VAE took 12-15 minutes in bf16 on
+    a 2-core CPU, where fp32 takes seconds."""
+    import torch
+
+    probe = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[dtype_name]
+    try:
+        return bool(torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, probe)())
+    except Exception:  # noqa: BLE001 -- an older torch without the probe: assume the slow path
+        return False
+
+
+def slow_variants(device: Any) -> Tuple[str, ...]:
+    """The supported dtype variants this device has no fast kernels for: on a CPU, fp16 and bf16 unless
+    oneDNN has kernels for them there (:func:`_fast_on_cpu`); none on a GPU."""
+    if str(device).split(":")[0] != "cpu":
+        return ()
+    return tuple(v for v in ("fp16", "bf16") if v in supported_variants(device) and not _fast_on_cpu(v))
+
+
 def default_variants(device: Any) -> Tuple[str, ...]:
-    """What a request without ``dtypes`` runs: the supported variants, less fp16 on a CPU -- torch has
-    no fast fp16 convolutions there, and a full-size VAE's fp16 round trip takes many minutes (asking
-    for it by name still runs it)."""
-    slow = ("fp16",) if str(device).split(":")[0] == "cpu" else ()
+    """What a request without ``dtypes`` runs (and the tab ticks): the supported variants less the slow
+    ones (:func:`slow_variants`) -- a full-size VAE's round trip in them takes many minutes.  Asking for
+    one by name still runs it."""
+    slow = slow_variants(device)
     return tuple(v for v in supported_variants(device) if v not in slow)
 
 
+def skipped_note(device: Any, variants: Sequence[str], how: str = "ask for {it} by name") -> Optional[str]:
+    """The note for a round trip that left slow variants out (None: it did not, or it ran a chosen
+    subset of the defaults); ``how`` says how to ask for them (``{it}``: "it" or "them")."""
+    skipped = [v for v in slow_variants(device) if v not in variants]
+    if not skipped or not set(default_variants(device)) <= set(variants):
+        return None
+    names, it = " and ".join(skipped), "them" if len(skipped) > 1 else "it"
+    return (f"{names} not run: this {str(device).split(':')[0].upper()} has no fast {names} kernels, and a "
+            f"round trip in {it} takes minutes; {how.format(it=it)} to run {it}")
+
+
 def crop_for_vae(image: Image.Image, multiple: int = 8) -> Tuple[Image.Image, Optional[str]]:
-    """RGB, centre-cropped to multiples of the VAE's scale; the note says what was cut (None: nothing)."""
-    image = image.convert("RGB")
+    """8-bit RGB (:func:`lib_sdfix.image_input.rgb8`: 16-bit scaled, transparency flattened), centre-cropped
+    to multiples of the VAE's scale; the note says what was cut (None: nothing)."""
+    from lib_sdfix.image_input import rgb8
+
+    image = rgb8(image)
     width, height = image.width - image.width % multiple, image.height - image.height % multiple
     if (width, height) == image.size:
         return image, None
@@ -83,7 +122,9 @@ def image_to_tensor(image: Image.Image) -> Any:
     import numpy as np
     import torch
 
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    from lib_sdfix.image_input import rgb8
+
+    array = np.asarray(rgb8(image), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 

@@ -235,7 +235,14 @@ def _roundtrip(pipe: _Pipeline, config: DiagnoseConfig, original: Image.Image) -
     import torch
 
     from lib_sdfix.diagnose.output import analyse_roundtrip
-    from lib_sdfix.diagnose.roundtrip import default_variants, image_to_tensor, supported_variants, tensor_to_image, variant_label
+    from lib_sdfix.diagnose.roundtrip import (
+        default_variants,
+        image_to_tensor,
+        skipped_note,
+        supported_variants,
+        tensor_to_image,
+        variant_label,
+    )
 
     vae = pipe.pipe.vae
     wanted = [v for v in (config.dtypes or default_variants(pipe.device)) if v in supported_variants(pipe.device)]
@@ -253,7 +260,9 @@ def _roundtrip(pipe: _Pipeline, config: DiagnoseConfig, original: Image.Image) -
         labels[name] = variant_label(name, f"as loaded ({loaded})")
         pipe.counters.runs.append({"kind": f"encode + decode ({labels[name]})", "time_s": times[name]})
     analysis = analyse_roundtrip(original, images, times, labels, gain=config.heatmap_gain)
-    return {"analysis": analysis, "original": original, "images": images, "labels": labels, "variants": wanted}
+    skipped = skipped_note(pipe.device, wanted, "name {it} in --dtypes")
+    return {"analysis": analysis, "original": original, "images": images, "labels": labels, "variants": wanted,
+            "notes": [skipped] if skipped else []}
 
 
 def _sweep(pipe: _Pipeline, config: DiagnoseConfig) -> Dict[str, Any]:
@@ -321,11 +330,12 @@ def _steps(pipe: _Pipeline, config: DiagnoseConfig) -> Dict[str, Any]:
 def _photo(config: DiagnoseConfig) -> Tuple[Image.Image, List[str]]:
     """The user's image, or scikit-image's astronaut (a real photograph); resized to ``size`` and cropped for the VAE."""
     from lib_sdfix.diagnose.roundtrip import crop_for_vae
+    from lib_sdfix.image_input import to_rgb8
 
     notes: List[str] = []
     if config.image:
         with Image.open(config.image) as opened:
-            image = opened.convert("RGB")
+            image, notes = to_rgb8(opened)
     else:
         from skimage import data
 

@@ -101,7 +101,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     roundtrip.add_argument("--size", type=_whole(SIZE_MIN, SIZE_MAX),
                            help="resize so the longer side is at most this (default: 256 for the embedded model's photo)")
     roundtrip.add_argument("--dtypes", type=_list, help=f"comma-separated subset of {','.join(VARIANTS)} (default: all this "
-                           "device runs; webui = the VAE as loaded)")
+                           "device runs fast -- on a CPU fp16 and bf16 only where it has kernels for them; webui = the "
+                           "VAE as loaded)")
     sweep = kinds.add_parser("sweep", help="one generation with one setting varied at a fixed seed")
     _common(sweep)
     _generation(sweep)
@@ -140,6 +141,23 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return config
 
 
+def _image_problem(path: str) -> str:
+    """Why the image cannot be tested ("" when it can): not an image Pillow reads, or pixels without an
+    8-bit meaning (:func:`lib_sdfix.image_input.to_rgb8`)."""
+    from PIL import Image
+
+    from lib_sdfix.image_input import ImageModeError, to_rgb8
+
+    try:
+        with Image.open(path) as opened:
+            to_rgb8(opened)
+    except ImageModeError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 -- unreadable or damaged: say so, not a traceback
+        return f"cannot read {path} as an image ({type(err).__name__}: {err})"
+    return ""
+
+
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """What one argument alone cannot tell: values for the axis, steps within the run, the output folder."""
     from lib_sdfix.diagnose import request as checks
@@ -155,6 +173,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"argument --out: {out} is not empty; choose another folder, or pass --force to write into it "
                      "(files of the same name are replaced)")
     if args.kind == "vae-roundtrip":
+        if args.image is not None:
+            problem = _image_problem(args.image)
+            if problem:
+                parser.error(f"argument --image: {problem}")
         if args.dtypes is not None:
             try:
                 args.dtypes = list(checks.check_variants(args.dtypes, None))

@@ -9,7 +9,7 @@ and 4.40 (Forge, with its ``_js`` shim) both have.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from lib_sdfix.diagnose.plan import PRECISION_FIXES
 
@@ -36,6 +36,8 @@ class DiagnoseCallbacks:
     last_image: Callable[[], Any]
     run: Callable[..., Any]  # wrapped for the WebUI queue: (id_task, kind, image, dtypes, axis, values, reference, at, gain, save, *form)
     interrupt: Callable[[], None]
+    #: the variants a round trip runs when none are named (ticked at start); None: all of ``variants``
+    default_variants: Optional[Callable[[], List[str]]] = None
 
 
 def body_from_form(kind: str, image: Any, dtypes: Sequence[str], axis: str, values: str, reference: str, at: str,
@@ -46,9 +48,7 @@ def body_from_form(kind: str, image: Any, dtypes: Sequence[str], axis: str, valu
 
     body: Dict[str, Any] = {"kind": kind, "heatmap_gain": gain, "save": bool(save)}
     if kind == "vae_roundtrip":
-        from lib_sdfix.ab import png_base64
-
-        body["image"] = png_base64(image) if image is not None else None
+        body["image"] = _image_base64(image) if image is not None else None
         body["dtypes"] = [VARIANT_CHOICES.get(d, d) for d in dtypes or []] or None
         return body
     body["payload"] = payload_from_form(form)
@@ -65,6 +65,25 @@ def body_from_form(kind: str, image: Any, dtypes: Sequence[str], axis: str, valu
     return body
 
 
+#: Modes a PNG keeps as they are (16-bit grayscale included); others go to 8-bit RGB in the tab.
+_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
+
+
+def _image_base64(image: Any) -> str:
+    """The uploaded image as base64 PNG, in its own mode where a PNG holds it (the route scales 16-bit
+    and says so), else as 8-bit RGB (:func:`lib_sdfix.image_input.rgb8`); a refusal names the field."""
+    from lib_sdfix.ab import png_base64
+    from lib_sdfix.image_input import ImageModeError, rgb8
+    from lib_sdfix.settings import SettingsError
+
+    if image.mode not in _PNG_MODES:
+        try:
+            image = rgb8(image)
+        except ImageModeError as err:
+            raise SettingsError({"image": str(err)}) from None
+    return png_base64(image)
+
+
 def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
     """The Diagnose section's gr.Blocks.  Element ids start with ``sdfix_dg_``."""
     import gradio as gr
@@ -72,7 +91,13 @@ def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
     from lib_sdfix.diagnose.plan import DEFAULT_VALUES
     from lib_sdfix.webui.tab import FORM_FIELDS, _form, form_from_payload
 
-    supported = [label for label, value in VARIANT_CHOICES.items() if value in callbacks.variants()]
+    runs = callbacks.variants()
+    defaults = callbacks.default_variants() if callbacks.default_variants is not None else runs
+    supported = [label for label, value in VARIANT_CHOICES.items() if value in runs]
+    ticked = [label for label, value in VARIANT_CHOICES.items() if value in runs and value in defaults]
+    slow = [value for value in VARIANT_CHOICES.values() if value in runs and value not in defaults]
+    precisions = "Precisions" + (f" ({' and '.join(slow)} unticked: no fast kernels for {'them' if len(slow) > 1 else 'it'} "
+                                 "on this device, minutes per round trip)" if slow else "")
     with gr.Blocks(analytics_enabled=False) as tab:
         gr.Markdown("Find where an artifact comes from, one variable at a time (fixed seed): the **VAE round-trip** "
                     "tests the VAE on your own image in several precisions; a **sweep** varies one setting; the "
@@ -82,10 +107,12 @@ def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
             with gr.Column(scale=1):
                 with gr.Tabs(elem_id=f"{PREFIX}_kinds"):
                     with gr.Tab("VAE round-trip", elem_id=f"{PREFIX}_tab_roundtrip"):
-                        image = gr.Image(label="Your image (PNG, JPEG, WebP)", type="pil", elem_id=f"{PREFIX}_image")
+                        # image_mode None: gradio hands the upload over as it is (its default "RGB" clips
+                        # 16-bit PNGs to white and drops transparency); SDFix converts it (image_input)
+                        image = gr.Image(label="Your image (PNG, JPEG, WebP)", type="pil", image_mode=None,
+                                         elem_id=f"{PREFIX}_image")
                         use_image = gr.Button("Use last output", elem_id=f"{PREFIX}_use_last_image")
-                        dtypes = gr.CheckboxGroup(supported, value=supported, label="Precisions",
-                                                  elem_id=f"{PREFIX}_dtypes")
+                        dtypes = gr.CheckboxGroup(supported, value=ticked, label=precisions, elem_id=f"{PREFIX}_dtypes")
                     with gr.Tab("Sweep", elem_id=f"{PREFIX}_tab_sweep"):
                         axis = gr.Dropdown(list(AXIS_CHOICES), value="CFG scale", label="Vary",
                                            elem_id=f"{PREFIX}_axis")
@@ -203,7 +230,7 @@ def diagnose_callbacks(ab: Any) -> DiagnoseCallbacks:
     """The host's callbacks (``ab``: the A/B section's, for its choices and last generation)."""
     import gradio as gr
 
-    from lib_sdfix.diagnose.roundtrip import supported_variants
+    from lib_sdfix.diagnose.roundtrip import default_variants, supported_variants
     from lib_sdfix.settings import SettingsError
     from lib_sdfix.webui import diagnosis
     from lib_sdfix.webui.host import current
@@ -232,5 +259,6 @@ def diagnose_callbacks(ab: Any) -> DiagnoseCallbacks:
         last_generation=ab.last_generation, last_image=last_image,
         run=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[gr.update(), [], None, None, "", ""]),
         interrupt=lambda: shared.state.interrupt(),
+        default_variants=lambda: list(default_variants(diagnosis.vae_device())),
     )
 

@@ -130,13 +130,16 @@ def _seeded() -> Any:
 def _roundtrip(request: Any) -> Dict[str, Any]:
 
     from lib_sdfix import diagnose
-    from lib_sdfix.diagnose.roundtrip import crop_for_vae, image_to_tensor, tensor_to_image, variant_label
+    from lib_sdfix.diagnose.roundtrip import crop_for_vae, image_to_tensor, skipped_note, tensor_to_image, variant_label
+    from lib_sdfix.image_input import to_rgb8
     from modules import sd_samplers_common
 
     shared = current().shared
     model = shared.sd_model
     result = _result("vae_roundtrip", variants=list(request.variants))
-    original, crop_note = crop_for_vae(request.image)
+    image, notes = to_rgb8(request.image)
+    result["notes"] += notes
+    original, crop_note = crop_for_vae(image)
     if crop_note:
         result["notes"].append(crop_note)
     shared.state.job_count = len(request.variants)
@@ -158,6 +161,9 @@ def _roundtrip(request: Any) -> Dict[str, Any]:
     method = current().decode_method()
     if method != "Full":
         result["notes"].append(f"the WebUI decodes generations with {method}; the round trip uses the full VAE")
+    skipped = skipped_note(vae_device(), request.variants, "tick {it} under Precisions (API: name {it} in dtypes)")
+    if skipped:
+        result["notes"].append(skipped)
     analysis = diagnose.analyse_roundtrip(original, images, times, labels, gain=request.heatmap_gain)
     result.update(complete=len(images) == len(request.variants), original=original, analysis=analysis)
     rows = {r["name"]: r for r in analysis["rows"]}

@@ -115,6 +115,39 @@ def test_supported_variants_on_this_cpu():
     assert found[:3] == ("webui", "precision_guard", "fp32") and set(found) <= set(roundtrip.VARIANTS)
 
 
+@pytest.mark.parametrize("fast", [(), ("bf16",), ("fp16", "bf16")])
+def test_a_cpu_runs_by_default_only_the_dtypes_it_has_fast_kernels_for(monkeypatch, fast):
+    monkeypatch.setattr(roundtrip, "_runs", lambda device, dtype: True)
+    monkeypatch.setattr(roundtrip, "_fast_on_cpu", lambda dtype: dtype in fast)
+    slow = tuple(v for v in ("fp16", "bf16") if v not in fast)
+    assert roundtrip.slow_variants("cpu") == slow
+    assert roundtrip.default_variants("cpu") == tuple(v for v in roundtrip.VARIANTS if v not in slow)
+    assert roundtrip.default_variants("cuda:0") == roundtrip.VARIANTS and roundtrip.slow_variants("cuda") == ()
+    note = roundtrip.skipped_note("cpu", roundtrip.default_variants("cpu"), "name {it} in dtypes")
+    if not slow:
+        assert note is None
+    else:
+        it = "them" if len(slow) == 2 else "it"
+        assert note == (f"{' and '.join(slow)} not run: this CPU has no fast {' and '.join(slow)} kernels, and a round "
+                        f"trip in {it} takes minutes; name {it} in dtypes to run {it}")
+    assert roundtrip.skipped_note("cpu", roundtrip.VARIANTS) is None  # all ran
+    assert roundtrip.skipped_note("cpu", ("fp32",)) is None  # a subset the user chose
+    assert roundtrip.skipped_note("cuda", ("webui",)) is None
+
+
+def test_the_cpu_kernel_probe_asks_onednn(monkeypatch):
+    import types
+
+    roundtrip._fast_on_cpu.cache_clear()
+    try:
+        mkldnn = types.SimpleNamespace(_is_mkldnn_bf16_supported=lambda: True)  # no fp16 probe: an older torch
+        monkeypatch.setattr(torch.ops, "mkldnn", mkldnn, raising=False)
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+        assert roundtrip._fast_on_cpu("bf16") is True and roundtrip._fast_on_cpu("fp16") is False
+    finally:
+        roundtrip._fast_on_cpu.cache_clear()
+
+
 def test_crop_and_conversions(photo):
     odd = photo.resize((101, 90))
     cropped, note = roundtrip.crop_for_vae(odd)

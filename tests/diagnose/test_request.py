@@ -150,13 +150,16 @@ def test_cells_that_differ_only_in_the_decode_share_one_sampling():
     assert plan.count_samplings(precision, hires=True, latent_upscaler=True) == 2
 
 
-def test_without_dtypes_a_cpu_runs_no_fp16_but_one_asked_for_by_name_runs():
+@pytest.mark.parametrize("bf16_kernels", [False, True])
+def test_without_dtypes_a_cpu_runs_no_slow_half_dtype_but_one_asked_for_by_name_runs(monkeypatch, bf16_kernels):
+    from lib_sdfix.diagnose import roundtrip
     from lib_sdfix.diagnose.roundtrip import default_variants, supported_variants
 
-    assert "fp16" in supported_variants("cpu") and "fp16" not in default_variants("cpu")
+    monkeypatch.setattr(roundtrip, "_fast_on_cpu", lambda dtype: dtype == "bf16" and bf16_kernels)
+    assert {"fp16", "bf16"} <= set(supported_variants("cpu")) and "fp16" not in default_variants("cpu")
     cpu = dict(supported_variants=supported_variants("cpu"), default_variants=default_variants("cpu"))
     default = R.diagnose_request_from_body({"kind": "vae_roundtrip", "image": png(64, 64)}, SDFixSettings(), **cpu)
-    assert default.variants == ("webui", "precision_guard", "fp32", "bf16")
-    named = R.diagnose_request_from_body({"kind": "vae_roundtrip", "image": png(64, 64), "dtypes": ["fp16"]},
+    assert default.variants == ("webui", "precision_guard", "fp32") + (("bf16",) if bf16_kernels else ())
+    named = R.diagnose_request_from_body({"kind": "vae_roundtrip", "image": png(64, 64), "dtypes": ["fp16", "bf16"]},
                                          SDFixSettings(), **cpu)
-    assert named.variants == ("fp16",)
+    assert named.variants == ("fp16", "bf16")

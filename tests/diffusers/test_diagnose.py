@@ -92,6 +92,47 @@ def test_roundtrip_of_a_photograph_in_every_precision(tmp_path, capsys):
     assert any(tag == "svg" for tag, _ in page.elements)  # the chart, inline
 
 
+def test_roundtrip_on_a_cpu_without_fast_half_kernels_runs_them_only_when_named(tmp_path, monkeypatch):
+    from lib_sdfix.diagnose import roundtrip
+
+    monkeypatch.setattr(roundtrip, "_fast_on_cpu", lambda dtype: False)
+    out = tmp_path / "slow"
+    assert exit_code(["diagnose", "vae-roundtrip", "--out", str(out), "--size", "64", "--quiet"]) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert [row["name"] for row in data["rows"]] == ["original", "webui", "precision_guard", "fp32"]
+    assert any(n.startswith("fp16 and bf16 not run: this CPU has no fast") and "--dtypes" in n for n in data["notes"])
+    named = tmp_path / "named"
+    assert exit_code(["diagnose", "vae-roundtrip", "--out", str(named), "--size", "64", "--dtypes", "fp32,bf16",
+                      "--quiet"]) == 0
+    data = json.loads((named / "report.json").read_text())
+    assert [row["name"] for row in data["rows"]] == ["original", "fp32", "bf16"]
+    assert not any("not run" in n for n in data["notes"])
+
+
+def test_roundtrip_of_a_16_bit_png_and_a_refused_float_image(tmp_path, capsys):
+    import numpy as np
+
+    ramp = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    Image.fromarray(ramp).save(tmp_path / "gray16.png")
+    out = tmp_path / "rt16"
+    assert exit_code(["diagnose", "vae-roundtrip", "--image", str(tmp_path / "gray16.png"), "--dtypes", "fp32",
+                      "--out", str(out), "--quiet"]) == 0
+    with Image.open(out / "original.png") as original:
+        values = np.asarray(original.convert("RGB"))
+    assert values.min() == 0 and values.max() == 255 and 120 < values.mean() < 135  # not white
+    assert any("scaled to 8 bits" in note for note in json.loads((out / "report.json").read_text())["notes"])
+    capsys.readouterr()
+    Image.new("F", (64, 64), 0.5).save(tmp_path / "float.tif")
+    assert exit_code(["diagnose", "vae-roundtrip", "--image", str(tmp_path / "float.tif"), "--out",
+                      str(tmp_path / "f"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --image: 32-bit floating-point pixels" in err and not (tmp_path / "f").exists()
+    (tmp_path / "text.png").write_text("not an image")
+    assert exit_code(["diagnose", "vae-roundtrip", "--image", str(tmp_path / "text.png"), "--out",
+                      str(tmp_path / "t"), "--quiet"]) == 2
+    assert "argument --image: cannot read" in capsys.readouterr().err
+
+
 def test_precision_sweep_shares_its_sampling(tmp_path):
     from lib_sdfix.diffusers.diagnose import DiagnoseConfig, run_diagnose
 

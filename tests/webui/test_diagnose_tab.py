@@ -42,6 +42,64 @@ def test_form_to_body_for_each_kind():
     assert body_from_form("vae_roundtrip", None, [], "", "", "", "", 8, False, form())["dtypes"] is None
 
 
+def _dtypes_box(dg):
+    gr = pytest.importorskip("gradio")
+    with gr.Blocks() as page:
+        build_diagnose_tab(dg).render()
+    return next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sdfix_dg_dtypes")
+
+
+def test_the_precisions_ticked_at_start_are_what_runs_by_default():
+    variants = ["webui", "precision_guard", "fp32", "fp16", "bf16"]
+    common = dict(samplers=lambda: [], schedulers=lambda: [], upscalers=lambda: [], variants=lambda: variants,
+                  last_generation=lambda: {}, last_image=lambda: None, run=lambda *a: None, interrupt=lambda: None)
+    box = _dtypes_box(DiagnoseCallbacks(**common, default_variants=lambda: ["webui", "precision_guard", "fp32"]))
+    assert [VARIANT_CHOICES[c if isinstance(c, str) else c[0]] for c in box.choices] == variants
+    assert [VARIANT_CHOICES[v] for v in box.value] == ["webui", "precision_guard", "fp32"]
+    assert "fp16 and bf16 unticked: no fast kernels for them on this device" in box.label
+    fast = _dtypes_box(DiagnoseCallbacks(**common))  # no default_variants: everything the device runs
+    assert [VARIANT_CHOICES[v] for v in fast.value] == variants and fast.label == "Precisions"
+
+
+def test_the_tab_hands_a_16_bit_upload_over_unclipped_and_refuses_floats():
+    import base64
+    import io
+
+    import numpy as np
+
+    from lib_sdfix.settings import SettingsError
+
+    ramp = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    body = body_from_form("vae_roundtrip", Image.fromarray(ramp), [], "", "", "", "", 4, False, form())
+    sent = Image.open(io.BytesIO(base64.b64decode(body["image"])))
+    assert np.asarray(sent).max() == 65535, "16 bits reach the route (which scales them and says so)"
+    cmyk = body_from_form("vae_roundtrip", Image.new("CMYK", (64, 64), (0, 255, 255, 0)), [], "", "", "", "", 4,
+                          False, form())
+    assert Image.open(io.BytesIO(base64.b64decode(cmyk["image"]))).getpixel((0, 0)) == (255, 0, 0)
+    with pytest.raises(SettingsError) as err:
+        body_from_form("vae_roundtrip", Image.new("F", (64, 64)), [], "", "", "", "", 4, False, form())
+    assert "floating-point" in err.value.problems["image"]
+
+
+def test_the_image_field_keeps_the_uploads_mode():
+    """gradio's default image_mode "RGB" clips a 16-bit PNG to white before SDFix sees it."""
+    gr = pytest.importorskip("gradio")
+    import base64
+    import io
+
+    import numpy as np
+
+    dg = DiagnoseCallbacks(samplers=lambda: [], schedulers=lambda: [], upscalers=lambda: [], variants=lambda: ["fp32"],
+                           last_generation=lambda: {}, last_image=lambda: None, run=lambda *a: None, interrupt=lambda: None)
+    with gr.Blocks() as page:
+        build_diagnose_tab(dg).render()
+    field = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sdfix_dg_image")
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(buffer, "PNG")
+    uploaded = field.preprocess("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
+    assert uploaded.mode in ("I", "I;16") and np.asarray(uploaded).max() == 32768
+
+
 def test_sdfix_tab_has_both_sections_and_keeps_the_ab_ids():
     gr = pytest.importorskip("gradio")
     ab = TabCallbacks(samplers=lambda: ["Euler"], schedulers=lambda: ["Automatic"], upscalers=lambda: ["Latent"],
@@ -99,6 +157,16 @@ def test_step_strip_and_roundtrip_buttons(webui, callbacks):
     labels = [label for _, label in roundtrip[1]]
     assert labels[:3] == ["original", "fp32", "fp16"] and "fp16: difference vs fp32" in labels
     assert roundtrip[0] is not None  # no seed: the form's seed is left as it is (an update)
+
+
+def test_the_hosts_callbacks_tick_the_devices_defaults(webui, callbacks, monkeypatch):
+    from lib_sdfix.diagnose import roundtrip
+
+    monkeypatch.setattr(roundtrip, "_fast_on_cpu", lambda dtype: False)
+    assert callbacks.default_variants() == ["webui", "precision_guard", "fp32"]
+    assert set(callbacks.variants()) >= {"fp16", "bf16"}
+    box = _dtypes_box(callbacks)
+    assert [VARIANT_CHOICES[v] for v in box.value] == ["webui", "precision_guard", "fp32"]
 
 
 def test_use_last_output_and_generation(webui, callbacks):

@@ -183,6 +183,36 @@ def test_roundtrip_runs_each_precision_through_the_hosts_own_encode_and_decode(w
     json.dumps(__import__("lib_sdfix.webui.diagnosis", fromlist=["x"]).api_response(result), allow_nan=False)
 
 
+def test_roundtrip_of_a_16_bit_png_measures_the_image_not_white(webui):
+    import numpy as np
+
+    ramp = np.linspace(0, 65535, 96 * 64).round().astype(np.uint16).reshape(64, 96)
+    run = diagnose(webui, kind="vae_roundtrip", image=png(Image.fromarray(ramp)), dtypes=["fp32"])
+    original = np.asarray(run.result["original"])
+    assert run.result["original"].mode == "RGB" and original.min() == 0 and original.max() == 255
+    assert 120 < original.mean() < 135, "a 0-65535 ramp is mid-grey on average, not white"
+    encoded = [r for r in run.vae if r["part"] == "encoder"]
+    assert len(encoded) == 1 and any("scaled to 8 bits" in note for note in run.result["notes"])
+    assert_clean(webui)
+
+
+@pytest.mark.parametrize("bf16_kernels", [False, True])
+def test_roundtrip_without_dtypes_leaves_out_what_this_cpu_is_slow_at_and_says_so(webui, photo, monkeypatch, bf16_kernels):
+    from lib_sdfix.diagnose import roundtrip
+
+    monkeypatch.setattr(roundtrip, "_fast_on_cpu", lambda dtype: dtype == "bf16" and bf16_kernels)
+    run = diagnose(webui, kind="vae_roundtrip", image=png(photo))
+    slow = "fp16" if bf16_kernels else "fp16 and bf16"
+    expected = ["webui", "precision_guard", "fp32"] + (["bf16"] if bf16_kernels else [])
+    assert run.result["variants"] == expected and run.result["complete"]
+    assert {r["weight"] for r in run.vae} <= ({FP16, FP32, torch.bfloat16} if bf16_kernels else {FP16, FP32})
+    assert len(run.vae) == 2 * len(expected)  # nothing else ran
+    note = next(n for n in run.result["notes"] if "not run" in n)
+    assert note.startswith(f"{slow} not run: this CPU has no fast {slow} kernels") and "under Precisions" in note
+    named = diagnose(webui, kind="vae_roundtrip", image=png(photo), dtypes=["fp32", "bf16"])
+    assert named.result["variants"] == ["fp32", "bf16"] and not any("not run" in n for n in named.result["notes"])
+
+
 def test_roundtrip_refuses_a_precision_the_device_cannot_run(webui, photo, monkeypatch):
     from lib_sdfix.diagnose import roundtrip
     from lib_sdfix.settings import SettingsError
