@@ -4,15 +4,19 @@ Generates (deterministically, from ``--seed``) bodies of two kinds: SDFix script
 hands them to the script (positional lists, a dict of named options; wrong types, unknown keys,
 NaN, huge numbers, huge strings, deep nesting, huge lists) and A/B bodies for POST /sdfix/v1/ab
 (every txt2img field out of range or of the wrong type, path and file option overrides, hostile
-variants and labels, huge and deeply nested containers).  Every body is cheap if accidentally
-accepted: 64x64, 1 step.
+variants and labels, huge and deeply nested containers), and name bodies for /sdfix/v1/ab and
+/sdfix/v1/diagnose (a misspelled sampler, schedule type, upscaler, checkpoint, style or module in
+every name field, with Hires on; sweeps over unknown or twice-spelled names).  Every body is cheap
+if accidentally accepted: 64x64, 1 step.
 
-In-process (default) it calls ``SDFixSettings.from_args`` and ``ab.ab_request_from_body`` and
-checks that each body is refused with a SettingsError naming at least one field path that exists
-in the body, with a message under 10,000 characters, and that nothing else is raised.  With
-``--url`` it sends them to a running WebUI (A/B bodies to /sdfix/v1/ab, script args inside a
-txt2img body at /sdapi/v1/txt2img as ``alwayson_scripts.sdfix.args``) and counts status codes: 5xx
-must be 0.  Over HTTP the WebUI cuts script args to SDFix's 9 slots and pads them with the UI's
+In-process (default) it calls ``SDFixSettings.from_args``, ``ab.ab_request_from_body`` and
+``diagnose.diagnose_request_from_body`` (names checked against :data:`OFFLINE_NAMES`, a host with
+AUTOMATIC1111's default registries) and checks that each body is refused with a SettingsError
+naming at least one field path that exists in the body, with a message under 10,000 characters,
+and that nothing else is raised.  With ``--url`` it sends them to a running WebUI (A/B bodies to
+/sdfix/v1/ab, name bodies to both routes, script args inside a txt2img body at /sdapi/v1/txt2img as
+``alwayson_scripts.sdfix.args``) and counts status codes: 5xx must be 0, and so must 2xx for the
+name bodies.  Over HTTP the WebUI cuts script args to SDFix's 9 slots and pads them with the UI's
 defaults, so a too-long positional list can arrive valid (a 2xx there is not an SDFix miss).
 
     python bench/hostile_bodies.py [--seed 0]
@@ -35,7 +39,7 @@ from typing import Any, Iterable, List, Set, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib_sdfix import ab  # noqa: E402
+from lib_sdfix import ab, diagnose, names  # noqa: E402
 from lib_sdfix.limits import OVERRIDE_REFUSED  # noqa: E402
 from lib_sdfix.settings import UI_ARG_ORDER, SDFixSettings, SettingsError  # noqa: E402
 
@@ -262,6 +266,42 @@ def ab_cases(rng: random.Random) -> List[Case]:
     return cases
 
 
+# --- names ----------------------------------------------------------------------------------------------
+
+HIRES = {"enable_hr": True, "hr_upscaler": "Latent", "hr_scale": 2, "denoising_strength": 0.5}
+NOWHERE = "sdfix-bench-no-such-checkpoint"
+#: Every name field with names no host has: misspelled, another case, an alias where the host reads none.
+NAME_CASES = [("sampler_name", "Eular a"), ("sampler_name", "euler a"), ("sampler_name", "k_euler_a"),
+              ("sampler_index", "Eulr"), ("hr_sampler_name", "Eular a"), ("hr_sampler_name", "DPM++ 2M Karras"),
+              ("scheduler", "Karas"), ("scheduler", "KARRAS"), ("scheduler", "SGMUniform"), ("hr_scheduler", "Karas"),
+              ("hr_upscaler", "Latent (nearets)"), ("hr_upscaler", ""), ("hr_checkpoint_name", NOWHERE),
+              ("refiner_checkpoint", NOWHERE), ("styles", ["sdfix-bench-no-such-style"]),
+              ("override_settings", {"sd_model_checkpoint": NOWHERE}), ("hr_additional_modules", ["no-such.safetensors"])]
+#: A host with AUTOMATIC1111 v1.10.1's default registries (a subset), for in-process runs.
+OFFLINE_NAMES = names.payload_names(
+    ["DPM++ 2M", "Euler a", "Euler", "DDIM", "UniPC"],
+    [("automatic", "Automatic", []), ("karras", "Karras", []), ("sgm_uniform", "SGM Uniform", ["SGMUniform"])],
+    ["Latent", "Latent (nearest)", "None", "Lanczos", "R-ESRGAN 4x+"], ["v1-5-pruned-emaonly.safetensors [6ce0161689]"],
+    find_checkpoint=lambda v: "v1-5-pruned-emaonly.safetensors [6ce0161689]".find(v) >= 0,
+    checkpoint_alias=lambda v: v in ("v1-5-pruned-emaonly", "v1-5-pruned-emaonly.safetensors [6ce0161689]"),
+    styles=[], vae_files=[])
+
+
+def name_cases() -> List[Tuple[str, str, Any]]:
+    """(route, name, body): each name case for /sdfix/v1/ab and /sdfix/v1/diagnose, and sweeps."""
+    cases: List[Tuple[str, str, Any]] = []
+    for field, value in NAME_CASES:
+        payload = {**CHEAP, **HIRES, field: value}
+        cases += [("/sdfix/v1/ab", f"payload.{field}={value!r}", {"payload": payload}),
+                  ("/sdfix/v1/diagnose", f"payload.{field}={value!r}", {"kind": "steps", "payload": payload})]
+    for axis, values in (("scheduler", ["karras", "Karras"]), ("scheduler", ["Karas", "Karras"]),
+                         ("scheduler", ["Automatic", "automatic"]), ("sampler_name", ["Euler", "Eular a"]),
+                         ("sampler_name", ["Euler", "k_euler"])):
+        cases.append(("/sdfix/v1/diagnose", f"sweep {axis} {values}", {"kind": "sweep", "payload": CHEAP, "axis": axis,
+                                                                        "values": values}))
+    return cases
+
+
 def body_paths(value: Any) -> Set[str]:
     """Every field path in a body, as the validators spell them: ``payload.width``, ``variants[0].name``."""
     paths = {"body"}
@@ -339,7 +379,9 @@ def _as_sent(path: str) -> str:
     return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def run_http(kind: str, cases: List[Case], send, paths_of, url: str, auth: str, timeout: float) -> int:
+def run_http(kind: str, cases: List[Case], send, paths_of, url: str, auth: str, timeout: float,
+             accepted_fails: bool = False) -> int:
+    """5xx answers (and with ``accepted_fails`` 2xx ones too), listed and counted."""
     counts = {"2xx": 0, "4xx": 0, "5xx": 0, "other": 0}
     named = 0
     for name, value in cases:
@@ -360,7 +402,7 @@ def run_http(kind: str, cases: List[Case], send, paths_of, url: str, auth: str, 
             named += 1
     print(f"{kind}: {len(cases)} bodies -> 2xx {counts['2xx']}, 4xx {counts['4xx']} ({named} naming the field), "
           f"5xx {counts['5xx']}, no answer {counts['other']}")
-    return counts["5xx"]
+    return counts["5xx"] + (counts["2xx"] if accepted_fails else 0)
 
 
 def main() -> None:
@@ -372,11 +414,21 @@ def main() -> None:
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
-    scripts, bodies = script_args_cases(rng), ab_cases(rng)
+    scripts, bodies, named = script_args_cases(rng), ab_cases(rng), name_cases()
     base = SDFixSettings()
     if not args.url:
         bad = run_in_process("script args", scripts, lambda a: SDFixSettings.from_args(a, base), script_paths)
         bad += run_in_process("A/B bodies", bodies, lambda b: ab.ab_request_from_body(b, base), body_paths)
+
+        def validate(route_body):
+            route, value = route_body
+            if route.endswith("/ab"):
+                return ab.ab_request_from_body(value, base, choices=OFFLINE_NAMES)
+            return diagnose.diagnose_request_from_body(value, base, choices=OFFLINE_NAMES,
+                                                       names=names.sweep_names(OFFLINE_NAMES))
+
+        bad += run_in_process("name bodies", [(f"{r} {n}", (r, b)) for r, n, b in named], validate,
+                              lambda route_body: body_paths(route_body[1]))
         sys.exit(1 if bad else 0)
 
     def send_script(script_args):
@@ -386,6 +438,9 @@ def main() -> None:
     server_errors = run_http("script args", scripts, send_script, script_paths, args.url, args.auth, args.timeout)
     server_errors += run_http("A/B bodies", bodies, lambda b: post(args.url, "/sdfix/v1/ab", b, args.auth, args.timeout),
                               body_paths, args.url, args.auth, args.timeout)
+    server_errors += run_http("name bodies", [(f"{r} {n}", (r, b)) for r, n, b in named],
+                              lambda rb: post(args.url, rb[0], rb[1], args.auth, args.timeout),
+                              lambda rb: body_paths(rb[1]), args.url, args.auth, args.timeout, accepted_fails=True)
     sys.exit(1 if server_errors else 0)
 
 

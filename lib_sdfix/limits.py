@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
 
+from lib_sdfix.names import check_payload_names
 from lib_sdfix.settings import SettingsError, describe
 
 __all__ = [
@@ -536,9 +537,12 @@ def check_txt2img_payload(payload: Any, path: str = "payload", *,
     image (batch_size and n_iter 1); the Hires size stays within 64-2048 per side (the UI's largest
     width/height; the UI itself allows 2048 x 4); ``override_settings`` per
     :func:`check_override_settings`; ``firstpass_image`` and ``alwayson_scripts.sdfix`` are refused.
-    ``choices`` maps a name field to the names the host knows (e.g. ``{"hr_upscaler": [...]}``: the
-    WebUI fails with HTTP 500 on an unknown Hires upscaler).  ``extra_rules`` adds the fields a fork's
-    API model has beyond AUTOMATIC1111's (Forge's ``hr_additional_modules``).  Raises :class:`SettingsError`.
+    ``choices`` maps a name field to the names the host accepts there (a :class:`lib_sdfix.names.Names`
+    or a list, e.g. ``{"hr_upscaler": [...]}``: the WebUI fails with HTTP 500 on an unknown Hires
+    upscaler and silently replaces an unknown schedule type), checked by
+    :func:`lib_sdfix.names.check_payload_names`; accepted names come back in their canonical form.
+    ``extra_rules`` adds the fields a fork's API model has beyond AUTOMATIC1111's (Forge's
+    ``hr_additional_modules``).  Raises :class:`SettingsError`.
     """
     rules = {**PAYLOAD_RULES, **(extra_rules or {})}
     if not isinstance(payload, Mapping):
@@ -602,13 +606,7 @@ def check_txt2img_payload(payload: Any, path: str = "payload", *,
             culprit = next((k for k in named if fields.get(k)), "enable_hr")
             problems[f"{path}.{culprit}"] = (f"the Hires pass would be {size[0]}x{size[1]} from {width}x{height}; "
                                              f"each side must be {MIN_SIDE}-{MAX_SIDE}")
-    for key, known in (choices or {}).items():
-        value = fields.get(key)
-        if isinstance(value, str) and ok(key) and value not in known:
-            if key.startswith("hr_") and fields.get("enable_hr") is not True:
-                continue  # the WebUI only looks Hires names up when Hires runs
-            problems[f"{path}.{key}"] = f"unknown {key.replace('_', ' ')} {describe(value)}" + (
-                f"; did you mean {near}?" if (near := _closest(value, known)) else "")
+    problems.update(check_payload_names(fields, choices or {}, path))
     if problems:
         raise SettingsError(problems)
     return fields

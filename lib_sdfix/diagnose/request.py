@@ -16,6 +16,7 @@ from lib_sdfix.ab.request import resolve_payload_seeds
 from lib_sdfix.diagnose.plan import AXES, DEFAULT_VALUES, Cell, sweep_cells, value_text
 from lib_sdfix.diagnose.roundtrip import VARIANTS
 from lib_sdfix.limits import MAX_SIDE, MIN_SIDE, PAYLOAD_RULES, check_text, check_txt2img_payload, decode_image_field
+from lib_sdfix.names import Names, canonical_name
 from lib_sdfix.settings import SDFixSettings, SettingsError, describe
 
 __all__ = ["KINDS", "MAX_SWEEP_VALUES", "MAX_STRIP_STEPS", "RoundTripRequest", "SweepRequest", "StepsRequest",
@@ -110,7 +111,8 @@ def parse_value_list(text: str) -> List[Any]:
 
 
 def check_value(axis: str, value: Any, names: Optional[Collection[str]]) -> Any:
-    """One swept value, normalised (CFG floats, step ints, names, precision booleans); ValueError says why not."""
+    """One swept value, normalised (CFG floats, step ints, names in their canonical form, precision
+    booleans); ValueError says why not."""
     if axis in ("cfg_scale", "steps"):
         return PAYLOAD_RULES[axis].check(value)
     if axis == "precision":
@@ -120,19 +122,26 @@ def check_value(axis: str, value: Any, names: Optional[Collection[str]]) -> Any:
     checked = check_text(value, 1024, name=True)
     if not checked.strip():
         raise ValueError("expected a name, got empty text")
-    if names is not None and checked not in names:
+    if names is None:
+        return checked
+    canonical = canonical_name(names, checked)  # "karras" and "Karras" are one schedule type
+    if canonical is None:
+        if isinstance(names, Names):
+            raise ValueError(names.unknown(value))
         raise ValueError(f"unknown {axis.replace('_', ' ')} {describe(value)}; known: {sorted(names)[:24]}")
-    return checked
+    return canonical
 
 
 def check_values(axis: str, values: Any, path: str, names: Optional[Collection[str]]) -> List[Any]:
-    """The swept values, each checked by :func:`check_value`, unique."""
+    """The swept values, each checked by :func:`check_value`, unique once normalised (a schedule type's
+    label and its name are one value: two cells would sample the same)."""
     if not isinstance(values, list):
         raise SettingsError({path: f"expected a list of values, got {type(values).__name__} {describe(values)}"})
     if not 2 <= len(values) <= MAX_SWEEP_VALUES:
         raise SettingsError({path: f"expected 2-{MAX_SWEEP_VALUES} values, got {len(values)}"})
     problems: Dict[str, str] = {}
     out: List[Any] = []
+    where: List[int] = []
     for i, value in enumerate(values):
         try:
             checked = check_value(axis, value, names)
@@ -140,9 +149,11 @@ def check_values(axis: str, values: Any, path: str, names: Optional[Collection[s
             problems[f"{path}[{i}]"] = str(err)
             continue
         if checked in out:
-            problems[f"{path}[{i}]"] = f"duplicate value {value_text(axis, checked)!r}"
+            first = where[out.index(checked)]
+            problems[f"{path}[{i}]"] = f"duplicate value {value_text(axis, checked)!r} (the same as {path}[{first}])"
             continue
         out.append(checked)
+        where.append(i)
     if problems:
         raise SettingsError(problems)
     return out

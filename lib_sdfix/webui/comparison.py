@@ -45,9 +45,8 @@ def request_from_body(body: Any) -> Any:
     from lib_sdfix.webui.apply import settings_defaults
 
     host = current()
-    shared = host.shared
-    choices = {"hr_upscaler": [*shared.latent_upscale_modes, *[x.name for x in shared.sd_upscalers]]}
-    return ab.ab_request_from_body(body, settings_defaults(), choices=choices, extra_rules=host.txt2img_extra_fields())
+    return ab.ab_request_from_body(body, settings_defaults(), choices=host.payload_names(),
+                                   extra_rules=host.txt2img_extra_fields())
 
 
 def txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
@@ -57,7 +56,9 @@ def txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
     from modules import sd_samplers
     from modules.api import models
 
-    body = {**current().txt2img_defaults(), **payload}
+    defaults = current().txt2img_defaults()
+    # A null where this host's API needs a value (Forge's Hires modules) means its default, not a TypeError.
+    body = {**defaults, **{k: v for k, v in payload.items() if v is not None or k not in defaults}}
     if body.get("script_name"):
         raise SettingsError({"payload.script_name": "selectable scripts are not run in a comparison"})
     try:
@@ -67,9 +68,11 @@ def txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
     except TypeError as err:
         raise SettingsError({"payload": str(err)}) from None
     requested = request.sampler_name or request.sampler_index
-    if requested and not _known_sampler(requested):
+    known = current().payload_names()["sampler_name"]
+    if requested and requested not in known:
         # The host would silently run its first sampler instead: a typo must not compare something else.
-        raise SettingsError({"payload.sampler_name": f"unknown sampler {requested!r}"})
+        field = "sampler_name" if request.sampler_name else "sampler_index"
+        raise SettingsError({f"payload.{field}": known.unknown(requested)})
     sampler, scheduler = sd_samplers.get_sampler_and_scheduler(requested, request.scheduler)
     fields = {k: v for k, v in vars(request).items() if k not in _PAYLOAD_DROPPED and not k.startswith("_")}
     fields.pop("script_name", None)
@@ -80,22 +83,6 @@ def txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
         raise SettingsError({"payload.batch_size": "A/B compares one image: batch_size and n_iter must be 1"})
     fields["override_settings_restore_afterwards"] = True
     return fields
-
-
-def _known_sampler(name: str) -> bool:
-    """A sampler name or alias the host knows, optionally followed by a schedule type ("DPM++ 2M Karras")."""
-    from modules import sd_samplers, sd_schedulers
-
-    def known(text: str) -> bool:
-        return text in sd_samplers.all_samplers_map or text.lower() in getattr(sd_samplers, "samplers_map", {})
-
-    if known(name):
-        return True
-    for scheduler in sd_schedulers.schedulers:
-        for option in (scheduler.label, scheduler.name, *(getattr(scheduler, "aliases", None) or [])):
-            if name.endswith(" " + option) and known(name[:-len(option) - 1]):
-                return True
-    return False
 
 
 # --- script args ------------------------------------------------------------------------------------

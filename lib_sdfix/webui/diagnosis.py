@@ -46,13 +46,6 @@ def last_output() -> Any:
 # --- the request --------------------------------------------------------------------------------------
 
 
-def _names() -> Dict[str, List[str]]:
-    from modules import sd_samplers, sd_schedulers
-
-    schedulers = [s.label for s in sd_schedulers.schedulers] + [s.name for s in sd_schedulers.schedulers]
-    return {"sampler_name": list(sd_samplers.all_samplers_map), "scheduler": list(dict.fromkeys(schedulers))}
-
-
 def vae_device() -> Any:
     from modules import devices
 
@@ -62,13 +55,13 @@ def vae_device() -> Any:
 def request_from_body(body: Any) -> Any:
     """A validated diagnosis request, with the names this host knows and the precisions its device runs."""
     from lib_sdfix import diagnose
+    from lib_sdfix.names import sweep_names
     from lib_sdfix.webui.apply import settings_defaults
 
     host = current()
-    shared = host.shared
-    choices = {"hr_upscaler": [*shared.latent_upscale_modes, *[x.name for x in shared.sd_upscalers]]}
+    names = host.payload_names()
     return diagnose.diagnose_request_from_body(
-        body, settings_defaults(), choices=choices, extra_rules=host.txt2img_extra_fields(), names=_names(),
+        body, settings_defaults(), choices=names, extra_rules=host.txt2img_extra_fields(), names=sweep_names(names),
         supported_variants=diagnose.supported_variants(vae_device()),
         default_variants=diagnose.default_variants(vae_device()))
 

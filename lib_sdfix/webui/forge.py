@@ -71,6 +71,12 @@ class ForgeHost(Host):
         # Forge's API raises on enable_hr unless this is a list ("Use same choices": no module change).
         return {"hr_additional_modules": ["Use same choices"]}
 
+    def payload_names(self) -> Dict[str, Any]:
+        # Forge manages the VAE through its modules: sd_vae is not read; Hires modules are names too.
+        from lib_sdfix.webui.names import forge_modules, payload_names
+
+        return {**payload_names(vae=False), "hr_additional_modules": forge_modules()}
+
     def txt2img_extra_fields(self) -> Dict[str, Any]:
         from lib_sdfix.limits import Rule
 

@@ -217,6 +217,13 @@ class Host:
         (``lib_sdfix.limits.Rule``), accepted in A/B payloads."""
         return {}
 
+    def payload_names(self) -> Dict[str, Any]:
+        """The names this host accepts in each name field of a txt2img payload ({field:
+        lib_sdfix.names.Names}), read from its registries now (lib_sdfix.webui.names)."""
+        from lib_sdfix.webui.names import payload_names
+
+        return payload_names()
+
     def audit(self) -> Dict[str, Any]:
         """What /sdfix/v1/status reports about this host's VAE precision setup."""
         import torch

@@ -8,7 +8,7 @@ AUTOMATIC1111's when the image already exceeds the target.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Set
+from typing import Any, Callable, Dict, List, Set
 
 from lib_sdfix.webui.forge import ForgeHost
 from lib_sdfix.webui.host import Host, PatchTarget, has_module
@@ -40,6 +40,15 @@ class ReForgeHost(ForgeHost):
     def upscale_stop(self, scale: float) -> Callable[[Any, int, int, int], bool]:
         # Before a pass: stop if already strictly larger (and scale != 1); after a pass: stop once big enough.
         return lambda im, w, h, i: (im.width > w and im.height > h and scale != 1) or (i > 0 and im.width >= w and im.height >= h)
+
+    def payload_names(self) -> Dict[str, Any]:
+        # reForge's get_sampler_and_scheduler: schedule suffixes in any case, its own samplers by name in any case.
+        from modules_forge import forge_alter_samplers
+
+        from lib_sdfix.webui.names import payload_names
+
+        return payload_names(suffix_any_case=True,
+                             any_case_samplers=[s.name for s in forge_alter_samplers.samplers_data_alter])
 
     def txt2img_defaults(self):
         return {}

@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .fake_registries import install_registries
+
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = ("a1111", "forge", "reforge")
 
@@ -214,6 +216,7 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
 
     sd_vae = module("modules.sd_vae")
     sd_vae.loaded_vae_file = None
+    sd_models = install_registries(module, host, shared, sd_vae)  # checkpoints, styles, VAE files, Forge's modules
 
     # the model and its VAE, per host
     vae = FakeLdmVAE(dtype) if ldm_vae else FakeVAE(dtype)
@@ -437,7 +440,7 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
     lowvram.is_enabled = lambda model: False
 
     # the generation: samplers, schedulers, processing, scripts, the txt2img API
-    _pipeline(module, host, shared, devices, ssc, processing, images)
+    _pipeline(module, host, shared, devices, ssc, processing, images, sd_models)
 
     callbacks = module("modules.script_callbacks")
     callbacks.callback_map = {}
@@ -702,7 +705,7 @@ def _quote(text):
     return json.dumps(text, ensure_ascii=False)
 
 
-def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
+def _pipeline(module, host, shared, devices, ssc, processing, images, sd_models) -> None:
     opts = shared.opts
     for key, value in dict(outdir_samples="", outdir_txt2img_samples="outputs/txt2img-images",
                            outdir_txt2img_grids="outputs/txt2img-grids", samples_filename_pattern="",
@@ -827,7 +830,8 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
 
     sd_schedulers.Scheduler = Scheduler
     sd_schedulers.schedulers = [Scheduler("automatic", "Automatic", None), Scheduler("uniform", "Uniform", sigmas_uniform),
-                                Scheduler("karras", "Karras", sigmas_karras, default_rho=7.0)]
+                                Scheduler("karras", "Karras", sigmas_karras, default_rho=7.0),
+                                Scheduler("sgm_uniform", "SGM Uniform", sigmas_uniform, aliases=["SGMUniform"])]
     sd_schedulers.schedulers_map = {**{x.name: x for x in sd_schedulers.schedulers},
                                     **{x.label: x for x in sd_schedulers.schedulers}}
 
@@ -933,18 +937,26 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
         aliases: list
         options: dict
 
-    def sampler_data(name, funcname, options, cls=KDiffusionSampler):
+    def sampler_data(name, funcname, aliases, options, cls=KDiffusionSampler):
         if cls is CompVisSampler:
-            return SamplerData(name, lambda m: CompVisSampler(funcname, m), [], options)
-        return SamplerData(name, lambda m: KDiffusionSampler(funcname, m, options), [], options)
+            return SamplerData(name, lambda m: CompVisSampler(funcname, m), aliases, options)
+        return SamplerData(name, lambda m: KDiffusionSampler(funcname, m, options), aliases, options)
 
-    sd_samplers.all_samplers = [sampler_data("Euler", "euler", {}), sampler_data("Euler a", "euler_ancestral", {}),
-                                sampler_data("DPM++ 2M", "dpmpp_2m", {"scheduler": "karras"}),
-                                sampler_data("DPM fast", "dpm_fast", {}),
-                                sampler_data("DDIM", "ddim", {}, CompVisSampler),
-                                sampler_data("UniPC", "unipc", {}, CompVisSampler)]
+    # the hosts' registries: names with their aliases (only the lowercased samplers_map and the UI read those)
+    sd_samplers.all_samplers = [sampler_data("Euler", "euler", ["k_euler"], {}),
+                                sampler_data("Euler a", "euler_ancestral", ["k_euler_a", "k_euler_ancestral"], {}),
+                                sampler_data("DPM++ 2M", "dpmpp_2m", ["k_dpmpp_2m"], {"scheduler": "karras"}),
+                                sampler_data("DPM fast", "dpm_fast", ["k_dpm_fast"], {}),
+                                sampler_data("DDIM", "ddim", ["ddim"], {}, CompVisSampler),
+                                sampler_data("UniPC", "unipc", ["unipc"], {}, CompVisSampler)]
+    alter = []
+    if host == "reforge":  # modules_forge/forge_alter_samplers.py: reForge's own samplers, in the same registry
+        alter = [sampler_data("Euler CFG++", "euler", ["euler_cfg_pp"], {})]
+        module("modules_forge.forge_alter_samplers").samplers_data_alter = alter
+        sd_samplers.all_samplers += alter
     sd_samplers.samplers = sd_samplers.all_samplers
     sd_samplers.all_samplers_map = {x.name: x for x in sd_samplers.all_samplers}
+    sd_samplers.samplers_map = {alias.lower(): x.name for x in sd_samplers.all_samplers for alias in [x.name, *x.aliases]}
     sd_samplers.visible_sampler_names = lambda: [x.name for x in sd_samplers.samplers]
 
     def create_sampler(name, model):
@@ -955,12 +967,18 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
         return sampler
 
     def get_sampler_and_scheduler(sampler_name, scheduler_name, *, convert_automatic=True):
+        """Exact registry names, a schedule type's label/name/alias appended; anything else: the first
+        sampler.  reForge: suffixes in any case, its own samplers by name in any case (their schedule
+        lookup, which falls back to "Normal", is not modelled)."""
         default_sampler = sd_samplers.samplers[0]
         found_scheduler = sd_schedulers.schedulers_map.get(scheduler_name, sd_schedulers.schedulers[0])
         name = sampler_name or default_sampler.name
+        own = next((x for x in alter if x.name.lower() == name.lower()), None)
+        if own is not None:
+            return own.name, found_scheduler.label
         for scheduler in sd_schedulers.schedulers:
             for option in [scheduler.label, scheduler.name, *(scheduler.aliases or [])]:
-                if name.endswith(" " + option):
+                if name.lower().endswith(" " + option.lower()) if host == "reforge" else name.endswith(" " + option):
                     found_scheduler = scheduler
                     name = name[0:-(len(option) + 1)]
                     break
@@ -1169,9 +1187,10 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
 
         def setup_prompts(self):
             size = self.batch_size * self.n_iter
-            self.all_prompts = [self.prompt] * size
-            self.all_negative_prompts = [self.negative_prompt] * size
-            self.main_prompt, self.main_negative_prompt = self.prompt, self.negative_prompt
+            self.all_prompts = [shared.prompt_styles.apply_styles_to_prompt(self.prompt, self.styles)] * size
+            self.all_negative_prompts = [shared.prompt_styles.apply_negative_styles_to_prompt(self.negative_prompt,
+                                                                                              self.styles)] * size
+            self.main_prompt, self.main_negative_prompt = self.all_prompts[0], self.all_negative_prompts[0]
 
         def setup_conds(self):
             self.c = _conditioning(self.prompts)
@@ -1268,6 +1287,11 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
             if not self.enable_hr:
                 return
             self.extra_generation_params["Denoising strength"] = self.denoising_strength
+            if self.hr_checkpoint_name and self.hr_checkpoint_name != "Use same checkpoint":
+                info = sd_models.get_closet_checkpoint_match(self.hr_checkpoint_name)
+                if info is None:
+                    raise Exception(f"Could not find checkpoint with name {self.hr_checkpoint_name}")
+                self.extra_generation_params["Hires checkpoint"] = info.short_title  # (the model switch is not modelled)
             if host == "forge" and isinstance(self.hr_additional_modules, list):
                 if self.hr_additional_modules == []:
                     self.extra_generation_params["Hires Module 1"] = "Built-in"
@@ -1409,6 +1433,8 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
             p.scripts.before_process(p)
         stored_opts = {k: getattr(opts, k) for k in p.override_settings if hasattr(opts, k)}
         try:
+            if sd_models.checkpoint_aliases.get(p.override_settings.get("sd_model_checkpoint")) is None:
+                p.override_settings.pop("sd_model_checkpoint", None)  # silently: the loaded model runs
             for k, v in p.override_settings.items():
                 setattr(opts, k, v)
             sd_samplers.fix_p_invalid_sampler_and_scheduler(p)
@@ -1426,6 +1452,9 @@ def _pipeline(module, host, shared, devices, ssc, processing, images) -> None:
             p.restore_faces = opts.face_restoration
         if p.tiling is None:
             p.tiling = opts.tiling
+        if p.refiner_checkpoint not in (None, "", "None", "none"):
+            if sd_models.get_closet_checkpoint_match(p.refiner_checkpoint) is None:
+                raise Exception(f"Could not find checkpoint with name {p.refiner_checkpoint}")
         p.setup_prompts()
         p.all_seeds = [int(seed) + (x if p.subseed_strength == 0 else 0) for x in range(len(p.all_prompts))]
         p.all_subseeds = [int(subseed) + x for x in range(len(p.all_prompts))]
