@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lib_sdfix.fp32_vae import guarded_vae_call  # noqa: E402
+from lib_sdfix.vae.fp32 import guarded_vae_call  # noqa: E402
 from lib_sdfix.precision import precision_guard  # noqa: E402
 
 

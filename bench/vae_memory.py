@@ -3,7 +3,7 @@ architectures, random seeded weights), each configuration in a fresh process.
 
 * native: the VAE in its own dtype (fp16 on CUDA, bf16 on the CPU), diffusers' plain ``decode``.
 * fp32: SDFix's untiled guarded decode (the VAE cast to fp32 in place for the call).
-* tiled: SDFix's tiled fp32 decode (``lib_sdfix.tiling``, tiling forced).
+* tiled: SDFix's tiled fp32 decode (``lib_sdfix.vae.call``, tiling forced).
 
 Peak memory is what the call adds to a process holding the native VAE and the latent: on CUDA
 ``max_memory_allocated`` minus what was allocated before; on the CPU the peak RSS (VmHWM, reset
@@ -16,7 +16,7 @@ untiled call's large tensors are mapped afresh), peaks then not exact.  Targets:
 native peak, tiled time <= 1.3 x fp32 time, tiled vs fp32 output within 1/255 mean absolute
 difference with no seam.  A heatmap PNG
 of |tiled - fp32| (brightest = the largest difference) is written to ``--out`` for every size, and
-the estimate of ``lib_sdfix.tiling`` is printed next to each measurement.
+the estimate of ``lib_sdfix.vae.call`` is printed next to each measurement.
 
     python bench/vae_memory.py [--device cpu|cuda] [--archs sd15,sdxl] [--sizes 512,1024] [--repeat 1]
                                [--allocator exact|default] [--out DIR]
@@ -78,9 +78,9 @@ def _reset_peak_rss() -> None:
 def child(arch: str, size: int, mode: str, device_name: str, out: Path) -> Dict[str, Any]:
     import torch
 
-    from lib_sdfix import tiling
-    from lib_sdfix.fp32_vae import guarded_vae_call
-    from lib_sdfix.vae_estimate import estimate
+    from lib_sdfix.vae import call as tiling
+    from lib_sdfix.vae.fp32 import guarded_vae_call
+    from lib_sdfix.vae.estimate import estimate
 
     device = torch.device(device_name)
     native = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -140,7 +140,7 @@ def run_child(arch: str, size: int, mode: str, device: str, out: Path, allocator
 
 def seam_rows(graph: Any, latent: int, strip_bytes: int) -> List[int]:
     """Output rows next to a strip boundary of any operation (boundaries mapped to output pixels)."""
-    from lib_sdfix.vae_estimate import walk
+    from lib_sdfix.vae.estimate import walk
 
     rows = set()
     height = latent
@@ -160,7 +160,7 @@ def compare(arch: str, size: int, out: Path, strip_bytes: int) -> Dict[str, Any]
     import torch
     from PIL import Image
 
-    from lib_sdfix import tiling
+    from lib_sdfix.vae import call as tiling
 
     untiled = torch.load(out / f"{arch}-{size}-fp32.pt", weights_only=True)[0]
     tiled = torch.load(out / f"{arch}-{size}-tiled.pt", weights_only=True)[0]
@@ -234,7 +234,7 @@ def main() -> None:
                   f"| {row['fp32']['seconds']:.1f} | {row['tiled']['seconds']:.1f} "
                   f"| {row['tiled']['seconds'] / row['fp32']['seconds']:.2f} | {quality['max']:.4f} "
                   f"| {quality['mean']:.5f} | {quality['seam']:.2f} |")
-    print("\nEstimates (lib_sdfix.tiling) vs measured peak:")
+    print("\nEstimates (lib_sdfix.vae.call) vs measured peak:")
     for (arch, size, mode), r in results.items():
         print(f"  {arch} {size}² {mode}: estimated {_mb(r['estimate'])} MiB, measured {_mb(r['peak'])} MiB "
               f"({r['estimate'] / max(r['peak'], 1):.2f}x)")

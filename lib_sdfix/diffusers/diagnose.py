@@ -196,7 +196,7 @@ class _Pipeline:
         import torch
 
         from lib_sdfix.diagnose.roundtrip import tensor_to_image
-        from lib_sdfix.fp32_vae import guarded_vae_call
+        from lib_sdfix.vae.fp32 import guarded_vae_call
 
         vae = self.pipe.vae
         z = latents[:1] / vae.config.scaling_factor
@@ -217,7 +217,7 @@ class _Pipeline:
 @contextlib.contextmanager
 def _variant(pipe: _Pipeline, name: str) -> Any:
     from lib_sdfix.diagnose.roundtrip import vae_in_dtype
-    from lib_sdfix.fp32_vae import fp32_vae
+    from lib_sdfix.vae.fp32 import fp32_vae
     from lib_sdfix.precision import autocast_disabled, precision_guard
 
     vae = pipe.pipe.vae

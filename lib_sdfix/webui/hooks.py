@@ -4,7 +4,7 @@ Why these functions: the WebUI has no hook inside its VAE decode/encode or its u
 replacement asks for the session bound to its thread; without one (another thread, no generation,
 SDFix off) it is the host's own function, called as is.  The VAE replacements never re-implement the
 host's decode: they run the host's own function inside the precision guard with the VAE and every
-attribute that names its dtype set to fp32 (see :mod:`lib_sdfix.fp32_vae`), so whatever the host
+attribute that names its dtype set to fp32 (see :mod:`lib_sdfix.vae.fp32`), so whatever the host
 does inside (``--upcast-sampling``'s hijack, Forge's wrapper, reForge's casts) sees fp32.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def last_decode_size() -> Optional[Any]:
 
 
 def _record(session: GenerationSession, run: Any) -> None:
-    from lib_sdfix.tiling import report_run
+    from lib_sdfix.vae.call import report_run
 
     if run.kind == "decoder":
         _LAST_DECODE["size"] = (run.output[1], run.output[0])
@@ -41,10 +41,10 @@ def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, m
     """``call()`` -- the host's own VAE function -- under the guard; the host's path as is if that fails.
 
     In fp32 the VAE's decoder/encoder run untiled, one image at a time or tiled, as the memory
-    estimate says (:mod:`lib_sdfix.tiling`); out of memory retries tiled before the host's path."""
-    from lib_sdfix.fp32_vae import exact_weights
+    estimate says (:mod:`lib_sdfix.vae.call`); out of memory retries tiled before the host's path."""
+    from lib_sdfix.vae.fp32 import exact_weights
     from lib_sdfix.precision import autocast_disabled, precision_guard
-    from lib_sdfix.tiling import fp32_call
+    from lib_sdfix.vae.call import fp32_call
 
     host = current()
 

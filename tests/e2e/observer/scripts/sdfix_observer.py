@@ -315,9 +315,9 @@ def inject_failure(target):
     if target == "nan-half-vae":
         vae = _vae_module(shared.sd_model)
         _NAN_HOOKS.append(vae.decoder.register_forward_hook(_nan_when_half))
-    fp32_vae = sys.modules.get("lib_sdfix.fp32_vae")
+    fp32_vae = sys.modules.get("lib_sdfix.vae.fp32")
     if fp32_vae is None:
-        import lib_sdfix.fp32_vae as fp32_vae  # noqa: F401 -- SDFix's own core, loaded by SDFix
+        import lib_sdfix.vae.fp32 as fp32_vae  # noqa: F401 -- SDFix's own core, loaded by SDFix
     if "fp32_vae" in _INJECTED:
         fp32_vae.fp32_vae = _INJECTED.pop("fp32_vae")
     if target == "decode":

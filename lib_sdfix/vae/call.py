@@ -3,7 +3,7 @@
 Why: the precision guard runs the VAE in fp32, which doubles its activation memory.  At Hires sizes
 (SD1.5 at 1024 px and more, SDXL at 1024-2048 px) an 8-12 GB card then runs out of memory exactly
 where SDFix steps in.  Before each fp32 run of the VAE's decoder or encoder the peak memory is
-estimated; when it would not fit, the network runs tiled in fp32 (:mod:`lib_sdfix.vae_strips`: strips
+estimated; when it would not fit, the network runs tiled in fp32 (:mod:`lib_sdfix.vae.strips`: strips
 with exact halos and whole-image GroupNorm statistics, one image of a batch at a time), which
 gives the untiled result.  An out-of-memory error retries tiled before any fallback.
 
@@ -11,7 +11,7 @@ How a front uses it: :func:`fp32_call` runs the host's own decode or encode func
 shifting, clamping, batching and model loading stay the host's) with
 
 * the VAE's weights outside its encoder and decoder (``quant_conv``, ``post_quant_conv``) in fp32
-  for the call (:func:`lib_sdfix.fp32_vae.fp32_vae` with ``parts``),
+  for the call (:func:`lib_sdfix.vae.fp32.fp32_vae` with ``parts``),
 * its ``decoder`` and ``encoder`` planned -- for the calling thread, for this call -- by a forward
   pre-hook put first (so other pre-hooks see the weights the network runs with) and a replaced
   ``forward``: the network's own forward with its weights cast when the fp32 estimate fits; one
@@ -23,8 +23,8 @@ shifting, clamping, batching and model loading stay the host's) with
 * If out of memory escapes the call anyway, the call runs once more with tiling forced; then the
   error goes to the front's own fallback.
 
-The estimate and the plan are :mod:`lib_sdfix.vae_estimate`; the network's structure
-:mod:`lib_sdfix.vae_net`; the strip executor :mod:`lib_sdfix.vae_strips`.
+The estimate and the plan are :mod:`lib_sdfix.vae.estimate`; the network's structure
+:mod:`lib_sdfix.vae.net`; the strip executor :mod:`lib_sdfix.vae.strips`.
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ from torch import nn
 
 from lib_sdfix.failsafe import log_once
 from lib_sdfix.patching import PatchSet
-from lib_sdfix.vae_estimate import MIN_STRIP, Plan, budget_from_env, plan
-from lib_sdfix.vae_net import Network, Resample, Unsupported, network_of
-from lib_sdfix.vae_strips import run_network
+from lib_sdfix.vae.estimate import MIN_STRIP, Plan, budget_from_env, plan
+from lib_sdfix.vae.net import Network, Resample, Unsupported, network_of
+from lib_sdfix.vae.strips import run_network
 
 __all__ = ["Run", "report_run", "is_oom", "fp32_call", "guarded_call", "networks_of", "network", "memory_report"]
 
@@ -55,7 +55,7 @@ _NETS: "weakref.WeakKeyDictionary[nn.Module, Any]" = weakref.WeakKeyDictionary()
 
 
 def network(net: nn.Module) -> Network:
-    """:func:`lib_sdfix.vae_net.network_of`, cached per module (raises Unsupported likewise)."""
+    """:func:`lib_sdfix.vae.net.network_of`, cached per module (raises Unsupported likewise)."""
     found = _NETS.get(net)
     if found is None:
         try:
@@ -199,7 +199,7 @@ class _Call:
     def _cast(self, net: nn.Module) -> None:
         """The network's weights to fp32 for the rest of the front's call (the call's own fp32 state
         holds them; it restores them when the call ends)."""
-        from lib_sdfix.fp32_vae import fp32_vae
+        from lib_sdfix.vae.fp32 import fp32_vae
 
         with fp32_vae(self.module, exact=self.exact_names, parts=[self.names[id(net)]]):
             pass
@@ -233,7 +233,7 @@ class _Call:
         return out
 
     def _untiled(self, net: nn.Module, original: Callable[..., Any], args: Tuple, kwargs: Dict[str, Any]) -> Any:
-        from lib_sdfix.fp32_vae import fp32_vae
+        from lib_sdfix.vae.fp32 import fp32_vae
         from lib_sdfix.precision import autocast_disabled
 
         args = tuple(a.to(torch.float32) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
@@ -323,7 +323,7 @@ def fp32_call(call: Callable[[], Any], module: Any, *, dtype_attrs: Sequence[Tup
     and decoder planned (untiled, or tiled when the estimate does not fit; always tiled with
     ``force``), and once more with tiling forced if it still runs out of memory.  Returns the result
     and how the weights ran ("exact", "upcast" or "fp32").  Run it inside the precision guard."""
-    from lib_sdfix.fp32_vae import fp32_vae
+    from lib_sdfix.vae.fp32 import fp32_vae
 
     nets = networks_of(module)
     parts: Optional[List[str]] = None
@@ -352,8 +352,8 @@ def guarded_call(fn: Callable[..., Any], vae: Any, *args: Any, upcast: bool = Tr
                  exact: Optional[Dict[str, torch.Tensor]] = None, dtype_attrs: Sequence[Tuple[Any, str]] = (),
                  budget_gb: Optional[float] = None, record: Optional[Callable[[Run], None]] = None, force: bool = False,
                  **kwargs: Any) -> Any:
-    """:func:`lib_sdfix.fp32_vae.guarded_vae_call` with the networks planned and tiled as needed."""
-    from lib_sdfix.fp32_vae import guarded_vae_call
+    """:func:`lib_sdfix.vae.fp32.guarded_vae_call` with the networks planned and tiled as needed."""
+    from lib_sdfix.vae.fp32 import guarded_vae_call
     from lib_sdfix.precision import autocast_disabled, precision_guard
 
     if not upcast:

@@ -1,4 +1,4 @@
-"""Tiled and sliced fp32 VAE calls (lib_sdfix.tiling, vae_estimate, vae_net, vae_strips): tiles give the
+"""Tiled and sliced fp32 VAE calls (lib_sdfix.vae.call, vae_estimate, vae_net, vae_strips): tiles give the
 untiled result, the estimate decides, batches go one image at a time, out of memory retries tiled,
 and everything the call touched is as it was afterwards."""
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_sdfix import tiling, vae_estimate, vae_strips
+from lib_sdfix.vae import call as tiling, estimate as vae_estimate, strips as vae_strips
 from lib_sdfix.failsafe import FixReport
-from lib_sdfix.fp32_vae import guarded_vae_call
+from lib_sdfix.vae.fp32 import guarded_vae_call
 from lib_sdfix.precision import read_flags
-from lib_sdfix.vae_net import Unsupported, network_of
+from lib_sdfix.vae.net import Unsupported, network_of
 
-from .ldm_vae import LdmVAE
+from ..ldm_vae import LdmVAE
 
 HALF = torch.bfloat16  # what the CPU computes in half precision
 

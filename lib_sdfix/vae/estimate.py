@@ -4,12 +4,12 @@ in fp32 -- and the plan that follows from the free device memory.
 Why an estimate and not a trial: the untiled fp32 call that does not fit is exactly what must not
 run first (on a shared GPU its out-of-memory error may hit another process's allocation, and
 unwinding it costs as much as the call).  The estimate walks the network's operations
-(:mod:`lib_sdfix.vae_net`): for each, the elements its untiled forward holds at once (a ResnetBlock:
+(:mod:`lib_sdfix.vae.net`): for each, the elements its untiled forward holds at once (a ResnetBlock:
 its input and two or three input-sized temporaries at the first activation, or input + output-sized
 tensors at the residual add; attention: six; an upsampler: the input, its 2x copy and the
 convolution's output), times the batch and the dtype's size, times 1.25 for the kernels' own
 buffers, plus 64 MiB; the fp32 run adds its cast weights.  The tiled estimate is what the strip
-executor (:mod:`lib_sdfix.vae_strips`) keeps (a block's input and output-sized tensors, one image)
+executor (:mod:`lib_sdfix.vae.strips`) keeps (a block's input and output-sized tensors, one image)
 plus five strips and the largest layer's weights.  ``bench/vae_memory.py`` prints both next to
 the measured peaks.
 
@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from lib_sdfix.vae_net import Attention, Conv, Exit, Network, Resample, Resnet, resampled_size
+from lib_sdfix.vae.net import Attention, Conv, Exit, Network, Resample, Resnet, resampled_size
 
 __all__ = ["Estimate", "Plan", "estimate", "plan", "free_memory", "available_memory", "budget_from_env",
            "default_strip_bytes", "walk", "GIB", "MIN_STRIP", "BUDGET_ENV"]

@@ -1,7 +1,7 @@
 """A VAE's decoder or encoder read as a list of operations over its own modules (no weights copied).
 
-Why: the tiled executor (:mod:`lib_sdfix.vae_strips`) and the memory estimate
-(:mod:`lib_sdfix.vae_estimate`) need to know what each layer of the real network does -- its
+Why: the tiled executor (:mod:`lib_sdfix.vae.strips`) and the memory estimate
+(:mod:`lib_sdfix.vae.estimate`) need to know what each layer of the real network does -- its
 convolutions, GroupNorms, attention and resampling -- without calling the network's ``forward`` as
 a whole (that is the untiled call whose memory does not fit).  The operations hold references to
 the real submodules, so the weights the host loaded (and casts) are the ones that run.

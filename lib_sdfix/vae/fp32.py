@@ -15,7 +15,7 @@ duration of the host's own decode, then everything back.
   file's own values are used: read once with safetensors, matched to the parameters by content (a
   file tensor counts only if rounding it gives the parameter bit for bit), cached on the CPU.
 * Parts: a call may cast only some submodules (``parts``); the tiled executor
-  (:mod:`lib_sdfix.vae_strips`) casts the encoder's and decoder's weights one operation at a time, so
+  (:mod:`lib_sdfix.vae.strips`) casts the encoder's and decoder's weights one operation at a time, so
   a tiled call casts only what runs around them.  A later call that needs more casts more; every
   floating tensor is watched, so one the host re-cast inside the call (AUTOMATIC1111's encode moves
   the whole VAE to ``devices.dtype_vae``) goes back to its dtype too.

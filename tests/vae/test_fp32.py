@@ -11,8 +11,8 @@ import types
 import pytest
 import torch
 
-from lib_sdfix import fp32_vae as fv
-from lib_sdfix.fp32_vae import dtype_attributes, exact_weights, fp32_vae, guarded_vae_call, vae_weight_dtype
+from lib_sdfix.vae import fp32 as fv
+from lib_sdfix.vae.fp32 import dtype_attributes, exact_weights, fp32_vae, guarded_vae_call, vae_weight_dtype
 
 PREFIX = "first_stage_model."
 

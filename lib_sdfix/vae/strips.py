@@ -13,7 +13,7 @@ strip needs it, and the residual is added in place.  Attention (only at the late
 runs on the whole image with the queries in chunks.  Weights are cast to fp32 one operation at a
 time, so the VAE's own weights are never copied whole.
 
-The network's structure comes from :mod:`lib_sdfix.vae_net`; this module only runs it.
+The network's structure comes from :mod:`lib_sdfix.vae.net`; this module only runs it.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib_sdfix.failsafe import log_once
-from lib_sdfix.vae_net import Attention, Conv, Network, Resample, Resnet, Exit, resampled_size
+from lib_sdfix.vae.net import Attention, Conv, Network, Resample, Resnet, Exit, resampled_size
 
 __all__ = ["run_network"]
 
