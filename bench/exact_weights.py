@@ -101,7 +101,8 @@ def child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from lib_sdfix.vae.fp32 import exact_weights, fp32_vae
+    from lib_sdfix.vae.exact import exact_weights
+    from lib_sdfix.vae.fp32 import fp32_vae
     from lib_sdfix.precision import precision_guard
 
     torch.manual_seed(1)

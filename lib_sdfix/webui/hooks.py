@@ -42,7 +42,7 @@ def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, m
 
     In fp32 the VAE's decoder/encoder run untiled, one image at a time or tiled, as the memory
     estimate says (:mod:`lib_sdfix.vae.call`); out of memory retries tiled before the host's path."""
-    from lib_sdfix.vae.fp32 import exact_weights
+    from lib_sdfix.vae.exact import exact_weights
     from lib_sdfix.precision import autocast_disabled, precision_guard
     from lib_sdfix.vae.call import fp32_call
 

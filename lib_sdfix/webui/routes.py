@@ -67,7 +67,7 @@ def status() -> Dict[str, Any]:
 
 def _weights_mode(host: Any) -> Dict[str, Any]:
     """Which fp32 weights a guarded call would use: "exact" (from the file), "upcast" or "fp32"."""
-    from lib_sdfix.vae.fp32 import exact_weights
+    from lib_sdfix.vae.exact import exact_weights
 
     try:
         module = host.vae_module()

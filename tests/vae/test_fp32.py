@@ -11,8 +11,10 @@ import types
 import pytest
 import torch
 
+from lib_sdfix.vae import exact as ex
 from lib_sdfix.vae import fp32 as fv
-from lib_sdfix.vae.fp32 import dtype_attributes, exact_weights, fp32_vae, guarded_vae_call, vae_weight_dtype
+from lib_sdfix.vae.exact import exact_weights
+from lib_sdfix.vae.fp32 import dtype_attributes, fp32_vae, guarded_vae_call, vae_weight_dtype
 
 PREFIX = "first_stage_model."
 
@@ -86,10 +88,10 @@ def floating(module: torch.nn.Module):
 @pytest.fixture(autouse=True)
 def no_state_left():
     """Every test leaves no reference count behind (a leak would keep some VAE fp32 for good)."""
-    fv._CACHE.clear()
+    ex._CACHE.clear()
     yield
     assert fv._MODULES == {} and fv._ATTRS == {}
-    fv._CACHE.clear()
+    ex._CACHE.clear()
 
 
 # --- weights ---------------------------------------------------------------------------------------
@@ -726,13 +728,13 @@ def test_host_moving_the_module_in_exact_mode_gets_the_file_values_cast_back(tmp
 @pytest.fixture
 def counted(monkeypatch):
     calls = []
-    real = fv._match_file
+    real = ex._match_file
 
     def match_file(low, path):
         calls.append(path)
         return real(low, path)
 
-    monkeypatch.setattr(fv, "_match_file", match_file)
+    monkeypatch.setattr(ex, "_match_file", match_file)
     return calls
 
 
