@@ -79,8 +79,9 @@ def child(arch: str, size: int, mode: str, device_name: str, out: Path) -> Dict[
     import torch
 
     from lib_sdfix.vae import call as tiling
-    from lib_sdfix.vae.fp32 import guarded_vae_call
     from lib_sdfix.vae.estimate import estimate
+    from lib_sdfix.vae.fp32 import guarded_vae_call
+    from lib_sdfix.vae.net import network_of
 
     device = torch.device(device_name)
     native = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -115,7 +116,7 @@ def child(arch: str, size: int, mode: str, device_name: str, out: Path) -> Dict[
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss()["VmHWM"]) - before
     if mode != "native":
         torch.save(image.float().cpu(), out / f"{arch}-{size}-{mode}.pt")
-    graph = tiling.network(vae.decoder)
+    graph = network_of(vae.decoder)
     cast = sum(4 * p.numel() for p in vae.parameters())
     est = estimate(graph, latent.shape, native, cast_bytes=cast, device=device)
     estimated = {"native": est.native, "fp32": est.fp32, "tiled": est.tiled}[mode]
@@ -160,13 +161,13 @@ def compare(arch: str, size: int, out: Path, strip_bytes: int) -> Dict[str, Any]
     import torch
     from PIL import Image
 
-    from lib_sdfix.vae import call as tiling
+    from lib_sdfix.vae.net import network_of
 
     untiled = torch.load(out / f"{arch}-{size}-fp32.pt", weights_only=True)[0]
     tiled = torch.load(out / f"{arch}-{size}-tiled.pt", weights_only=True)[0]
     diff = ((tiled - untiled).abs() / 2.0 * 255.0)  # [-1, 1] output -> 0..255 pixel units
     per_pixel = diff.amax(dim=0).numpy()
-    graph = tiling.network(build_vae(arch).decoder)
+    graph = network_of(build_vae(arch).decoder)
     seams = seam_rows(graph, size // 8, strip_bytes)
     mask = np.zeros(per_pixel.shape[0], dtype=bool)
     mask[seams] = True

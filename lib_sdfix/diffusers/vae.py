@@ -42,11 +42,10 @@ def _free_device_memory() -> None:
 
 def _networks_known(vae: Any) -> bool:
     """Whether the tiled executor can run this VAE's decoder/encoder."""
-    from lib_sdfix.vae.call import network, networks_of
-    from lib_sdfix.vae.net import Unsupported
+    from lib_sdfix.vae.net import Unsupported, network_of, vae_networks
 
     try:
-        return bool([network(net) for net in networks_of(vae).values()])
+        return bool([network_of(net) for net in vae_networks(vae).values()])
     except Unsupported:
         return False
 
@@ -212,10 +211,10 @@ def find_vae_precision(pipes: Sequence[Any]) -> Finding:
 
 
 def vae_memory(pipes: Sequence[Any], size: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
-    """:func:`lib_sdfix.vae.call.memory_report` for the pipelines' VAE at ``size`` -- default: the last
+    """:func:`lib_sdfix.vae.plan.memory_report` for the pipelines' VAE at ``size`` -- default: the last
     Hires pass's size, else twice the pipeline's default size -- on their execution device."""
     from lib_sdfix.diffusers.hires import last_hires_size
-    from lib_sdfix.vae.call import memory_report
+    from lib_sdfix.vae.plan import memory_report
 
     vae = component(pipes, "vae")
     if vae is None:

@@ -19,19 +19,18 @@ shifting, clamping, batching and model loading stay the host's) with
   casts one layer's weights at a time.  An out-of-memory error in the untiled forward retries tiled
   right there, before the host's own code sees it (Forge and reForge would otherwise fall back to
   their own tiling, which has seams).  A structure the executor does not know runs untiled (logged
-  once; the audits' :func:`memory_report` says why).
+  once; the audits' :func:`lib_sdfix.vae.plan.memory_report` says why).
 * If out of memory escapes the call anyway, the call runs once more with tiling forced; then the
   error goes to the front's own fallback.
 
-The estimate and the plan are :mod:`lib_sdfix.vae.estimate`; the network's structure
-:mod:`lib_sdfix.vae.net`; the strip executor :mod:`lib_sdfix.vae.strips`.
+The plan is :mod:`lib_sdfix.vae.plan`, from the estimate of :mod:`lib_sdfix.vae.estimate`; the
+network's structure :mod:`lib_sdfix.vae.net`; the strip executor :mod:`lib_sdfix.vae.strips`.
 """
 from __future__ import annotations
 
 import contextlib
 import gc
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -40,50 +39,13 @@ from torch import nn
 
 from lib_sdfix.failsafe import log_once
 from lib_sdfix.patching import PatchSet
-from lib_sdfix.vae.estimate import MIN_STRIP, Plan, budget_from_env, plan
-from lib_sdfix.vae.net import Network, Resample, Unsupported, network_of
+from lib_sdfix.vae.estimate import MIN_STRIP
+from lib_sdfix.vae.fp32 import vae_weight_dtype
+from lib_sdfix.vae.net import Network, Unsupported, network_of, vae_networks
+from lib_sdfix.vae.plan import Plan, fp32_cast_bytes, plan
 from lib_sdfix.vae.strips import run_network
 
-__all__ = ["Run", "report_run", "is_oom", "fp32_call", "guarded_call", "networks_of", "network", "memory_report"]
-
-_NETWORKS = ("decoder", "encoder")
-
-
-# --- which networks a VAE has ---------------------------------------------------------------------
-
-_NETS: "weakref.WeakKeyDictionary[nn.Module, Any]" = weakref.WeakKeyDictionary()
-
-
-def network(net: nn.Module) -> Network:
-    """:func:`lib_sdfix.vae.net.network_of`, cached per module (raises Unsupported likewise)."""
-    found = _NETS.get(net)
-    if found is None:
-        try:
-            found = network_of(net)
-        except Unsupported as exc:
-            found = exc
-        _NETS[net] = found
-    if isinstance(found, Unsupported):
-        raise found
-    return found
-
-
-def networks_of(module: Any) -> Dict[str, nn.Module]:
-    """The VAE's ``decoder`` and ``encoder`` modules (by attribute; either may be missing)."""
-    found = {}
-    for name in _NETWORKS:
-        child = getattr(module, name, None) if isinstance(module, nn.Module) else None
-        if isinstance(child, nn.Module) and module._modules.get(name) is child:
-            found[name] = child
-    return found
-
-
-def _low_precision_bytes(net: nn.Module) -> int:
-    return sum(4 * p.numel() for p in net.parameters() if p.is_floating_point() and p.dtype != torch.float32)
-
-
-def _weight_dtype(net: nn.Module) -> torch.dtype:
-    return next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
+__all__ = ["Run", "report_run", "is_oom", "fp32_call", "guarded_call"]
 
 
 # --- out of memory ----------------------------------------------------------------------------------
@@ -182,12 +144,12 @@ class _Call:
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.ndim == 4 and not extra:
             try:
-                graph = network(net)
+                graph = network_of(net)
             except Unsupported as exc:  # untiled as it is; the audit's memory report says why
                 log_once(f"tiling:{type(net).__name__}", f"VAE {self.names[key]} cannot run tiled: {exc}")
             else:
-                chosen = plan(graph, x.shape, x.device, native_dtype=_weight_dtype(net),
-                              cast_bytes=_low_precision_bytes(net), budget_gb=self.budget_gb, force=self.force)
+                chosen = plan(graph, x.shape, x.device, native_dtype=vae_weight_dtype(net),
+                              cast_bytes=fp32_cast_bytes(net), budget_gb=self.budget_gb, force=self.force)
                 self.decisions[key] = (graph, chosen)
         return self.decisions[key]
 
@@ -226,7 +188,8 @@ class _Call:
                     raise
                 exc.__traceback__ = None  # its frames hold the untiled activations
             _release_memory()
-            chosen = plan(graph, x.shape, x.device, native_dtype=_weight_dtype(net), budget_gb=self.budget_gb, force=True)
+            chosen = plan(graph, x.shape, x.device, native_dtype=vae_weight_dtype(net), budget_gb=self.budget_gb,
+                          force=True)
             note = "out of memory untiled"
         out = self._tiled(graph, x, chosen)
         self.tell(Run(kind, tuple(out.shape[-2:]), "tiled", chosen, note))
@@ -325,7 +288,7 @@ def fp32_call(call: Callable[[], Any], module: Any, *, dtype_attrs: Sequence[Tup
     and how the weights ran ("exact", "upcast" or "fp32").  Run it inside the precision guard."""
     from lib_sdfix.vae.fp32 import fp32_vae
 
-    nets = networks_of(module)
+    nets = vae_networks(module)
     parts: Optional[List[str]] = None
     if nets:
         parts = [name for name, _ in module.named_children() if name not in nets]
@@ -364,34 +327,3 @@ def guarded_call(fn: Callable[..., Any], vae: Any, *args: Any, upcast: bool = Tr
                   for k, v in kwargs.items()}
         return fp32_call(lambda: fn(*args, **kwargs), vae, exact=exact, dtype_attrs=dtype_attrs, budget_gb=budget_gb,
                          record=record, force=force)[0]
-
-
-# --- what the audits report -----------------------------------------------------------------------
-
-
-def memory_report(module: Any, width: int, height: int, *, kind: str = "decoder", budget_gb: Optional[float] = None,
-                  device: Optional[torch.device] = None, batch: int = 1) -> Dict[str, Any]:
-    """The fp32 peak of decoding (or encoding) a ``width`` x ``height`` image with ``module`` and
-    whether the call would run tiled; cheap (arithmetic on the network's structure)."""
-    net = networks_of(module).get(kind)
-    if net is None:
-        return {"available": False, "reason": f"the VAE has no {kind}"}
-    try:
-        graph = network(net)
-    except Unsupported as exc:
-        return {"available": False, "reason": f"cannot run tiled: {exc}"}
-    if device is None:
-        device = next((p.device for p in net.parameters()), torch.device("cpu"))
-        if device.type == "meta":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    up = 2 ** sum(1 for op in graph.ops if isinstance(op, Resample) and op.up)
-    shape = (batch, graph.in_channels, max(1, height // up), max(1, width // up)) if kind == "decoder" else \
-        (batch, graph.in_channels, height, width)
-    chosen = plan(graph, shape, device, native_dtype=_weight_dtype(net), cast_bytes=_low_precision_bytes(net),
-                  budget_gb=budget_gb)
-    return {"available": True, "size": [width, height], "device": str(device),
-            "weights_dtype": str(_weight_dtype(net)).replace("torch.", ""), **chosen.estimate.as_dict(),
-            "available_bytes": chosen.available,
-            "budget_gb": budget_from_env() if budget_gb is None else budget_gb, "tiled": chosen.tiled,
-            "sliced": chosen.sliced,
-            "strips_on_cpu": chosen.offload, "reason": chosen.reason}

@@ -84,7 +84,7 @@ def _weights_mode(host: Any) -> Dict[str, Any]:
 def vae_memory(host: Any) -> Dict[str, Any]:
     """The fp32 decode's estimated peak at the current Hires size -- the last decode SDFix guarded,
     else twice the model's native size (the Hires default) -- and whether it would run tiled."""
-    from lib_sdfix.vae.call import memory_report
+    from lib_sdfix.vae.plan import memory_report
     from lib_sdfix.webui.hooks import last_decode_size
 
     import torch

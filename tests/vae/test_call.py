@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_sdfix.vae import call as tiling, estimate as vae_estimate, strips as vae_strips
+from lib_sdfix.vae import call as tiling, estimate as vae_estimate, plan as vae_plan, strips as vae_strips
 from lib_sdfix.failsafe import FixReport
 from lib_sdfix.vae.fp32 import guarded_vae_call
 from lib_sdfix.precision import read_flags
@@ -55,6 +55,8 @@ def small_strips(monkeypatch):
 
     monkeypatch.setattr(vae_estimate, "default_strip_bytes", lambda *a, **k: 48 * 1024)
     monkeypatch.setattr(vae_estimate, "MIN_STRIP", 4 * 1024)
+    monkeypatch.setattr(vae_plan, "default_strip_bytes", lambda *a, **k: 48 * 1024)
+    monkeypatch.setattr(vae_plan, "MIN_STRIP", 4 * 1024)
     monkeypatch.setattr(tiling, "MIN_STRIP", 4 * 1024)
     monkeypatch.setattr(vae_strips, "_strips", strips)
     return counts
@@ -108,19 +110,19 @@ def test_group_statistics_over_strips_are_the_whole_images(offset, kernel, monke
 
 
 def test_the_estimate_decides(vae, monkeypatch):
-    graph = tiling.network(vae.decoder)
+    graph = network_of(vae.decoder)
     shape = (1, 4, 128, 128)
     est = vae_estimate.estimate(graph, shape, HALF)
     large = vae_estimate.estimate(graph, (1, 4, 256, 256), HALF)
     assert large.tiled < large.native < large.fp32, "fp32 doubles the activations; strips hold less than either"
     slack = vae_estimate._SLACK
     assert large.fp32 - slack > 3.9 * (est.fp32 - slack), "grows with the area"
-    fits = vae_estimate.plan(graph, shape, torch.device("cpu"), native_dtype=HALF, available=est.fp32)
-    short = vae_estimate.plan(graph, shape, torch.device("cpu"), native_dtype=HALF, available=est.fp32 - 1)
-    unknown = vae_estimate.plan(graph, shape, torch.device("cpu"), native_dtype=HALF, available=None, budget_gb=0)
+    fits = vae_plan.plan(graph, shape, torch.device("cpu"), native_dtype=HALF, available=est.fp32)
+    short = vae_plan.plan(graph, shape, torch.device("cpu"), native_dtype=HALF, available=est.fp32 - 1)
+    unknown = vae_plan.plan(graph, shape, torch.device("cpu"), native_dtype=HALF, available=None, budget_gb=0)
     assert (fits.how, short.how) == ("untiled", "tiled") and "GiB available" in short.reason
     monkeypatch.setattr(vae_estimate, "free_memory", lambda device: None)
-    assert vae_estimate.plan(graph, shape, torch.device("cpu"), native_dtype=HALF).how == "untiled"
+    assert vae_plan.plan(graph, shape, torch.device("cpu"), native_dtype=HALF).how == "untiled"
     assert unknown.available is not None  # the CPU's MemAvailable
     monkeypatch.setenv(vae_estimate.BUDGET_ENV, "0.5")
     assert vae_estimate.available_memory(torch.device("cpu")) == vae_estimate.GIB // 2
@@ -144,9 +146,9 @@ def test_a_call_that_does_not_fit_runs_tiled_and_is_reported(vae, monkeypatch):
 
 def test_a_batch_that_does_not_fit_runs_one_image_at_a_time(vae, monkeypatch):
     z = torch.randn(3, 4, 16, 16).to(HALF)
-    graph = tiling.network(vae.decoder)
-    one = vae_estimate.estimate(graph, (1, 4, 16, 16), HALF, cast_bytes=tiling._low_precision_bytes(vae.decoder))
-    three = vae_estimate.estimate(graph, (3, 4, 16, 16), HALF, cast_bytes=tiling._low_precision_bytes(vae.decoder))
+    graph = network_of(vae.decoder)
+    one = vae_estimate.estimate(graph, (1, 4, 16, 16), HALF, cast_bytes=vae_plan.fp32_cast_bytes(vae.decoder))
+    three = vae_estimate.estimate(graph, (3, 4, 16, 16), HALF, cast_bytes=vae_plan.fp32_cast_bytes(vae.decoder))
     budget = (one.fp32 + three.fp32) / 2 / vae_estimate.GIB  # one image fits, three do not
     forward = vae.decoder.forward
     batches = []
@@ -218,7 +220,7 @@ def test_an_unknown_structure_runs_as_it_is(monkeypatch):
     vae.decoder.mid.attn_1 = torch.nn.MultiheadAttention(8, 1)  # not what the executor knows
     with pytest.raises(Unsupported, match="mid.attn_1"):
         network_of(vae.decoder)
-    report = tiling.memory_report(vae, 256, 256)
+    report = vae_plan.memory_report(vae, 256, 256)
     assert report["available"] is False and "mid.attn_1" in report["reason"]
     with pytest.raises(Unsupported):
         network_of(torch.nn.Conv2d(4, 3, 3))
@@ -226,13 +228,13 @@ def test_an_unknown_structure_runs_as_it_is(monkeypatch):
 
 def test_memory_report_for_the_audits(vae, monkeypatch):
     monkeypatch.setenv(vae_estimate.BUDGET_ENV, "64")  # the machine's free memory is not the test's
-    report = tiling.memory_report(vae, 1024, 1024)
+    report = vae_plan.memory_report(vae, 1024, 1024)
     factor = 4 if isinstance(vae, LdmVAE) else 2  # the test networks' upsamplings
     assert report["available"] and report["input"] == [1, 4, 1024 // factor, 1024 // factor]
     assert report["output"] == [1024, 1024]
     assert report["fp32_bytes"] > report["native_bytes"] > report["fp32_tiled_bytes"] and report["tiled"] is False
     monkeypatch.setenv(vae_estimate.BUDGET_ENV, "0.01")
-    small = tiling.memory_report(vae, 1024, 1024)
+    small = vae_plan.memory_report(vae, 1024, 1024)
     assert small["tiled"] is True and small["budget_gb"] == 0.01 and "GiB available" in small["reason"]
-    encoder = tiling.memory_report(vae, 512, 512, kind="encoder")
+    encoder = vae_plan.memory_report(vae, 512, 512, kind="encoder")
     assert encoder["input"] == [1, 3, 512, 512]
