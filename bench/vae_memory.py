@@ -16,7 +16,7 @@ untiled call's large tensors are mapped afresh), peaks then not exact.  Targets:
 native peak, tiled time <= 1.3 x fp32 time, tiled vs fp32 output within 1/255 mean absolute
 difference with no seam.  A heatmap PNG
 of |tiled - fp32| (brightest = the largest difference) is written to ``--out`` for every size, and
-the estimate of ``lib_sdfix.vae.call`` is printed next to each measurement.
+the estimate of ``lib_sdfix.vae.estimate`` is printed next to each measurement.
 
     python bench/vae_memory.py [--device cpu|cuda] [--archs sd15,sdxl] [--sizes 512,1024] [--repeat 1]
                                [--allocator exact|default] [--out DIR]
@@ -78,9 +78,8 @@ def _reset_peak_rss() -> None:
 def child(arch: str, size: int, mode: str, device_name: str, out: Path) -> Dict[str, Any]:
     import torch
 
-    from lib_sdfix.vae import call as tiling
+    from lib_sdfix.vae.call import guarded_call
     from lib_sdfix.vae.estimate import estimate
-    from lib_sdfix.vae.fp32 import guarded_vae_call
     from lib_sdfix.vae.net import network_of
 
     device = torch.device(device_name)
@@ -94,8 +93,8 @@ def child(arch: str, size: int, mode: str, device_name: str, out: Path) -> Dict[
             if mode == "native":
                 return vae.decode(z).sample
             if mode == "fp32":
-                return guarded_vae_call(lambda t: vae.decode(t).sample, vae, z)
-            return tiling.guarded_call(lambda t: vae.decode(t).sample, vae, z, force=True)
+                return guarded_call(lambda t: vae.decode(t).sample, vae, z, tiling=False)
+            return guarded_call(lambda t: vae.decode(t).sample, vae, z, tiling=True)
 
     decode(latent[:, :, :8, :8])  # warm-up: kernels, allocator, first-call setup
     import gc
@@ -235,7 +234,7 @@ def main() -> None:
                   f"| {row['fp32']['seconds']:.1f} | {row['tiled']['seconds']:.1f} "
                   f"| {row['tiled']['seconds'] / row['fp32']['seconds']:.2f} | {quality['max']:.4f} "
                   f"| {quality['mean']:.5f} | {quality['seam']:.2f} |")
-    print("\nEstimates (lib_sdfix.vae.call) vs measured peak:")
+    print("\nEstimates (lib_sdfix.vae.estimate) vs measured peak:")
     for (arch, size, mode), r in results.items():
         print(f"  {arch} {size}² {mode}: estimated {_mb(r['estimate'])} MiB, measured {_mb(r['peak'])} MiB "
               f"({r['estimate'] / max(r['peak'], 1):.2f}x)")

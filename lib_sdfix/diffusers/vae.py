@@ -1,7 +1,7 @@
 """Cause ``vae_precision``: the VAE's decode and encode under the precision guard, the VAE in fp32 for
 the call.
 
-The fp32 call is :func:`lib_sdfix.vae.fp32.guarded_vae_call` -- the VAE cast in place for the call,
+The fp32 call is :func:`lib_sdfix.vae.call.guarded_call` -- the VAE cast in place for the call,
 no second VAE -- except where accelerate's offload hooks own the weights (sequential or disk
 offload): there an fp32 copy built from the offload weights map runs instead
 (:mod:`lib_sdfix.diffusers.vae_copy`), so the offloaded VAE is never touched.  Both run through
@@ -104,18 +104,17 @@ class VaeGuard(Hardening):
         """The VAE call did not fit.  In fp32 the tiled retry has already run (:mod:`lib_sdfix.vae.call`):
         the VAE's own dtype is left, flags still guarded.  In the VAE's own dtype (``vae_dtype=auto``):
         tiled in fp32, which needs less memory than the untiled half-precision call."""
-        from lib_sdfix.vae.fp32 import guarded_vae_call
         from lib_sdfix.vae.call import guarded_call, report_run
 
         _free_device_memory()
         if upcast:
-            out = guarded_vae_call(original, vae, *args, upcast=False, **kwargs)
+            out = guarded_call(original, vae, *args, upcast=False, **kwargs)
             self.report.note(f"VAE {kind}: out of memory in fp32 (tiled too), ran in the VAE's own dtype "
                              "(flags still guarded)")
             return out
         if not _networks_known(vae):
             raise error
-        out = guarded_call(original, vae, *args, force=True, record=lambda run: report_run(self.report, run), **kwargs)
+        out = guarded_call(original, vae, *args, tiling=True, record=lambda run: report_run(self.report, run), **kwargs)
         self.report.note(f"VAE {kind}: out of memory in the VAE's own dtype, ran tiled in fp32")
         return out
 

@@ -1,4 +1,5 @@
-"""Tiled and sliced fp32 VAE calls, shared by both fronts.
+"""The guarded VAE call, shared by both fronts: the VAE in fp32 under the precision guard, sliced or
+tiled when that does not fit.
 
 Why: the precision guard runs the VAE in fp32, which doubles its activation memory.  At Hires sizes
 (SD1.5 at 1024 px and more, SDXL at 1024-2048 px) an 8-12 GB card then runs out of memory exactly
@@ -7,8 +8,9 @@ estimated; when it would not fit, the network runs tiled in fp32 (:mod:`lib_sdfi
 with exact halos and whole-image GroupNorm statistics, one image of a batch at a time), which
 gives the untiled result.  An out-of-memory error retries tiled before any fallback.
 
-How a front uses it: :func:`fp32_call` runs the host's own decode or encode function (scaling,
-shifting, clamping, batching and model loading stay the host's) with
+How a front uses it: :func:`guarded_call`, the one guarded VAE call, runs the host's own decode or
+encode function (scaling, shifting, clamping, batching and model loading stay the host's) under the
+precision guard (:mod:`lib_sdfix.precision`), with autocast off, its tensor arguments in fp32, and
 
 * the VAE's weights outside its encoder and decoder (``quant_conv``, ``post_quant_conv``) in fp32
   for the call (:func:`lib_sdfix.vae.fp32.fp32_vae` with ``parts``),
@@ -39,13 +41,14 @@ from torch import nn
 
 from lib_sdfix.failsafe import log_once
 from lib_sdfix.patching import PatchSet
+from lib_sdfix.precision import autocast_disabled, precision_guard
 from lib_sdfix.vae.estimate import MIN_STRIP
-from lib_sdfix.vae.fp32 import vae_weight_dtype
+from lib_sdfix.vae.fp32 import fp32_vae, vae_weight_dtype
 from lib_sdfix.vae.net import Network, Unsupported, network_of, vae_networks
 from lib_sdfix.vae.plan import Plan, fp32_cast_bytes, plan
 from lib_sdfix.vae.strips import run_network
 
-__all__ = ["Run", "report_run", "is_oom", "fp32_call", "guarded_call"]
+__all__ = ["guarded_call", "Run", "report_run", "is_oom"]
 
 
 # --- out of memory ----------------------------------------------------------------------------------
@@ -161,8 +164,6 @@ class _Call:
     def _cast(self, net: nn.Module) -> None:
         """The network's weights to fp32 for the rest of the front's call (the call's own fp32 state
         holds them; it restores them when the call ends)."""
-        from lib_sdfix.vae.fp32 import fp32_vae
-
         with fp32_vae(self.module, exact=self.exact_names, parts=[self.names[id(net)]]):
             pass
 
@@ -196,10 +197,7 @@ class _Call:
         return out
 
     def _untiled(self, net: nn.Module, original: Callable[..., Any], args: Tuple, kwargs: Dict[str, Any]) -> Any:
-        from lib_sdfix.vae.fp32 import fp32_vae
-        from lib_sdfix.precision import autocast_disabled
-
-        args = tuple(a.to(torch.float32) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+        args = tuple(_to_fp32(a) for a in args)
         with fp32_vae(self.module, exact=self.exact_names, parts=[self.names[id(net)]]), autocast_disabled():
             return original(*args, **kwargs)
 
@@ -279,15 +277,50 @@ def _planned(call: _Call, nets: Dict[str, nn.Module]) -> Iterator[None]:
             _PATCHES.release(net, "forward")
 
 
-def fp32_call(call: Callable[[], Any], module: Any, *, dtype_attrs: Sequence[Tuple[Any, str]] = (),
-              exact: Optional[Dict[str, torch.Tensor]] = None, budget_gb: Optional[float] = None,
-              record: Optional[Callable[[Run], None]] = None, force: bool = False) -> Tuple[Any, str]:
-    """``call()`` -- a host's or library's own VAE decode/encode -- with the VAE in fp32, its encoder
-    and decoder planned (untiled, or tiled when the estimate does not fit; always tiled with
-    ``force``), and once more with tiling forced if it still runs out of memory.  Returns the result
-    and how the weights ran ("exact", "upcast" or "fp32").  Run it inside the precision guard."""
-    from lib_sdfix.vae.fp32 import fp32_vae
+def _to_fp32(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
+        return value.to(torch.float32)
+    return value
 
+
+def guarded_call(fn: Callable[..., Any], vae: Any, *args: Any, upcast: bool = True,
+                 exact: Optional[Dict[str, torch.Tensor]] = None, dtype_attrs: Sequence[Tuple[Any, str]] = (),
+                 tiling: Optional[bool] = None, budget_gb: Optional[float] = None,
+                 record: Optional[Callable[[Run], None]] = None, record_weights: Optional[Callable[[str], None]] = None,
+                 **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` -- a host's or library's own VAE decode or encode -- under the precision
+    guard; returns what ``fn`` returns.
+
+    With ``upcast`` the VAE ``vae`` runs in fp32 (:func:`lib_sdfix.vae.fp32.fp32_vae`, with ``exact``
+    weights and ``dtype_attrs`` where given), autocast off, and floating tensor arguments (the latent,
+    the image) upcast to fp32.  Its decoder and encoder, with ``tiling`` None: untiled, one image at a
+    time or tiled as the estimate says (within ``budget_gb`` GiB; None: ``SDFIX_VAE_MEMORY_GB``), and
+    the whole call once more tiled if out of memory escapes it; True: always tiled; False: the VAE
+    as it is, never planned nor retried.  ``record`` gets a :class:`Run` for each planned network
+    call, ``record_weights`` how the weights ran ("exact", "upcast" or "fp32") once ``fn`` returned.
+    Without ``upcast`` only the flags are guarded.
+    """
+    with precision_guard():
+        if not upcast:
+            return fn(*args, **kwargs)
+        with autocast_disabled():
+            args = tuple(_to_fp32(a) for a in args)
+            kwargs = {k: _to_fp32(v) for k, v in kwargs.items()}
+            result, weights = _fp32_call(lambda: fn(*args, **kwargs), vae, dtype_attrs, exact, tiling, budget_gb,
+                                         record)
+            if record_weights is not None:
+                record_weights(weights)
+            return result
+
+
+def _fp32_call(call: Callable[[], Any], module: Any, dtype_attrs: Sequence[Tuple[Any, str]],
+               exact: Optional[Dict[str, torch.Tensor]], tiling: Optional[bool], budget_gb: Optional[float],
+               record: Optional[Callable[[Run], None]]) -> Tuple[Any, str]:
+    """``call()`` with the VAE in fp32 and its networks planned as :func:`guarded_call` says; the
+    result and how the weights ran."""
+    if tiling is False:
+        with fp32_vae(module, dtype_attrs, exact) as weights:
+            return call(), weights
     nets = vae_networks(module)
     parts: Optional[List[str]] = None
     if nets:
@@ -295,7 +328,7 @@ def fp32_call(call: Callable[[], Any], module: Any, *, dtype_attrs: Sequence[Tup
         parts += [name for name, _ in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))]
     names = {id(net): name for name, net in nets.items()}
     error: Optional[BaseException] = None
-    for forced in dict.fromkeys((force, True)):
+    for forced in dict.fromkeys((bool(tiling), True)):
         if forced and not nets:
             break
         try:
@@ -309,21 +342,3 @@ def fp32_call(call: Callable[[], Any], module: Any, *, dtype_attrs: Sequence[Tup
             error = exc
         _release_memory()
     raise error
-
-
-def guarded_call(fn: Callable[..., Any], vae: Any, *args: Any, upcast: bool = True,
-                 exact: Optional[Dict[str, torch.Tensor]] = None, dtype_attrs: Sequence[Tuple[Any, str]] = (),
-                 budget_gb: Optional[float] = None, record: Optional[Callable[[Run], None]] = None, force: bool = False,
-                 **kwargs: Any) -> Any:
-    """:func:`lib_sdfix.vae.fp32.guarded_vae_call` with the networks planned and tiled as needed."""
-    from lib_sdfix.vae.fp32 import guarded_vae_call
-    from lib_sdfix.precision import autocast_disabled, precision_guard
-
-    if not upcast:
-        return guarded_vae_call(fn, vae, *args, upcast=False, **kwargs)
-    with precision_guard(), autocast_disabled():
-        args = tuple(a.to(torch.float32) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-        kwargs = {k: v.to(torch.float32) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                  for k, v in kwargs.items()}
-        return fp32_call(lambda: fn(*args, **kwargs), vae, exact=exact, dtype_attrs=dtype_attrs, budget_gb=budget_gb,
-                         record=record, force=force)[0]

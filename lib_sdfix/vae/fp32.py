@@ -25,11 +25,11 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["fp32_vae", "guarded_vae_call", "vae_weight_dtype", "low_precision_tensors", "dtype_attributes"]
+__all__ = ["fp32_vae", "vae_weight_dtype", "low_precision_tensors", "dtype_attributes"]
 
 _LOCK = threading.RLock()
 
@@ -260,32 +260,3 @@ def _release(key: Optional[int], state: Optional[_ModuleState]) -> None:
     if state.users == 0:
         _MODULES.pop(key, None)
         _swap_out(state)
-
-
-# --- the guarded call -----------------------------------------------------------------------------
-
-
-def _to_fp32(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
-        return value.to(torch.float32)
-    return value
-
-
-def guarded_vae_call(fn: Callable[..., Any], vae: Optional[torch.nn.Module], *args: Any, upcast: bool = True,
-                     exact: Optional[Dict[str, torch.Tensor]] = None, dtype_attrs: Sequence[Tuple[Any, str]] = (),
-                     **kwargs: Any) -> Any:
-    """Call ``fn(*args, **kwargs)`` -- a VAE decode or encode -- under the precision guard.
-
-    Flags guarded; with ``upcast`` the VAE runs in fp32 (:func:`fp32_vae`, with ``exact`` weights and
-    ``dtype_attrs`` where given), autocast off, and floating tensor arguments (the latent, the image)
-    upcast to fp32 (never cast down).  The result is what ``fn`` returns.
-    """
-    from lib_sdfix.precision import autocast_disabled, precision_guard
-
-    with precision_guard():
-        if not upcast:
-            return fn(*args, **kwargs)
-        with fp32_vae(vae, dtype_attrs, exact), autocast_disabled():
-            args = tuple(_to_fp32(a) for a in args)
-            kwargs = {k: _to_fp32(v) for k, v in kwargs.items()}
-            return fn(*args, **kwargs)

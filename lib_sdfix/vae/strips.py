@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib_sdfix.failsafe import log_once
+from lib_sdfix.precision import autocast_disabled
 from lib_sdfix.vae.net import Attention, Conv, Network, Resample, Resnet, Exit, resampled_size
 
 __all__ = ["run_network"]
@@ -322,8 +323,6 @@ def run_network(net: Network, x: torch.Tensor, *, strip_bytes: int, store: Optio
     may return exact fp32 values for a parameter (else it is cast).  ``query_bytes`` bounds the
     attention scores held at once (default: ``strip_bytes``).
     """
-    from lib_sdfix.precision import autocast_disabled
-
     device = x.device
     weights = _Weights(device, source)
     runner = _Runner(net, weights, max(1, int(strip_bytes)), store or device, int(query_bytes or strip_bytes))

@@ -42,9 +42,9 @@ def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, m
 
     In fp32 the VAE's decoder/encoder run untiled, one image at a time or tiled, as the memory
     estimate says (:mod:`lib_sdfix.vae.call`); out of memory retries tiled before the host's path."""
-    from lib_sdfix.vae.exact import exact_weights
     from lib_sdfix.precision import autocast_disabled, precision_guard
-    from lib_sdfix.vae.call import fp32_call
+    from lib_sdfix.vae.call import guarded_call
+    from lib_sdfix.vae.exact import exact_weights
 
     host = current()
 
@@ -55,9 +55,9 @@ def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, m
             vae_wrapper = wrapper if wrapper is not None else host.vae_wrapper(model)
             module = host.vae_module(model, vae_wrapper)
             exact = exact_weights(module, host.vae_source_files())
-            result, weights = fp32_call(call, module, dtype_attrs=host.vae_dtype_attrs(vae_wrapper),
-                                        exact=exact.tensors, record=lambda run: _record(session, run))
-            session.report.fact("weights", weights)
+            result = guarded_call(call, module, dtype_attrs=host.vae_dtype_attrs(vae_wrapper), exact=exact.tensors,
+                                  record=lambda run: _record(session, run),
+                                  record_weights=lambda weights: session.report.fact("weights", weights))
         return result if result_dtype is None else result.to(result_dtype)
 
     return session.report.run(fix, guarded, call)

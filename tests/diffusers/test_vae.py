@@ -96,7 +96,7 @@ def _oom(*args):
 
 
 def test_fp32_decode_out_of_memory_runs_tiled_then_in_half(monkeypatch):
-    from lib_sdfix.vae import call as tiling
+    from lib_sdfix.vae import call as vae_call
 
     pipe, img2img = sd15_pair(text_encoder_dtype=HALF, scheduler_mismatch=False)
     vae = pipe.vae
@@ -130,7 +130,7 @@ def test_fp32_decode_out_of_memory_runs_tiled_then_in_half(monkeypatch):
         raise _oom("CUDA out of memory (simulated, tiled)")
 
     monkeypatch.setattr(vae.decoder, "forward", short_of_memory)
-    monkeypatch.setattr(tiling, "run_network", no_memory_at_all)
+    monkeypatch.setattr(vae_call, "run_network", no_memory_at_all)
     with probe(decoder=vae.decoder) as seen, torch.no_grad():
         out = vae.decode(latent).sample
     assert out.shape[-1] == 256

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_sdfix.vae import call as tiling, estimate as vae_estimate, plan as vae_plan, strips as vae_strips
+from lib_sdfix.vae import call as vae_call, estimate as vae_estimate, plan as vae_plan, strips as vae_strips
 from lib_sdfix.failsafe import FixReport
-from lib_sdfix.vae.fp32 import guarded_vae_call
 from lib_sdfix.precision import read_flags
 from lib_sdfix.vae.net import Unsupported, network_of
 
@@ -57,7 +56,7 @@ def small_strips(monkeypatch):
     monkeypatch.setattr(vae_estimate, "MIN_STRIP", 4 * 1024)
     monkeypatch.setattr(vae_plan, "default_strip_bytes", lambda *a, **k: 48 * 1024)
     monkeypatch.setattr(vae_plan, "MIN_STRIP", 4 * 1024)
-    monkeypatch.setattr(tiling, "MIN_STRIP", 4 * 1024)
+    monkeypatch.setattr(vae_call, "MIN_STRIP", 4 * 1024)
     monkeypatch.setattr(vae_strips, "_strips", strips)
     return counts
 
@@ -67,12 +66,12 @@ def test_tiled_decode_and_encode_give_the_untiled_fp32_result(vae, small_strips)
     x = (torch.rand(1, 3, 48, 40) * 2 - 1).to(HALF)
     before, flags = _state(vae), read_flags()
     with torch.no_grad():
-        untiled = guarded_vae_call(_decode(vae), vae, z)
+        untiled = vae_call.guarded_call(_decode(vae), vae, z, tiling=False)
         runs = []
-        tiled = tiling.guarded_call(_decode(vae), vae, z, force=True, record=runs.append)
+        tiled = vae_call.guarded_call(_decode(vae), vae, z, tiling=True, record=runs.append)
         assert max(small_strips) >= 4, "cut into several strips"
-        encoded = guarded_vae_call(_encode(vae), vae, x)
-        encoded_tiled = tiling.guarded_call(_encode(vae), vae, x, force=True, record=runs.append)
+        encoded = vae_call.guarded_call(_encode(vae), vae, x, tiling=False)
+        encoded_tiled = vae_call.guarded_call(_encode(vae), vae, x, tiling=True, record=runs.append)
     assert tiled.dtype == torch.float32 and tiled.shape == untiled.shape
     assert (tiled - untiled).abs().max() < 1e-4, "GroupNorm statistics of the whole image, exact halos"
     assert (encoded_tiled - encoded).abs().max() < 1e-4
@@ -135,9 +134,9 @@ def test_a_call_that_does_not_fit_runs_tiled_and_is_reported(vae, monkeypatch):
     monkeypatch.setenv(vae_estimate.BUDGET_ENV, "0.002")
     report = FixReport()
     with torch.no_grad():
-        out = tiling.guarded_call(_decode(vae), vae, z, record=lambda run: tiling.report_run(report, run))
+        out = vae_call.guarded_call(_decode(vae), vae, z, record=lambda run: vae_call.report_run(report, run))
         monkeypatch.delenv(vae_estimate.BUDGET_ENV)
-        untiled = tiling.guarded_call(_decode(vae), vae, z, record=lambda run: tiling.report_run(report, run))
+        untiled = vae_call.guarded_call(_decode(vae), vae, z, record=lambda run: vae_call.report_run(report, run))
     assert (out - untiled).abs().max() < 1e-4
     assert report.facts == {"tiled": "decode"}
     size = f"{out.shape[-1]}x{out.shape[-2]}"
@@ -155,8 +154,8 @@ def test_a_batch_that_does_not_fit_runs_one_image_at_a_time(vae, monkeypatch):
     monkeypatch.setattr(vae.decoder, "forward", lambda h, *a, **k: batches.append(h.shape[0]) or forward(h, *a, **k))
     runs = []
     with torch.no_grad():
-        sliced = tiling.guarded_call(_decode(vae), vae, z, budget_gb=budget, record=runs.append)
-        whole = guarded_vae_call(_decode(vae), vae, z)
+        sliced = vae_call.guarded_call(_decode(vae), vae, z, budget_gb=budget, record=runs.append)
+        whole = vae_call.guarded_call(_decode(vae), vae, z, tiling=False)
     assert batches == [1, 1, 1, 3] and [r.how for r in runs] == ["sliced"]
     assert (sliced - whole).abs().max() < 1e-5
     assert "one image at a time in fp32" in runs[0].describe()
@@ -175,11 +174,11 @@ def test_out_of_memory_untiled_retries_tiled_then_the_error_goes_to_the_front(va
     runs = []
     before = _state(vae)
     with torch.no_grad():
-        out = tiling.guarded_call(_decode(vae), vae, z, record=runs.append)
+        out = vae_call.guarded_call(_decode(vae), vae, z, record=runs.append)
     assert tries == [torch.float32] and [(r.how, r.note) for r in runs] == [("tiled", "out of memory untiled")]
     monkeypatch.setattr(vae.decoder, "forward", forward)
     with torch.no_grad():
-        assert (out - guarded_vae_call(_decode(vae), vae, z)).abs().max() < 1e-4
+        assert (out - vae_call.guarded_call(_decode(vae), vae, z, tiling=False)).abs().max() < 1e-4
 
     strips = []
 
@@ -187,15 +186,15 @@ def test_out_of_memory_untiled_retries_tiled_then_the_error_goes_to_the_front(va
         strips.append(kwargs["strip_bytes"])
         raise MemoryError()
 
-    monkeypatch.setattr(tiling, "run_network", tiles_short_too)
+    monkeypatch.setattr(vae_call, "run_network", tiles_short_too)
     monkeypatch.setattr(vae.decoder, "forward", short_of_memory)
     with pytest.raises(MemoryError), torch.no_grad():
-        tiling.guarded_call(_decode(vae), vae, z)
+        vae_call.guarded_call(_decode(vae), vae, z)
     assert len(strips) >= 3 and strips[1] < strips[0], "smaller strips, then the forced call once more"
     assert _state(vae) == before and vars(vae.decoder)["forward"] is short_of_memory
     with pytest.raises(ValueError), torch.no_grad():  # anything else is not retried
-        monkeypatch.setattr(tiling, "run_network", lambda *a, **k: (_ for _ in ()).throw(ValueError("bug")))
-        tiling.guarded_call(_decode(vae), vae, z, force=True)
+        monkeypatch.setattr(vae_call, "run_network", lambda *a, **k: (_ for _ in ()).throw(ValueError("bug")))
+        vae_call.guarded_call(_decode(vae), vae, z, tiling=True)
     assert _state(vae) == before
 
 
@@ -211,7 +210,7 @@ def test_out_of_memory_around_the_networks_retries_the_call_tiled(monkeypatch):
         return vae.decode(latent)
 
     with torch.no_grad():
-        tiling.guarded_call(host_decode, vae, z, record=runs.append)
+        vae_call.guarded_call(host_decode, vae, z, record=runs.append)
     assert calls == [0, 1] and [r.how for r in runs] == ["tiled"]
 
 

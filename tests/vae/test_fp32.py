@@ -14,7 +14,8 @@ import torch
 from lib_sdfix.vae import exact as ex
 from lib_sdfix.vae import fp32 as fv
 from lib_sdfix.vae.exact import exact_weights
-from lib_sdfix.vae.fp32 import dtype_attributes, fp32_vae, guarded_vae_call, vae_weight_dtype
+from lib_sdfix.vae.call import guarded_call
+from lib_sdfix.vae.fp32 import dtype_attributes, fp32_vae, vae_weight_dtype
 
 PREFIX = "first_stage_model."
 
@@ -831,7 +832,7 @@ def test_vae_runs_in_fp32_and_weights_come_back_bit_identical(dtype):
 
     latent = torch.randn(1, 4, 8, 8, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's autocast must not reach the VAE
-        out = guarded_vae_call(decode, vae, latent)
+        out = guarded_call(decode, vae, latent)
     assert seen == {"latent": torch.float32, "weights": {torch.float32}, "flags": (False, False)}
     assert out.dtype == torch.float32
     assert all(p.dtype == dtype for p in vae.parameters())
@@ -844,15 +845,15 @@ def test_vae_runs_in_fp32_and_weights_come_back_bit_identical(dtype):
 def test_low_precision_latent_is_upcast_never_downcast():
     vae = _conv(torch.float16)
     got = []
-    guarded_vae_call(lambda z: got.append(z.dtype) or vae(z), vae, torch.randn(1, 4, 4, 4, dtype=torch.float16))
+    guarded_call(lambda z: got.append(z.dtype) or vae(z), vae, torch.randn(1, 4, 4, 4, dtype=torch.float16))
     assert got == [torch.float32]
 
 
 def test_upcast_off_leaves_dtypes_alone_but_still_guards_flags():
     vae = _conv(torch.float16)
     seen = []
-    guarded_vae_call(lambda z: seen.append((z.dtype, next(vae.parameters()).dtype, torch.backends.cudnn.allow_tf32)),
-                     vae, torch.randn(1, 4, 4, 4, dtype=torch.float16), upcast=False)
+    guarded_call(lambda z: seen.append((z.dtype, next(vae.parameters()).dtype, torch.backends.cudnn.allow_tf32)),
+                 vae, torch.randn(1, 4, 4, 4, dtype=torch.float16), upcast=False)
     assert seen == [(torch.float16, torch.float16, False)]
 
 
@@ -864,7 +865,7 @@ def test_vae_weights_restored_on_keyboard_interrupt():
 
     before = torch.backends.cudnn.allow_tf32
     with pytest.raises(KeyboardInterrupt):
-        guarded_vae_call(interrupted, vae, torch.randn(1, 4, 4, 4))
+        guarded_call(interrupted, vae, torch.randn(1, 4, 4, 4))
     assert {p.dtype for p in vae.parameters()} == {torch.float16}
     assert torch.backends.cudnn.allow_tf32 is before
 
