@@ -1,132 +1,141 @@
-"""Tiled and sliced fp32 VAE calls (lib_sdfix.vae.call, vae_estimate, vae_net, vae_strips): tiles give the
-untiled result, the estimate decides, batches go one image at a time, out of memory retries tiled,
-and everything the call touched is as it was afterwards."""
+"""The one guarded VAE call (lib_sdfix.vae.call): the VAE and its inputs in fp32 for the call, flags
+guarded, autocast off; tiles give the untiled result, the estimate decides, batches go one image at a
+time, out of memory retries tiled, and everything the call touched is as it was afterwards."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lib_sdfix.vae import call as vae_call, estimate as vae_estimate, plan as vae_plan, strips as vae_strips
 from lib_sdfix.failsafe import FixReport
 from lib_sdfix.precision import read_flags
-from lib_sdfix.vae.net import Unsupported, network_of
+from lib_sdfix.vae import call as vae_call
+from lib_sdfix.vae import estimate as vae_estimate
+from lib_sdfix.vae import plan as vae_plan
+from lib_sdfix.vae.call import guarded_call
+from lib_sdfix.vae.net import network_of
 
 from ..ldm_vae import LdmVAE
-
-HALF = torch.bfloat16  # what the CPU computes in half precision
-
-
-def _diffusers_vae():
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    return diffusers.AutoencoderKL(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
-                                   up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1, norm_num_groups=8,
-                                   latent_channels=4).eval()
+from .support import HALF, conv_vae, decode_fn, encode_fn, tensor_state
 
 
-def _decode(vae):
-    return (lambda z: vae.decode(z).sample) if hasattr(vae, "use_tiling") else vae.decode
+# --- fp32 for the call -----------------------------------------------------------------------------
 
 
-def _encode(vae):
-    return (lambda x: vae.encode(x).latent_dist.mean) if hasattr(vae, "use_tiling") else vae.encode
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_vae_runs_in_fp32_and_weights_come_back_bit_identical(dtype):
+    vae = conv_vae(dtype)
+    weights_before = [p.detach().clone() for p in vae.parameters()]
+    seen = {}
+
+    def decode(latent):
+        seen["latent"] = latent.dtype
+        seen["weights"] = {p.dtype for p in vae.parameters()}
+        seen["flags"] = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+        return vae(latent)
+
+    latent = torch.randn(1, 4, 8, 8, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's autocast must not reach the VAE
+        out = guarded_call(decode, vae, latent)
+    assert seen == {"latent": torch.float32, "weights": {torch.float32}, "flags": (False, False)}
+    assert out.dtype == torch.float32
+    assert all(p.dtype == dtype for p in vae.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(weights_before, vae.parameters()))
+    reference = conv_vae(torch.float32)(latent)
+    # fp32 math on weights that were rounded to `dtype`: close to the fp32 model, far closer than half math
+    assert torch.allclose(out, reference, atol=0.1)
 
 
-def _state(vae):
-    return [(name, t.data_ptr(), t.dtype) for name, t in list(vae.named_parameters()) + list(vae.named_buffers())]
+def test_low_precision_latent_is_upcast_never_downcast():
+    vae = conv_vae(torch.float16)
+    got = []
+    guarded_call(lambda z: got.append(z.dtype) or vae(z), vae, torch.randn(1, 4, 4, 4, dtype=torch.float16))
+    assert got == [torch.float32]
 
 
-@pytest.fixture(params=["ldm", "diffusers"])
-def vae(request):
-    return (LdmVAE() if request.param == "ldm" else _diffusers_vae()).to(HALF)
+def test_upcast_off_leaves_dtypes_alone_but_still_guards_flags():
+    vae = conv_vae(torch.float16)
+    seen = []
+    guarded_call(lambda z: seen.append((z.dtype, next(vae.parameters()).dtype, torch.backends.cudnn.allow_tf32)),
+                 vae, torch.randn(1, 4, 4, 4, dtype=torch.float16), upcast=False)
+    assert seen == [(torch.float16, torch.float16, False)]
 
 
-@pytest.fixture
-def small_strips(monkeypatch):
-    """Strips of a few rows, so that small test images are cut into many of them."""
-    counts = []
-    real = vae_strips._strips
+def test_vae_weights_restored_on_keyboard_interrupt():
+    vae = conv_vae(torch.float16)
 
-    def strips(height, rows):
-        found = real(height, rows)
-        counts.append(len(found))
-        return found
+    def interrupted(z):
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(vae_estimate, "default_strip_bytes", lambda *a, **k: 48 * 1024)
-    monkeypatch.setattr(vae_estimate, "MIN_STRIP", 4 * 1024)
-    monkeypatch.setattr(vae_plan, "default_strip_bytes", lambda *a, **k: 48 * 1024)
-    monkeypatch.setattr(vae_plan, "MIN_STRIP", 4 * 1024)
-    monkeypatch.setattr(vae_call, "MIN_STRIP", 4 * 1024)
-    monkeypatch.setattr(vae_strips, "_strips", strips)
-    return counts
+    before = torch.backends.cudnn.allow_tf32
+    with pytest.raises(KeyboardInterrupt):
+        guarded_call(interrupted, vae, torch.randn(1, 4, 4, 4))
+    assert {p.dtype for p in vae.parameters()} == {torch.float16}
+    assert torch.backends.cudnn.allow_tf32 is before
+
+
+def test_record_weights_tells_how_the_weights_ran():
+    told = []
+    half, full = conv_vae(torch.float16), conv_vae(torch.float32)
+    latent = torch.randn(1, 4, 4, 4)
+    guarded_call(half, half, latent, record_weights=told.append)
+    guarded_call(full, full, latent, record_weights=told.append)
+    exact = {name: p.detach().float() for name, p in half.named_parameters()}
+    guarded_call(half, half, latent, exact=exact, record_weights=told.append)
+    guarded_call(lambda z: None, half, latent, upcast=False, record_weights=told.append)
+    assert told == ["upcast", "fp32", "exact"], "nothing to tell without upcast"
+
+
+# --- planned: untiled, sliced or tiled -------------------------------------------------------------
 
 
 def test_tiled_decode_and_encode_give_the_untiled_fp32_result(vae, small_strips):
     z = torch.randn(2, 4, 12, 20).to(HALF)
     x = (torch.rand(1, 3, 48, 40) * 2 - 1).to(HALF)
-    before, flags = _state(vae), read_flags()
+    before, flags = tensor_state(vae), read_flags()
     with torch.no_grad():
-        untiled = vae_call.guarded_call(_decode(vae), vae, z, tiling=False)
+        untiled = vae_call.guarded_call(decode_fn(vae), vae, z, tiling=False)
         runs = []
-        tiled = vae_call.guarded_call(_decode(vae), vae, z, tiling=True, record=runs.append)
+        tiled = vae_call.guarded_call(decode_fn(vae), vae, z, tiling=True, record=runs.append)
         assert max(small_strips) >= 4, "cut into several strips"
-        encoded = vae_call.guarded_call(_encode(vae), vae, x, tiling=False)
-        encoded_tiled = vae_call.guarded_call(_encode(vae), vae, x, tiling=True, record=runs.append)
+        encoded = vae_call.guarded_call(encode_fn(vae), vae, x, tiling=False)
+        encoded_tiled = vae_call.guarded_call(encode_fn(vae), vae, x, tiling=True, record=runs.append)
     assert tiled.dtype == torch.float32 and tiled.shape == untiled.shape
     assert (tiled - untiled).abs().max() < 1e-4, "GroupNorm statistics of the whole image, exact halos"
     assert (encoded_tiled - encoded).abs().max() < 1e-4
     assert [(r.kind, r.how) for r in runs] == [("decoder", "tiled"), ("encoder", "tiled")]
-    assert _state(vae) == before and read_flags() == flags
+    assert tensor_state(vae) == before and read_flags() == flags
     assert "forward" not in vars(vae.decoder) and "forward" not in vars(vae.encoder)
     with torch.no_grad():
-        assert (_decode(vae)(z).float() - untiled).abs().max() > 1e-3, "and afterwards the VAE is half again"
+        assert (decode_fn(vae)(z).float() - untiled).abs().max() > 1e-3, "and afterwards the VAE is half again"
 
 
-@pytest.mark.parametrize("kernel", ["group-norm", "missing"])
-@pytest.mark.parametrize("offset", [0.0, 10.0, 1000.0])
-def test_group_statistics_over_strips_are_the_whole_images(offset, kernel, monkeypatch):
-    """Each strip's statistics come from the GroupNorm kernel and are combined in fp64: as close to
-    the exact (fp64) statistics of the whole image as GroupNorm's own, a constant group included."""
-    if kernel == "missing":  # a backend without the GroupNorm kernel: var_mean instead
-        def missing(*args):
-            raise NotImplementedError("no kernel")
+def test_tiling_false_runs_the_vae_as_it_is(monkeypatch):
+    """Never planned: no estimate, the networks' own forward, out of memory straight to the caller."""
+    vae = LdmVAE().to(HALF)
+    z = torch.randn(1, 4, 8, 8).to(HALF)
+    with torch.no_grad():
+        planned = guarded_call(vae.decode, vae, z)
+    monkeypatch.setattr(vae_call, "plan", lambda *a, **k: pytest.fail("planned"))
+    replaced, runs = [], []
 
-        monkeypatch.setattr(vae_strips, "_group_norm_kernel", missing)
-    torch.manual_seed(0)
-    x = (torch.randn(64, 40, 9, dtype=torch.float64) * 0.5 + offset).float()
-    x[:2] = 3.0  # group 0 is constant: its strips' rstd is infinite
-    rows = vae_strips.Rows(64, 40, 9, torch.device("cpu"), torch.device("cpu"))
-    for a in range(0, 40, 7):  # uneven strips, the last one short
-        rows.append(x[:, a:a + 7])
-    mean, rstd = rows.group_stats(32, 1e-6)
-    var_ref, mean_ref = torch.var_mean(x.double().reshape(32, -1), dim=1, unbiased=False)
-    rstd_ref = torch.rsqrt(var_ref + 1e-6)
-    _, _, kernel = torch.ops.aten.native_group_norm(x.reshape(1, 64, -1), None, None, 1, 64, 360, 32, 1e-6)
-    kernel_error = float(((kernel[0].double() - rstd_ref) / rstd_ref).abs().max())
-    assert float(((rstd.double() - rstd_ref) / rstd_ref).abs().max()) <= 2 * kernel_error + 1e-7
-    assert torch.allclose(mean.double(), mean_ref, rtol=1e-6, atol=1e-6)
-    assert rstd[0] == pytest.approx(1e-6 ** -0.5, rel=1e-6)
+    def decode(latent):
+        replaced.append("forward" in vars(vae.decoder))
+        return vae.decode(latent)
 
+    with torch.no_grad():
+        out = guarded_call(decode, vae, z, tiling=False, record=runs.append)
+    assert out.dtype == torch.float32 and replaced == [False] and runs == []
+    assert torch.allclose(out, planned, atol=1e-6), "the same fp32 decode as the planned untiled one"
+    calls = []
 
-def test_the_estimate_decides(vae, monkeypatch):
-    graph = network_of(vae.decoder)
-    shape = (1, 4, 128, 128)
-    est = vae_estimate.estimate(graph, shape, HALF)
-    large = vae_estimate.estimate(graph, (1, 4, 256, 256), HALF)
-    assert large.tiled < large.native < large.fp32, "fp32 doubles the activations; strips hold less than either"
-    slack = vae_estimate._SLACK
-    assert large.fp32 - slack > 3.9 * (est.fp32 - slack), "grows with the area"
-    fits = vae_plan.plan(graph, shape, torch.device("cpu"), native_dtype=HALF, available=est.fp32)
-    short = vae_plan.plan(graph, shape, torch.device("cpu"), native_dtype=HALF, available=est.fp32 - 1)
-    unknown = vae_plan.plan(graph, shape, torch.device("cpu"), native_dtype=HALF, available=None, budget_gb=0)
-    assert (fits.how, short.how) == ("untiled", "tiled") and "GiB available" in short.reason
-    monkeypatch.setattr(vae_estimate, "free_memory", lambda device: None)
-    assert vae_plan.plan(graph, shape, torch.device("cpu"), native_dtype=HALF).how == "untiled"
-    assert unknown.available is not None  # the CPU's MemAvailable
-    monkeypatch.setenv(vae_estimate.BUDGET_ENV, "0.5")
-    assert vae_estimate.available_memory(torch.device("cpu")) == vae_estimate.GIB // 2
-    monkeypatch.setenv(vae_estimate.BUDGET_ENV, "nonsense")
-    assert vae_estimate.budget_from_env() == 0.0
+    def short_of_memory(latent):
+        calls.append(latent.dtype)
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with pytest.raises(torch.OutOfMemoryError), torch.no_grad():
+        guarded_call(short_of_memory, vae, z, tiling=False)
+    assert calls == [torch.float32], "not retried tiled"
+    assert all(p.dtype == HALF for p in vae.parameters())
 
 
 def test_a_call_that_does_not_fit_runs_tiled_and_is_reported(vae, monkeypatch):
@@ -134,9 +143,9 @@ def test_a_call_that_does_not_fit_runs_tiled_and_is_reported(vae, monkeypatch):
     monkeypatch.setenv(vae_estimate.BUDGET_ENV, "0.002")
     report = FixReport()
     with torch.no_grad():
-        out = vae_call.guarded_call(_decode(vae), vae, z, record=lambda run: vae_call.report_run(report, run))
+        out = vae_call.guarded_call(decode_fn(vae), vae, z, record=lambda run: vae_call.report_run(report, run))
         monkeypatch.delenv(vae_estimate.BUDGET_ENV)
-        untiled = vae_call.guarded_call(_decode(vae), vae, z, record=lambda run: vae_call.report_run(report, run))
+        untiled = vae_call.guarded_call(decode_fn(vae), vae, z, record=lambda run: vae_call.report_run(report, run))
     assert (out - untiled).abs().max() < 1e-4
     assert report.facts == {"tiled": "decode"}
     size = f"{out.shape[-1]}x{out.shape[-2]}"
@@ -154,11 +163,14 @@ def test_a_batch_that_does_not_fit_runs_one_image_at_a_time(vae, monkeypatch):
     monkeypatch.setattr(vae.decoder, "forward", lambda h, *a, **k: batches.append(h.shape[0]) or forward(h, *a, **k))
     runs = []
     with torch.no_grad():
-        sliced = vae_call.guarded_call(_decode(vae), vae, z, budget_gb=budget, record=runs.append)
-        whole = vae_call.guarded_call(_decode(vae), vae, z, tiling=False)
+        sliced = vae_call.guarded_call(decode_fn(vae), vae, z, budget_gb=budget, record=runs.append)
+        whole = vae_call.guarded_call(decode_fn(vae), vae, z, tiling=False)
     assert batches == [1, 1, 1, 3] and [r.how for r in runs] == ["sliced"]
     assert (sliced - whole).abs().max() < 1e-5
     assert "one image at a time in fp32" in runs[0].describe()
+
+
+# --- out of memory ---------------------------------------------------------------------------------
 
 
 def test_out_of_memory_untiled_retries_tiled_then_the_error_goes_to_the_front(vae, monkeypatch):
@@ -172,13 +184,13 @@ def test_out_of_memory_untiled_retries_tiled_then_the_error_goes_to_the_front(va
 
     monkeypatch.setattr(vae.decoder, "forward", short_of_memory)
     runs = []
-    before = _state(vae)
+    before = tensor_state(vae)
     with torch.no_grad():
-        out = vae_call.guarded_call(_decode(vae), vae, z, record=runs.append)
+        out = vae_call.guarded_call(decode_fn(vae), vae, z, record=runs.append)
     assert tries == [torch.float32] and [(r.how, r.note) for r in runs] == [("tiled", "out of memory untiled")]
     monkeypatch.setattr(vae.decoder, "forward", forward)
     with torch.no_grad():
-        assert (out - vae_call.guarded_call(_decode(vae), vae, z, tiling=False)).abs().max() < 1e-4
+        assert (out - vae_call.guarded_call(decode_fn(vae), vae, z, tiling=False)).abs().max() < 1e-4
 
     strips = []
 
@@ -189,13 +201,13 @@ def test_out_of_memory_untiled_retries_tiled_then_the_error_goes_to_the_front(va
     monkeypatch.setattr(vae_call, "run_network", tiles_short_too)
     monkeypatch.setattr(vae.decoder, "forward", short_of_memory)
     with pytest.raises(MemoryError), torch.no_grad():
-        vae_call.guarded_call(_decode(vae), vae, z)
+        vae_call.guarded_call(decode_fn(vae), vae, z)
     assert len(strips) >= 3 and strips[1] < strips[0], "smaller strips, then the forced call once more"
-    assert _state(vae) == before and vars(vae.decoder)["forward"] is short_of_memory
+    assert tensor_state(vae) == before and vars(vae.decoder)["forward"] is short_of_memory
     with pytest.raises(ValueError), torch.no_grad():  # anything else is not retried
         monkeypatch.setattr(vae_call, "run_network", lambda *a, **k: (_ for _ in ()).throw(ValueError("bug")))
-        vae_call.guarded_call(_decode(vae), vae, z, tiling=True)
-    assert _state(vae) == before
+        vae_call.guarded_call(decode_fn(vae), vae, z, tiling=True)
+    assert tensor_state(vae) == before
 
 
 def test_out_of_memory_around_the_networks_retries_the_call_tiled(monkeypatch):
@@ -212,28 +224,3 @@ def test_out_of_memory_around_the_networks_retries_the_call_tiled(monkeypatch):
     with torch.no_grad():
         vae_call.guarded_call(host_decode, vae, z, record=runs.append)
     assert calls == [0, 1] and [r.how for r in runs] == ["tiled"]
-
-
-def test_an_unknown_structure_runs_as_it_is(monkeypatch):
-    vae = LdmVAE().to(HALF)
-    vae.decoder.mid.attn_1 = torch.nn.MultiheadAttention(8, 1)  # not what the executor knows
-    with pytest.raises(Unsupported, match="mid.attn_1"):
-        network_of(vae.decoder)
-    report = vae_plan.memory_report(vae, 256, 256)
-    assert report["available"] is False and "mid.attn_1" in report["reason"]
-    with pytest.raises(Unsupported):
-        network_of(torch.nn.Conv2d(4, 3, 3))
-
-
-def test_memory_report_for_the_audits(vae, monkeypatch):
-    monkeypatch.setenv(vae_estimate.BUDGET_ENV, "64")  # the machine's free memory is not the test's
-    report = vae_plan.memory_report(vae, 1024, 1024)
-    factor = 4 if isinstance(vae, LdmVAE) else 2  # the test networks' upsamplings
-    assert report["available"] and report["input"] == [1, 4, 1024 // factor, 1024 // factor]
-    assert report["output"] == [1024, 1024]
-    assert report["fp32_bytes"] > report["native_bytes"] > report["fp32_tiled_bytes"] and report["tiled"] is False
-    monkeypatch.setenv(vae_estimate.BUDGET_ENV, "0.01")
-    small = vae_plan.memory_report(vae, 1024, 1024)
-    assert small["tiled"] is True and small["budget_gb"] == 0.01 and "GiB available" in small["reason"]
-    encoder = vae_plan.memory_report(vae, 512, 512, kind="encoder")
-    assert encoder["input"] == [1, 3, 512, 512]
