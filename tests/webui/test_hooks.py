@@ -200,7 +200,7 @@ def test_sd_upscale_gets_the_fix_before_any_generation_runs(webui, monkeypatch):
 
 
 def test_a_failing_guard_falls_back_leaves_the_vae_as_it_was_and_is_reported(webui, monkeypatch):
-    import lib_sdfix.vae.fp32 as fp32_vae
+    import lib_sdfix.vae.fp32 as vae_fp32
 
     p = FakeP()
     run(webui, p)
@@ -208,7 +208,7 @@ def test_a_failing_guard_falls_back_leaves_the_vae_as_it_was_and_is_reported(web
     def half_way(attrs):  # the weights are already fp32 when this fails
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(fp32_vae, "_attrs_enter", half_way)
+    monkeypatch.setattr(vae_fp32, "_attrs_enter", half_way)
     latent = torch.randn(1, 4, 8, 8)
     out = decode(webui, latent)
     assert out.shape[:2] == (1, 3) and webui.vae.seen[-1]["weight"] == torch.float16
