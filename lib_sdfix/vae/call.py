@@ -296,7 +296,8 @@ def guarded_call(fn: Callable[..., Any], vae: Any, *args: Any, upcast: bool = Tr
     the image) upcast to fp32.  Its decoder and encoder, with ``tiling`` None: untiled, one image at a
     time or tiled as the estimate says (within ``budget_gb`` GiB; None: ``SDFIX_VAE_MEMORY_GB``), and
     the whole call once more tiled if out of memory escapes it; True: always tiled; False: the VAE
-    as it is, never planned nor retried.  ``record`` gets a :class:`Run` for each planned network
+    as it is, never planned nor retried.  A VAE without them (or of a structure the executor does not
+    know) runs untiled.  ``record`` gets a :class:`Run` for each planned network
     call, ``record_weights`` how the weights ran ("exact", "upcast" or "fp32") once ``fn`` returned.
     Without ``upcast`` only the flags are guarded.
     """
@@ -328,7 +329,7 @@ def _fp32_call(call: Callable[[], Any], module: Any, dtype_attrs: Sequence[Tuple
         parts += [name for name, _ in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))]
     names = {id(net): name for name, net in nets.items()}
     error: Optional[BaseException] = None
-    for forced in dict.fromkeys((bool(tiling), True)):
+    for forced in dict.fromkeys((bool(tiling and nets), True)):  # no networks: nothing to tile
         if forced and not nets:
             break
         try:

@@ -85,6 +85,15 @@ def test_record_weights_tells_how_the_weights_ran():
     assert told == ["upcast", "fp32", "exact"], "nothing to tell without upcast"
 
 
+def test_a_vae_without_decoder_or_encoder_runs_untiled_even_when_tiling_is_asked_for():
+    vae = conv_vae(torch.float16)
+    latent = torch.randn(1, 4, 4, 4)
+    runs = []
+    out = guarded_call(vae, vae, latent, tiling=True, record=runs.append)
+    assert out.dtype == torch.float32 and runs == []
+    assert torch.equal(out, guarded_call(vae, vae, latent, tiling=False))
+
+
 # --- planned: untiled, sliced or tiled -------------------------------------------------------------
 
 
