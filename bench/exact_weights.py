@@ -101,8 +101,9 @@ def child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from lib_sdfix.fp32_vae import exact_weights, fp32_vae
     from lib_sdfix.precision import precision_guard
+    from lib_sdfix.vae.exact import exact_weights
+    from lib_sdfix.vae.fp32 import fp32_vae
 
     torch.manual_seed(1)
     cuda = args.device.startswith("cuda")

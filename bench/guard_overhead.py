@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lib_sdfix.fp32_vae import guarded_vae_call  # noqa: E402
 from lib_sdfix.precision import precision_guard  # noqa: E402
+from lib_sdfix.vae.call import guarded_call  # noqa: E402
 
 
 def sd15_vae():
@@ -61,7 +61,7 @@ def main() -> None:
 
     def guarded():
         with torch.no_grad():
-            return guarded_vae_call(lambda z: vae.decode(z).sample, vae, latent)
+            return guarded_call(lambda z: vae.decode(z).sample, vae, latent, tiling=False)
 
     def timed(fn) -> float:
         start = time.perf_counter()

@@ -3,7 +3,7 @@ architectures, random seeded weights), each configuration in a fresh process.
 
 * native: the VAE in its own dtype (fp16 on CUDA, bf16 on the CPU), diffusers' plain ``decode``.
 * fp32: SDFix's untiled guarded decode (the VAE cast to fp32 in place for the call).
-* tiled: SDFix's tiled fp32 decode (``lib_sdfix.tiling``, tiling forced).
+* tiled: SDFix's tiled fp32 decode (``lib_sdfix.vae.call``, tiling forced).
 
 Peak memory is what the call adds to a process holding the native VAE and the latent: on CUDA
 ``max_memory_allocated`` minus what was allocated before; on the CPU the peak RSS (VmHWM, reset
@@ -16,7 +16,7 @@ untiled call's large tensors are mapped afresh), peaks then not exact.  Targets:
 native peak, tiled time <= 1.3 x fp32 time, tiled vs fp32 output within 1/255 mean absolute
 difference with no seam.  A heatmap PNG
 of |tiled - fp32| (brightest = the largest difference) is written to ``--out`` for every size, and
-the estimate of ``lib_sdfix.tiling`` is printed next to each measurement.
+the estimate of ``lib_sdfix.vae.estimate`` is printed next to each measurement.
 
     python bench/vae_memory.py [--device cpu|cuda] [--archs sd15,sdxl] [--sizes 512,1024] [--repeat 1]
                                [--allocator exact|default] [--out DIR]
@@ -78,9 +78,9 @@ def _reset_peak_rss() -> None:
 def child(arch: str, size: int, mode: str, device_name: str, out: Path) -> Dict[str, Any]:
     import torch
 
-    from lib_sdfix import tiling
-    from lib_sdfix.fp32_vae import guarded_vae_call
-    from lib_sdfix.vae_estimate import estimate
+    from lib_sdfix.vae.call import guarded_call
+    from lib_sdfix.vae.estimate import estimate
+    from lib_sdfix.vae.net import network_of
 
     device = torch.device(device_name)
     native = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -93,8 +93,8 @@ def child(arch: str, size: int, mode: str, device_name: str, out: Path) -> Dict[
             if mode == "native":
                 return vae.decode(z).sample
             if mode == "fp32":
-                return guarded_vae_call(lambda t: vae.decode(t).sample, vae, z)
-            return tiling.guarded_call(lambda t: vae.decode(t).sample, vae, z, force=True)
+                return guarded_call(lambda t: vae.decode(t).sample, vae, z, tiling=False)
+            return guarded_call(lambda t: vae.decode(t).sample, vae, z, tiling=True)
 
     decode(latent[:, :, :8, :8])  # warm-up: kernels, allocator, first-call setup
     import gc
@@ -115,7 +115,7 @@ def child(arch: str, size: int, mode: str, device_name: str, out: Path) -> Dict[
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss()["VmHWM"]) - before
     if mode != "native":
         torch.save(image.float().cpu(), out / f"{arch}-{size}-{mode}.pt")
-    graph = tiling.network(vae.decoder)
+    graph = network_of(vae.decoder)
     cast = sum(4 * p.numel() for p in vae.parameters())
     est = estimate(graph, latent.shape, native, cast_bytes=cast, device=device)
     estimated = {"native": est.native, "fp32": est.fp32, "tiled": est.tiled}[mode]
@@ -140,7 +140,7 @@ def run_child(arch: str, size: int, mode: str, device: str, out: Path, allocator
 
 def seam_rows(graph: Any, latent: int, strip_bytes: int) -> List[int]:
     """Output rows next to a strip boundary of any operation (boundaries mapped to output pixels)."""
-    from lib_sdfix.vae_estimate import walk
+    from lib_sdfix.vae.estimate import walk
 
     rows = set()
     height = latent
@@ -160,13 +160,13 @@ def compare(arch: str, size: int, out: Path, strip_bytes: int) -> Dict[str, Any]
     import torch
     from PIL import Image
 
-    from lib_sdfix import tiling
+    from lib_sdfix.vae.net import network_of
 
     untiled = torch.load(out / f"{arch}-{size}-fp32.pt", weights_only=True)[0]
     tiled = torch.load(out / f"{arch}-{size}-tiled.pt", weights_only=True)[0]
     diff = ((tiled - untiled).abs() / 2.0 * 255.0)  # [-1, 1] output -> 0..255 pixel units
     per_pixel = diff.amax(dim=0).numpy()
-    graph = tiling.network(build_vae(arch).decoder)
+    graph = network_of(build_vae(arch).decoder)
     seams = seam_rows(graph, size // 8, strip_bytes)
     mask = np.zeros(per_pixel.shape[0], dtype=bool)
     mask[seams] = True
@@ -234,7 +234,7 @@ def main() -> None:
                   f"| {row['fp32']['seconds']:.1f} | {row['tiled']['seconds']:.1f} "
                   f"| {row['tiled']['seconds'] / row['fp32']['seconds']:.2f} | {quality['max']:.4f} "
                   f"| {quality['mean']:.5f} | {quality['seam']:.2f} |")
-    print("\nEstimates (lib_sdfix.tiling) vs measured peak:")
+    print("\nEstimates (lib_sdfix.vae.estimate) vs measured peak:")
     for (arch, size, mode), r in results.items():
         print(f"  {arch} {size}² {mode}: estimated {_mb(r['estimate'])} MiB, measured {_mb(r['peak'])} MiB "
               f"({r['estimate'] / max(r['peak'], 1):.2f}x)")

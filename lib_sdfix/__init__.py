@@ -1,7 +1,7 @@
 """SDFix core: removes the precision and pipeline mistakes behind the "oil painting" look.
 
 Host-free (imports no WebUI and no diffusers): ``settings`` (the one settings model and fix table),
-``precision`` (the TF32 guard), ``fp32_vae`` (an fp32 VAE for one call, exact weights), ``parity``,
+``precision`` (the TF32 guard), ``vae`` (an fp32 VAE for one call, tiled when it does not fit), ``parity``,
 ``resize``, ``refine`` (the late refine's step count, seeds and samplers), ``metrics``, ``failsafe``,
 ``patching``, ``limits``, the ``ab`` package and ``command``
 (what the ``python -m lib_sdfix`` commands share).  The WebUI front is ``lib_sdfix.webui`` (the only

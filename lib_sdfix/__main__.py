@@ -19,9 +19,9 @@ def _check() -> int:
 
     from lib_sdfix import __version__
     from lib_sdfix.metrics import compare_detail
-    from lib_sdfix.fp32_vae import guarded_vae_call
     from lib_sdfix.precision import flag_api, read_flags
     from lib_sdfix.resize import resize_after_upscale
+    from lib_sdfix.vae.call import guarded_call
 
     failures: List[str] = []
 
@@ -50,7 +50,7 @@ def _check() -> int:
         )
         return vae(z)
 
-    guarded_vae_call(decode, vae, torch.randn(1, 4, 16, 16))
+    guarded_call(decode, vae, torch.randn(1, 4, 16, 16))
     check(seen.get("dtype") == "torch.float32" and seen.get("latent") == "torch.float32", "VAE ran in fp32", json.dumps(seen))
     check(not (seen["cudnn_tf32"] or seen["matmul_tf32"] or seen["benchmark"]), "TF32 and cuDNN autotuning off inside")
     check(read_flags() == before, "every flag restored")

@@ -13,7 +13,7 @@ fp32 matmul precision "highest", no reduced-precision fp16/bf16 reductions or fp
 feature-detected, so torch 2.1-2.8 (``allow_tf32`` booleans only) and torch >= 2.9 (the
 ``fp32_precision`` tree as well) both work.  Re-entrant and thread-safe: one process-wide depth
 counter; the first entrant snapshots and applies, the last one restores.  The VAE itself in fp32 for
-the call is :mod:`lib_sdfix.fp32_vae`; :func:`lib_sdfix.fp32_vae.guarded_vae_call` combines both.
+the call is :mod:`lib_sdfix.vae.fp32`; :func:`lib_sdfix.vae.call.guarded_call` combines both.
 
 How torch >= 2.9 keeps these flags (what the guard must respect):
 

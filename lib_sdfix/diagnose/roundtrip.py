@@ -156,7 +156,7 @@ def vae_in_dtype(module: Any, dtype_name: str, attrs: Sequence[Tuple[Any, str]] 
     """
     import torch
 
-    from lib_sdfix.fp32_vae import dtype_attributes
+    from lib_sdfix.vae.fp32 import dtype_attributes
 
     dtype = _dtype(dtype_name)
     swaps: List[Tuple[Any, Any, int, Any]] = []

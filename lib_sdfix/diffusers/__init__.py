@@ -11,7 +11,7 @@ cause                 what :func:`harden` does
 vae_precision         VAE decode/encode under the precision guard, VAE in fp32 for the call
                       (cast in place, no second VAE; with sequential/disk offload an fp32 copy
                       built from accelerate's weights map), tiled fp32 decode/encode when the
-                      memory estimate says it does not fit or it runs out of memory (lib_sdfix.tiling)
+                      memory estimate says it does not fit or it runs out of memory (lib_sdfix.vae.call)
 embeds_dtype          prompt embeddings (also Compel's, also from an fp32 text encoder) cast
                       to the UNet's dtype and the pipeline's execution device
 offload_hooks         one CPU-offload hook chain shared by both pipelines instead of two

@@ -196,13 +196,13 @@ class _Pipeline:
         import torch
 
         from lib_sdfix.diagnose.roundtrip import tensor_to_image
-        from lib_sdfix.fp32_vae import guarded_vae_call
+        from lib_sdfix.vae.call import guarded_call
 
         vae = self.pipe.vae
         z = latents[:1] / vae.config.scaling_factor
         with torch.no_grad():
             if guarded:
-                decoded = guarded_vae_call(lambda x: vae.decode(x).sample, vae, z)
+                decoded = guarded_call(lambda x: vae.decode(x).sample, vae, z, tiling=False)
             else:
                 decoded = vae.decode(z.to(vae.dtype)).sample
         self.counters.decodes += 1
@@ -217,7 +217,7 @@ class _Pipeline:
 @contextlib.contextmanager
 def _variant(pipe: _Pipeline, name: str) -> Any:
     from lib_sdfix.diagnose.roundtrip import vae_in_dtype
-    from lib_sdfix.fp32_vae import fp32_vae
+    from lib_sdfix.vae.fp32 import fp32_vae
     from lib_sdfix.precision import autocast_disabled, precision_guard
 
     vae = pipe.pipe.vae

@@ -21,7 +21,7 @@ __all__ = ["cast_prompt_embeds", "find_embeds_dtype"]
 def _cast_embeddings(pipe: Any, output: Any, report: Optional[FixReport]) -> Any:
     import torch
 
-    from lib_sdfix.fp32_vae import vae_weight_dtype
+    from lib_sdfix.vae.fp32 import vae_weight_dtype
 
     unet = getattr(pipe, "unet", None)
     if unet is None:
@@ -80,7 +80,7 @@ def _text_encoders(pipe: Any) -> List[Tuple[str, Any]]:
 
 
 def find_embeds_dtype(pipes: Sequence[Any]) -> Finding:
-    from lib_sdfix.fp32_vae import vae_weight_dtype
+    from lib_sdfix.vae.fp32 import vae_weight_dtype
 
     mismatched: Dict[str, str] = {}
     unguarded = False

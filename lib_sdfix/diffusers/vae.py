@@ -1,11 +1,11 @@
 """Cause ``vae_precision``: the VAE's decode and encode under the precision guard, the VAE in fp32 for
 the call.
 
-The fp32 call is :func:`lib_sdfix.fp32_vae.guarded_vae_call` -- the VAE cast in place for the call,
+The fp32 call is :func:`lib_sdfix.vae.call.guarded_call` -- the VAE cast in place for the call,
 no second VAE -- except where accelerate's offload hooks own the weights (sequential or disk
 offload): there an fp32 copy built from the offload weights map runs instead
 (:mod:`lib_sdfix.diffusers.vae_copy`), so the offloaded VAE is never touched.  Both run through
-:mod:`lib_sdfix.tiling`, as the WebUI front does: the fp32 decoder/encoder untiled, one image at a
+:mod:`lib_sdfix.vae.call`, as the WebUI front does: the fp32 decoder/encoder untiled, one image at a
 time or tiled as the memory estimate says, and tiled when out of memory; only then the VAE's own
 dtype, flags still guarded.  (diffusers' own ``enable_tiling`` blends independent tiles, with their
 own GroupNorm statistics: it is not used here.)
@@ -42,11 +42,10 @@ def _free_device_memory() -> None:
 
 def _networks_known(vae: Any) -> bool:
     """Whether the tiled executor can run this VAE's decoder/encoder."""
-    from lib_sdfix.tiling import network, networks_of
-    from lib_sdfix.vae_net import Unsupported
+    from lib_sdfix.vae.net import Unsupported, network_of, vae_networks
 
     try:
-        return bool([network(net) for net in networks_of(vae).values()])
+        return bool([network_of(net) for net in vae_networks(vae).values()])
     except Unsupported:
         return False
 
@@ -83,7 +82,7 @@ class VaeGuard(Hardening):
         )
 
     def _guarded(self, kind: str, original: Callable[..., Any], vae: Any, args: Tuple, kwargs: Dict[str, Any]) -> Any:
-        from lib_sdfix.tiling import is_oom
+        from lib_sdfix.vae.call import is_oom
 
         upcast = self.options.upcast
         in_dtype = first_floating_dtype(args, kwargs)
@@ -102,21 +101,20 @@ class VaeGuard(Hardening):
 
     def _after_oom(self, error: BaseException, kind: str, original: Callable[..., Any], vae: Any, upcast: bool,
                    args: Tuple, kwargs: Dict[str, Any]) -> Any:
-        """The VAE call did not fit.  In fp32 the tiled retry has already run (:mod:`lib_sdfix.tiling`):
+        """The VAE call did not fit.  In fp32 the tiled retry has already run (:mod:`lib_sdfix.vae.call`):
         the VAE's own dtype is left, flags still guarded.  In the VAE's own dtype (``vae_dtype=auto``):
         tiled in fp32, which needs less memory than the untiled half-precision call."""
-        from lib_sdfix.fp32_vae import guarded_vae_call
-        from lib_sdfix.tiling import guarded_call, report_run
+        from lib_sdfix.vae.call import guarded_call, report_run
 
         _free_device_memory()
         if upcast:
-            out = guarded_vae_call(original, vae, *args, upcast=False, **kwargs)
+            out = guarded_call(original, vae, *args, upcast=False, **kwargs)
             self.report.note(f"VAE {kind}: out of memory in fp32 (tiled too), ran in the VAE's own dtype "
                              "(flags still guarded)")
             return out
         if not _networks_known(vae):
             raise error
-        out = guarded_call(original, vae, *args, force=True, record=lambda run: report_run(self.report, run), **kwargs)
+        out = guarded_call(original, vae, *args, tiling=True, record=lambda run: report_run(self.report, run), **kwargs)
         self.report.note(f"VAE {kind}: out of memory in the VAE's own dtype, ran tiled in fp32")
         return out
 
@@ -124,8 +122,8 @@ class VaeGuard(Hardening):
                 kwargs: Dict[str, Any]) -> Any:
         """One guarded call: the VAE cast in place for the call, or -- where accelerate's offload
         hooks own its weights -- its fp32 copy, so the offloaded VAE is never touched; tiled as
-        :mod:`lib_sdfix.tiling` plans."""
-        from lib_sdfix.tiling import guarded_call, report_run
+        :mod:`lib_sdfix.vae.call` plans."""
+        from lib_sdfix.vae.call import guarded_call, report_run
 
         record = lambda run: report_run(self.report, run)  # noqa: E731
         hooks = weight_offload_hooks(vae)
@@ -212,10 +210,10 @@ def find_vae_precision(pipes: Sequence[Any]) -> Finding:
 
 
 def vae_memory(pipes: Sequence[Any], size: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
-    """:func:`lib_sdfix.tiling.memory_report` for the pipelines' VAE at ``size`` -- default: the last
+    """:func:`lib_sdfix.vae.plan.memory_report` for the pipelines' VAE at ``size`` -- default: the last
     Hires pass's size, else twice the pipeline's default size -- on their execution device."""
     from lib_sdfix.diffusers.hires import last_hires_size
-    from lib_sdfix.tiling import memory_report
+    from lib_sdfix.vae.plan import memory_report
 
     vae = component(pipes, "vae")
     if vae is None:
@@ -239,7 +237,7 @@ def vae_memory(pipes: Sequence[Any], size: Optional[Tuple[int, int]] = None) -> 
 def _precision(pipes: Sequence[Any]) -> Finding:
     import torch
 
-    from lib_sdfix.fp32_vae import vae_weight_dtype
+    from lib_sdfix.vae.fp32 import vae_weight_dtype
     from lib_sdfix.precision import read_flags
 
     vae = component(pipes, "vae")

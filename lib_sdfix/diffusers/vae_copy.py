@@ -144,9 +144,9 @@ class Fp32Copy:
                 self.module.set_attn_processor(dict(processors))
 
     def call(self, kind: str, args: Tuple, kwargs: Dict[str, Any], record: Optional[Callable[[Any], None]] = None) -> Any:
-        """``copy.<kind>(*args, **kwargs)`` guarded and tiled as planned (:mod:`lib_sdfix.tiling`), on
+        """``copy.<kind>(*args, **kwargs)`` guarded and tiled as planned (:mod:`lib_sdfix.vae.call`), on
         the hooks' execution device; the result comes back to the device the inputs were on."""
-        from lib_sdfix.tiling import guarded_call
+        from lib_sdfix.vae.call import guarded_call
 
         module, device = self.module, self.device
         back = _first_tensor_device(args, kwargs)

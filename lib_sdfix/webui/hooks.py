@@ -4,7 +4,7 @@ Why these functions: the WebUI has no hook inside its VAE decode/encode or its u
 replacement asks for the session bound to its thread; without one (another thread, no generation,
 SDFix off) it is the host's own function, called as is.  The VAE replacements never re-implement the
 host's decode: they run the host's own function inside the precision guard with the VAE and every
-attribute that names its dtype set to fp32 (see :mod:`lib_sdfix.fp32_vae`), so whatever the host
+attribute that names its dtype set to fp32 (see :mod:`lib_sdfix.vae.fp32`), so whatever the host
 does inside (``--upcast-sampling``'s hijack, Forge's wrapper, reForge's casts) sees fp32.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def last_decode_size() -> Optional[Any]:
 
 
 def _record(session: GenerationSession, run: Any) -> None:
-    from lib_sdfix.tiling import report_run
+    from lib_sdfix.vae.call import report_run
 
     if run.kind == "decoder":
         _LAST_DECODE["size"] = (run.output[1], run.output[0])
@@ -41,10 +41,10 @@ def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, m
     """``call()`` -- the host's own VAE function -- under the guard; the host's path as is if that fails.
 
     In fp32 the VAE's decoder/encoder run untiled, one image at a time or tiled, as the memory
-    estimate says (:mod:`lib_sdfix.tiling`); out of memory retries tiled before the host's path."""
-    from lib_sdfix.fp32_vae import exact_weights
+    estimate says (:mod:`lib_sdfix.vae.call`); out of memory retries tiled before the host's path."""
     from lib_sdfix.precision import autocast_disabled, precision_guard
-    from lib_sdfix.tiling import fp32_call
+    from lib_sdfix.vae.call import guarded_call
+    from lib_sdfix.vae.exact import exact_weights
 
     host = current()
 
@@ -55,9 +55,9 @@ def vae_call(session: GenerationSession, fix: str, call: Callable[[], Any], *, m
             vae_wrapper = wrapper if wrapper is not None else host.vae_wrapper(model)
             module = host.vae_module(model, vae_wrapper)
             exact = exact_weights(module, host.vae_source_files())
-            result, weights = fp32_call(call, module, dtype_attrs=host.vae_dtype_attrs(vae_wrapper),
-                                        exact=exact.tensors, record=lambda run: _record(session, run))
-            session.report.fact("weights", weights)
+            result = guarded_call(call, module, dtype_attrs=host.vae_dtype_attrs(vae_wrapper), exact=exact.tensors,
+                                  record=lambda run: _record(session, run),
+                                  record_weights=lambda weights: session.report.fact("weights", weights))
         return result if result_dtype is None else result.to(result_dtype)
 
     return session.report.run(fix, guarded, call)

@@ -67,7 +67,7 @@ def status() -> Dict[str, Any]:
 
 def _weights_mode(host: Any) -> Dict[str, Any]:
     """Which fp32 weights a guarded call would use: "exact" (from the file), "upcast" or "fp32"."""
-    from lib_sdfix.fp32_vae import exact_weights
+    from lib_sdfix.vae.exact import exact_weights
 
     try:
         module = host.vae_module()
@@ -84,7 +84,7 @@ def _weights_mode(host: Any) -> Dict[str, Any]:
 def vae_memory(host: Any) -> Dict[str, Any]:
     """The fp32 decode's estimated peak at the current Hires size -- the last decode SDFix guarded,
     else twice the model's native size (the Hires default) -- and whether it would run tiled."""
-    from lib_sdfix.tiling import memory_report
+    from lib_sdfix.vae.plan import memory_report
     from lib_sdfix.webui.hooks import last_decode_size
 
     import torch

@@ -96,7 +96,7 @@ def _oom(*args):
 
 
 def test_fp32_decode_out_of_memory_runs_tiled_then_in_half(monkeypatch):
-    from lib_sdfix import tiling
+    from lib_sdfix.vae import call as vae_call
 
     pipe, img2img = sd15_pair(text_encoder_dtype=HALF, scheduler_mismatch=False)
     vae = pipe.vae
@@ -130,7 +130,7 @@ def test_fp32_decode_out_of_memory_runs_tiled_then_in_half(monkeypatch):
         raise _oom("CUDA out of memory (simulated, tiled)")
 
     monkeypatch.setattr(vae.decoder, "forward", short_of_memory)
-    monkeypatch.setattr(tiling, "run_network", no_memory_at_all)
+    monkeypatch.setattr(vae_call, "run_network", no_memory_at_all)
     with probe(decoder=vae.decoder) as seen, torch.no_grad():
         out = vae.decode(latent).sample
     assert out.shape[-1] == 256
@@ -290,7 +290,7 @@ def test_offloaded_vae_copy_is_built_once_follows_the_vae_and_has_a_fallback(mon
 
 def test_audit_reports_the_fp32_peak_at_the_hires_size_and_whether_it_tiles(monkeypatch):
     from lib_sdfix.diffusers.hires import _LAST_RESIZE_ATTR
-    from lib_sdfix.vae_estimate import BUDGET_ENV
+    from lib_sdfix.vae.estimate import BUDGET_ENV
 
     pipe, img2img = sd15_pair(text_encoder_dtype=HALF, scheduler_mismatch=False)
     found = audit(pipe, img2img)["vae_precision"]
@@ -312,7 +312,7 @@ def test_audit_reports_the_fp32_peak_at_the_hires_size_and_whether_it_tiles(monk
 
 
 def test_a_guarded_decode_that_does_not_fit_runs_tiled_and_the_report_says_so(monkeypatch):
-    from lib_sdfix.vae_estimate import BUDGET_ENV
+    from lib_sdfix.vae.estimate import BUDGET_ENV
 
     pipe, img2img = sd15_pair(text_encoder_dtype=HALF, scheduler_mismatch=False)
     vae = pipe.vae

@@ -119,7 +119,7 @@ class FakeVAE(torch.nn.Module):
 
 class FakeLdmVAE(FakeVAE):
     """A FakeVAE whose decode/encode run a small real ldm-layout network (``tests/ldm_vae.py``), so the
-    tiled fp32 path (:mod:`lib_sdfix.tiling`) has a decoder and an encoder to plan and run."""
+    tiled fp32 path (:mod:`lib_sdfix.vae.call`) has a decoder and an encoder to plan and run."""
 
     def __init__(self, dtype: torch.dtype, seed: int = 0):
         torch.nn.Module.__init__(self)

@@ -200,7 +200,7 @@ def test_sd_upscale_gets_the_fix_before_any_generation_runs(webui, monkeypatch):
 
 
 def test_a_failing_guard_falls_back_leaves_the_vae_as_it_was_and_is_reported(webui, monkeypatch):
-    import lib_sdfix.fp32_vae as fp32_vae
+    import lib_sdfix.vae.fp32 as vae_fp32
 
     p = FakeP()
     run(webui, p)
@@ -208,7 +208,7 @@ def test_a_failing_guard_falls_back_leaves_the_vae_as_it_was_and_is_reported(web
     def half_way(attrs):  # the weights are already fp32 when this fails
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(fp32_vae, "_attrs_enter", half_way)
+    monkeypatch.setattr(vae_fp32, "_attrs_enter", half_way)
     latent = torch.randn(1, 4, 8, 8)
     out = decode(webui, latent)
     assert out.shape[:2] == (1, 3) and webui.vae.seen[-1]["weight"] == torch.float16
@@ -223,7 +223,7 @@ def test_a_failing_guard_falls_back_leaves_the_vae_as_it_was_and_is_reported(web
 
 @pytest.mark.parametrize("host", ["a1111", "forge", "reforge"])
 def test_a_decode_that_does_not_fit_runs_tiled_in_fp32_and_the_infotext_says_so(monkeypatch, host):
-    from lib_sdfix.vae_estimate import BUDGET_ENV
+    from lib_sdfix.vae.estimate import BUDGET_ENV
 
     env = make_env(monkeypatch, host, ldm_vae=True)
     latent = torch.randn(1, 4, 24, 16, dtype=torch.float16)
@@ -253,7 +253,7 @@ def test_a_decode_that_does_not_fit_runs_tiled_in_fp32_and_the_infotext_says_so(
 
 
 def test_an_out_of_memory_decode_retries_tiled_before_the_host_path(monkeypatch):
-    from lib_sdfix.tiling import is_oom
+    from lib_sdfix.vae.call import is_oom
 
     env = make_env(monkeypatch, "a1111", ldm_vae=True)
     latent = torch.randn(1, 4, 16, 16, dtype=torch.float16)

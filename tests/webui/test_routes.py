@@ -42,7 +42,7 @@ def test_host_detection_by_what_the_host_has(webui):
 
 
 def test_status_reports_the_fp32_vae_peak_at_the_hires_size_and_whether_it_tiles(monkeypatch):
-    from lib_sdfix.vae_estimate import BUDGET_ENV
+    from lib_sdfix.vae.estimate import BUDGET_ENV
     from lib_sdfix.webui import hooks
     from lib_sdfix.webui.routes import status
 

@@ -315,19 +315,19 @@ def inject_failure(target):
     if target == "nan-half-vae":
         vae = _vae_module(shared.sd_model)
         _NAN_HOOKS.append(vae.decoder.register_forward_hook(_nan_when_half))
-    fp32_vae = sys.modules.get("lib_sdfix.fp32_vae")
-    if fp32_vae is None:
-        import lib_sdfix.fp32_vae as fp32_vae  # noqa: F401 -- SDFix's own core, loaded by SDFix
+    vae_call = sys.modules.get("lib_sdfix.vae.call")  # the guarded call enters the fp32 context by this name
+    if vae_call is None:
+        import lib_sdfix.vae.call as vae_call  # noqa: F401 -- SDFix's own core, loaded by SDFix
     if "fp32_vae" in _INJECTED:
-        fp32_vae.fp32_vae = _INJECTED.pop("fp32_vae")
+        vae_call.fp32_vae = _INJECTED.pop("fp32_vae")
     if target == "decode":
-        original = fp32_vae.fp32_vae
+        original = vae_call.fp32_vae
 
         def broken(*args, **kwargs):
             raise RuntimeError("injected by the SDFix e2e observer")
 
         _INJECTED["fp32_vae"] = original
-        fp32_vae.fp32_vae = broken
+        vae_call.fp32_vae = broken
     return target
 
 

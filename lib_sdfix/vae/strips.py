@@ -13,7 +13,7 @@ strip needs it, and the residual is added in place.  Attention (only at the late
 runs on the whole image with the queries in chunks.  Weights are cast to fp32 one operation at a
 time, so the VAE's own weights are never copied whole.
 
-The network's structure comes from :mod:`lib_sdfix.vae_net`; this module only runs it.
+The network's structure comes from :mod:`lib_sdfix.vae.net`; this module only runs it.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib_sdfix.failsafe import log_once
-from lib_sdfix.vae_net import Attention, Conv, Network, Resample, Resnet, Exit, resampled_size
+from lib_sdfix.precision import autocast_disabled
+from lib_sdfix.vae.net import Attention, Conv, Network, Resample, Resnet, Exit, resampled_size
 
 __all__ = ["run_network"]
 
@@ -322,8 +323,6 @@ def run_network(net: Network, x: torch.Tensor, *, strip_bytes: int, store: Optio
     may return exact fp32 values for a parameter (else it is cast).  ``query_bytes`` bounds the
     attention scores held at once (default: ``strip_bytes``).
     """
-    from lib_sdfix.precision import autocast_disabled
-
     device = x.device
     weights = _Weights(device, source)
     runner = _Runner(net, weights, max(1, int(strip_bytes)), store or device, int(query_bytes or strip_bytes))

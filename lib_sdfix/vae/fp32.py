@@ -10,33 +10,26 @@ duration of the host's own decode, then everything back.
   fp32 tensor and the original tensor object is put back afterwards (bit-identical, same storage).
   If the host moved or re-cast the tensor inside the call (its model manager loading the VAE onto
   the GPU), the tensor is cast back to its dtype where it now is, so the host's bookkeeping holds.
-* Exact weights: when the weights were loaded from a file that holds them in higher precision than
-  they run in (an fp32 or fp16 file, a bf16 VAE), the in-place upcast keeps the rounding.  Then the
-  file's own values are used: read once with safetensors, matched to the parameters by content (a
-  file tensor counts only if rounding it gives the parameter bit for bit), cached on the CPU.
+* Exact weights: the file's own fp32 values instead of the upcast where the file holds them
+  (``exact``, from :func:`lib_sdfix.vae.exact.exact_weights`).
 * Parts: a call may cast only some submodules (``parts``); the tiled executor
-  (:mod:`lib_sdfix.vae_strips`) casts the encoder's and decoder's weights one operation at a time, so
+  (:mod:`lib_sdfix.vae.strips`) casts the encoder's and decoder's weights one operation at a time, so
   a tiled call casts only what runs around them.  A later call that needs more casts more; every
   floating tensor is watched, so one the host re-cast inside the call (AUTOMATIC1111's encode moves
   the whole VAE to ``devices.dtype_vae``) goes back to its dtype too.
 * Reference counts, process-wide: several threads or nested calls share one fp32 state; the last
   one out restores.
-
-(A little over the project's ~400 lines: the exact-weights matching belongs with the swap it feeds.)
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 import threading
-import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["fp32_vae", "guarded_vae_call", "vae_weight_dtype", "ExactWeights", "exact_weights", "dtype_attributes"]
+__all__ = ["fp32_vae", "vae_weight_dtype", "low_precision_tensors", "dtype_attributes"]
 
 _LOCK = threading.RLock()
 
@@ -86,7 +79,8 @@ class _ModuleState:
 _MODULES: Dict[int, _ModuleState] = {}
 
 
-def _floating_tensors(module: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
+def low_precision_tensors(module: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    """The module's floating parameters and buffers that are not fp32, by name."""
     named = list(module.named_parameters(remove_duplicate=True)) + list(module.named_buffers(remove_duplicate=True))
     return [(name, t) for name, t in named if t.is_floating_point() and t.dtype != torch.float32]
 
@@ -96,7 +90,7 @@ def _in_parts(name: str, parts: Optional[Sequence[str]]) -> bool:
 
 
 def _new_state(module: torch.nn.Module, exact: Optional[Dict[str, torch.Tensor]]) -> _ModuleState:
-    watched = [(name, t, t.dtype) for name, t in _floating_tensors(module)]
+    watched = [(name, t, t.dtype) for name, t in low_precision_tensors(module)]
     return _ModuleState(module=module, exact=exact or None, watched=watched)
 
 
@@ -106,7 +100,7 @@ def _swap_in(state: _ModuleState, parts: Optional[Sequence[str]]) -> None:
     exact = state.exact
     first = len(state.swaps)
     try:
-        for name, tensor in _floating_tensors(state.module):
+        for name, tensor in low_precision_tensors(state.module):
             if name in done or not _in_parts(name, parts):
                 continue
             original = tensor.data
@@ -225,7 +219,7 @@ def fp32_vae(module: Optional[torch.nn.Module], dtype_attrs: Sequence[Tuple[Any,
     attribute (plus the module's own dtype caches) saying fp32; everything back afterwards.
 
     ``exact`` maps parameter names to fp32 tensors to use instead of upcasting (see
-    :func:`exact_weights`).  ``parts``: the names of the submodules to cast (default: all).  Yields
+    :func:`lib_sdfix.vae.exact.exact_weights`).  ``parts``: the names of the submodules to cast (default: all).  Yields
     how the weights run: "exact", "upcast" or "fp32" (nothing to cast).
     """
     attrs = list(dtype_attrs) + (dtype_attributes(module) if module is not None else [])
@@ -266,186 +260,3 @@ def _release(key: Optional[int], state: Optional[_ModuleState]) -> None:
     if state.users == 0:
         _MODULES.pop(key, None)
         _swap_out(state)
-
-
-# --- exact weights --------------------------------------------------------------------------------
-
-_PRECISION_BITS = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
-_VAE_PREFIXES = ("first_stage_model.", "vae.")
-
-
-@dataclass
-class ExactWeights:
-    """The outcome of matching a VAE to its source file: fp32 tensors by parameter name, or why not."""
-
-    tensors: Optional[Dict[str, torch.Tensor]]
-    source: Optional[str]
-    reason: str
-    signature: Tuple[Any, ...] = ()
-
-    @property
-    def mode(self) -> str:
-        return "exact" if self.tensors else "upcast"
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.tensors or {}).values())
-
-
-_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, ExactWeights]" = weakref.WeakKeyDictionary()
-
-
-def _version(tensor: torch.Tensor) -> Any:
-    """The tensor's in-place version counter (a load_state_dict into the same storage bumps it); None for
-    inference-mode tensors (Forge loads its weights under inference mode), which have none."""
-    try:
-        return tensor._version
-    except RuntimeError:
-        return None
-
-
-def _signature(module: torch.nn.Module, files: Sequence[str]) -> Tuple[Any, ...]:
-    params = tuple((name, t.data_ptr(), t.dtype, tuple(t.shape), _version(t)) for name, t in _floating_tensors(module))
-    stats = []
-    for path in files:
-        try:
-            st = os.stat(path)
-            stats.append((path, st.st_size, st.st_mtime_ns))
-        except OSError:
-            stats.append((path, None, None))
-    return params, tuple(stats)
-
-
-def _digest(tensor: torch.Tensor) -> str:
-    data = tensor.detach().contiguous().cpu()
-    raw = data.view(torch.int16) if data.element_size() == 2 else data.view(torch.int32)
-    return hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).hexdigest()
-
-
-def exact_weights(module: Optional[torch.nn.Module], files: Sequence[str]) -> ExactWeights:
-    """Match ``module``'s low-precision weights to higher-precision copies in ``files`` (safetensors).
-
-    Cached per module while its weights and the files stay the same.  Every low-precision parameter
-    must be found (content match) in one file with more mantissa bits than the parameter has, else
-    the answer is "upcast" with the reason.
-    """
-    if module is None:
-        return ExactWeights(None, None, "no VAE module")
-    low = _floating_tensors(module)
-    if not low:
-        return ExactWeights(None, None, "the VAE already runs in fp32")
-    files = [f for f in files if f]
-    signature = _signature(module, files)
-    cached = _CACHE.get(module)
-    if cached is not None and cached.signature == signature:
-        return cached
-    result = ExactWeights(None, None, "no safetensors source file for the VAE's weights")
-    inference = any(t.is_inference() for _, t in low)  # cached tensors of the parameters' kind (see _swap_in)
-    for path in files:
-        if not path.endswith(".safetensors") or not os.path.isfile(path):
-            continue
-        try:
-            with torch.inference_mode(inference):
-                result = _match_file(low, path)
-        except Exception as exc:  # noqa: BLE001 -- a damaged file costs the exact values only
-            base = os.path.basename(path)
-            result = ExactWeights(None, base, f"{base}: not readable ({type(exc).__name__}: {exc})")
-        if result.tensors:
-            break
-    result.signature = signature
-    _CACHE[module] = result
-    return result
-
-
-def _match_file(low: List[Tuple[str, torch.Tensor]], path: str) -> ExactWeights:
-    from safetensors import safe_open
-
-    wanted: Dict[Tuple[torch.dtype, int, str], List[str]] = {}
-    for name, tensor in low:
-        wanted.setdefault((tensor.dtype, tensor.numel(), _digest(tensor)), []).append(name)
-    sizes = {(dtype, numel) for dtype, numel, _ in wanted}
-    candidates: Dict[str, List[Tuple[str, torch.Tensor]]] = {}
-    lower = False
-    with safe_open(path, framework="pt") as handle:
-        keys = list(handle.keys())
-        prefixed = [k for k in keys if k.startswith(_VAE_PREFIXES)]
-        for key in prefixed or keys:
-            info = handle.get_slice(key)
-            numel = 1
-            for dim in info.get_shape():
-                numel *= dim
-            targets = [dtype for dtype, n in sizes if n == numel]
-            if not targets:
-                continue
-            tensor = handle.get_tensor(key)
-            if not tensor.is_floating_point():
-                continue
-            for dtype in targets:
-                names = wanted.get((dtype, numel, _digest(tensor.to(dtype))))
-                if not names:
-                    continue
-                if _PRECISION_BITS.get(tensor.dtype, 0) <= _PRECISION_BITS[dtype]:
-                    lower = True
-                    continue
-                for name in names:
-                    candidates.setdefault(name, []).append((key, tensor))
-    found = {name: t for name, t in ((n, _pick(n, options)) for n, options in candidates.items()) if t is not None}
-    base = os.path.basename(path)
-    missing = [name for name, _ in low if name not in found]
-    if missing:
-        why = "the file holds them in the precision they run in" if lower and len(missing) == len(low) else \
-            f"{len(missing)} of {len(low)} weights not found in higher precision"
-        return ExactWeights(None, base, f"{base}: {why}")
-    shapes = {name: tuple(t.shape) for name, t in low}
-    tensors = {name: t.to(torch.float32).reshape(shapes[name]).contiguous() for name, t in found.items()}
-    return ExactWeights(tensors, base, f"fp32 weights from {base}")
-
-
-def _pick(name: str, options: List[Tuple[str, torch.Tensor]]) -> Optional[torch.Tensor]:
-    """The file tensor for parameter ``name`` among those that round to it: the only one, the one
-    stored under its own name, or any of several equal ones.  Different ones (tensors that differ in
-    the file but round alike) and no name to tell them apart: none -- never a guess."""
-    if len(options) == 1:
-        return options[0][1]
-    for key, tensor in options:
-        if _without_prefix(key) == name:
-            return tensor
-    if len({(t.dtype, _digest(t)) for _, t in options}) == 1:
-        return options[0][1]
-    return None
-
-
-def _without_prefix(key: str) -> str:
-    for prefix in _VAE_PREFIXES:
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return key
-
-
-# --- the guarded call -----------------------------------------------------------------------------
-
-
-def _to_fp32(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
-        return value.to(torch.float32)
-    return value
-
-
-def guarded_vae_call(fn: Callable[..., Any], vae: Optional[torch.nn.Module], *args: Any, upcast: bool = True,
-                     exact: Optional[Dict[str, torch.Tensor]] = None, dtype_attrs: Sequence[Tuple[Any, str]] = (),
-                     **kwargs: Any) -> Any:
-    """Call ``fn(*args, **kwargs)`` -- a VAE decode or encode -- under the precision guard.
-
-    Flags guarded; with ``upcast`` the VAE runs in fp32 (:func:`fp32_vae`, with ``exact`` weights and
-    ``dtype_attrs`` where given), autocast off, and floating tensor arguments (the latent, the image)
-    upcast to fp32 (never cast down).  The result is what ``fn`` returns.
-    """
-    from lib_sdfix.precision import autocast_disabled, precision_guard
-
-    with precision_guard():
-        if not upcast:
-            return fn(*args, **kwargs)
-        with fp32_vae(vae, dtype_attrs, exact), autocast_disabled():
-            args = tuple(_to_fp32(a) for a in args)
-            kwargs = {k: _to_fp32(v) for k, v in kwargs.items()}
-            return fn(*args, **kwargs)

@@ -1,15 +1,15 @@
 """How much memory one call of a VAE network takes -- untiled in its own dtype, in fp32, and tiled
-in fp32 -- and the plan that follows from the free device memory.
+in fp32 -- and how much a call may use on its device (the plan that follows: :mod:`lib_sdfix.vae.plan`).
 
 Why an estimate and not a trial: the untiled fp32 call that does not fit is exactly what must not
 run first (on a shared GPU its out-of-memory error may hit another process's allocation, and
 unwinding it costs as much as the call).  The estimate walks the network's operations
-(:mod:`lib_sdfix.vae_net`): for each, the elements its untiled forward holds at once (a ResnetBlock:
+(:mod:`lib_sdfix.vae.net`): for each, the elements its untiled forward holds at once (a ResnetBlock:
 its input and two or three input-sized temporaries at the first activation, or input + output-sized
 tensors at the residual add; attention: six; an upsampler: the input, its 2x copy and the
 convolution's output), times the batch and the dtype's size, times 1.25 for the kernels' own
 buffers, plus 64 MiB; the fp32 run adds its cast weights.  The tiled estimate is what the strip
-executor (:mod:`lib_sdfix.vae_strips`) keeps (a block's input and output-sized tensors, one image)
+executor (:mod:`lib_sdfix.vae.strips`) keeps (a block's input and output-sized tensors, one image)
 plus five strips and the largest layer's weights.  ``bench/vae_memory.py`` prints both next to
 the measured peaks.
 
@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from lib_sdfix.failsafe import log_once
-from lib_sdfix.vae_net import Attention, Conv, Exit, Network, Resample, Resnet, resampled_size
+from lib_sdfix.vae.net import Attention, Conv, Exit, Network, Resample, Resnet, resampled_size
 
-__all__ = ["Estimate", "Plan", "estimate", "plan", "free_memory", "available_memory", "budget_from_env",
+__all__ = ["Estimate", "estimate", "free_memory", "available_memory", "budget_from_env",
            "default_strip_bytes", "walk", "GIB", "MIN_STRIP", "BUDGET_ENV"]
 
 GIB = 1024 ** 3
@@ -153,7 +153,7 @@ def estimate(net: Network, shape: Sequence[int], native_dtype: torch.dtype, *, c
     )
 
 
-# --- free memory and the plan -----------------------------------------------------------------------
+# --- free memory ----------------------------------------------------------------------------------
 
 
 def free_memory(device: torch.device) -> Optional[int]:
@@ -225,60 +225,3 @@ def available_memory(device: torch.device, budget_gb: Optional[float] = None) ->
         budget = int(min(float(budget_gb), _MAX_BUDGET_GB) * GIB)
         return budget if share is None else min(budget, share)
     return share
-
-
-@dataclass(frozen=True)
-class Plan:
-    tiled: bool
-    estimate: Estimate
-    available: Optional[int]
-    strip_bytes: int
-    offload: bool = False  # strips wait on the CPU between operations
-    reason: str = ""
-    sliced: bool = False  # untiled, one image of the batch at a time
-
-    @property
-    def how(self) -> str:
-        """"untiled", "sliced" or "tiled"."""
-        return "tiled" if self.tiled else "sliced" if self.sliced else "untiled"
-
-
-def plan(net: Network, shape: Sequence[int], device: torch.device, *, native_dtype: torch.dtype,
-         cast_bytes: int = 0, budget_gb: Optional[float] = None, force: bool = False,
-         available: Optional[int] = None) -> Plan:
-    """Untiled when the fp32 estimate fits what is available (or nothing is known); for a batch that
-    does not fit, one image at a time when one image fits (slicing); else tiled (always one image at
-    a time) with the largest strips that fit -- with the strips waiting on the CPU when even the
-    kept tensors do not fit the device."""
-    if available is None:
-        available = available_memory(device, budget_gb)
-    height, width = int(shape[2]), int(shape[3])
-    strip = default_strip_bytes(net, height, width, device)
-    est = estimate(net, shape, native_dtype, cast_bytes=cast_bytes, strip_bytes=strip, device=device)
-    if not force and (available is None or est.fp32 <= available):
-        why = "free memory unknown" if available is None else "fits"
-        return Plan(False, est, available, strip, reason=why)
-    why = "forced" if force else f"fp32 needs ~{est.fp32 / GIB:.2f} GiB, {available / GIB:.2f} GiB available"
-    batch = int(shape[0])
-    if not force and batch > 1:
-        one = estimate(net, (1,) + tuple(shape[1:]), native_dtype, cast_bytes=cast_bytes, strip_bytes=strip, device=device)
-        results = 4 * (batch - 1) * net.out_channels * est.output[0] * est.output[1]
-        if one.fp32 + results <= available:
-            return Plan(False, est, available, strip, reason=why + "; one image at a time fits", sliced=True)
-    if available is None or est.tiled <= available:
-        return Plan(True, est, available, strip, reason=why)
-    kept = est.tiled - 5 * strip
-    room = (available - kept) // 5
-    if room >= MIN_STRIP:
-        strip = int(min(strip, room))
-        return Plan(True, replace(est, tiled=kept + 5 * strip, strip_bytes=strip), available, strip, reason=why)
-    offload = device.type != "cpu"
-    if offload:
-        room = (available - (est.tiled_offloaded - 5 * strip)) // 5
-        strip = int(max(MIN_STRIP // 4, min(strip, room)))
-    else:
-        strip = MIN_STRIP
-    return Plan(True, replace(est, strip_bytes=strip), available, strip, offload,
-                why + ("; strips kept on the CPU" if offload else "; may still run out of memory"))
-
-

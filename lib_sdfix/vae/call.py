@@ -1,17 +1,19 @@
-"""Tiled and sliced fp32 VAE calls, shared by both fronts.
+"""The guarded VAE call, shared by both fronts: the VAE in fp32 under the precision guard, sliced or
+tiled when that does not fit.
 
 Why: the precision guard runs the VAE in fp32, which doubles its activation memory.  At Hires sizes
 (SD1.5 at 1024 px and more, SDXL at 1024-2048 px) an 8-12 GB card then runs out of memory exactly
 where SDFix steps in.  Before each fp32 run of the VAE's decoder or encoder the peak memory is
-estimated; when it would not fit, the network runs tiled in fp32 (:mod:`lib_sdfix.vae_strips`: strips
+estimated; when it would not fit, the network runs tiled in fp32 (:mod:`lib_sdfix.vae.strips`: strips
 with exact halos and whole-image GroupNorm statistics, one image of a batch at a time), which
 gives the untiled result.  An out-of-memory error retries tiled before any fallback.
 
-How a front uses it: :func:`fp32_call` runs the host's own decode or encode function (scaling,
-shifting, clamping, batching and model loading stay the host's) with
+How a front uses it: :func:`guarded_call`, the one guarded VAE call, runs the host's own decode or
+encode function (scaling, shifting, clamping, batching and model loading stay the host's) under the
+precision guard (:mod:`lib_sdfix.precision`), with autocast off, its tensor arguments in fp32, and
 
 * the VAE's weights outside its encoder and decoder (``quant_conv``, ``post_quant_conv``) in fp32
-  for the call (:func:`lib_sdfix.fp32_vae.fp32_vae` with ``parts``),
+  for the call (:func:`lib_sdfix.vae.fp32.fp32_vae` with ``parts``),
 * its ``decoder`` and ``encoder`` planned -- for the calling thread, for this call -- by a forward
   pre-hook put first (so other pre-hooks see the weights the network runs with) and a replaced
   ``forward``: the network's own forward with its weights cast when the fp32 estimate fits; one
@@ -19,19 +21,18 @@ shifting, clamping, batching and model loading stay the host's) with
   casts one layer's weights at a time.  An out-of-memory error in the untiled forward retries tiled
   right there, before the host's own code sees it (Forge and reForge would otherwise fall back to
   their own tiling, which has seams).  A structure the executor does not know runs untiled (logged
-  once; the audits' :func:`memory_report` says why).
+  once; the audits' :func:`lib_sdfix.vae.plan.memory_report` says why).
 * If out of memory escapes the call anyway, the call runs once more with tiling forced; then the
   error goes to the front's own fallback.
 
-The estimate and the plan are :mod:`lib_sdfix.vae_estimate`; the network's structure
-:mod:`lib_sdfix.vae_net`; the strip executor :mod:`lib_sdfix.vae_strips`.
+The plan is :mod:`lib_sdfix.vae.plan`, from the estimate of :mod:`lib_sdfix.vae.estimate`; the
+network's structure :mod:`lib_sdfix.vae.net`; the strip executor :mod:`lib_sdfix.vae.strips`.
 """
 from __future__ import annotations
 
 import contextlib
 import gc
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -40,50 +41,14 @@ from torch import nn
 
 from lib_sdfix.failsafe import log_once
 from lib_sdfix.patching import PatchSet
-from lib_sdfix.vae_estimate import MIN_STRIP, Plan, budget_from_env, plan
-from lib_sdfix.vae_net import Network, Resample, Unsupported, network_of
-from lib_sdfix.vae_strips import run_network
+from lib_sdfix.precision import autocast_disabled, precision_guard
+from lib_sdfix.vae.estimate import MIN_STRIP
+from lib_sdfix.vae.fp32 import fp32_vae, vae_weight_dtype
+from lib_sdfix.vae.net import Network, Unsupported, network_of, vae_networks
+from lib_sdfix.vae.plan import Plan, fp32_cast_bytes, plan
+from lib_sdfix.vae.strips import run_network
 
-__all__ = ["Run", "report_run", "is_oom", "fp32_call", "guarded_call", "networks_of", "network", "memory_report"]
-
-_NETWORKS = ("decoder", "encoder")
-
-
-# --- which networks a VAE has ---------------------------------------------------------------------
-
-_NETS: "weakref.WeakKeyDictionary[nn.Module, Any]" = weakref.WeakKeyDictionary()
-
-
-def network(net: nn.Module) -> Network:
-    """:func:`lib_sdfix.vae_net.network_of`, cached per module (raises Unsupported likewise)."""
-    found = _NETS.get(net)
-    if found is None:
-        try:
-            found = network_of(net)
-        except Unsupported as exc:
-            found = exc
-        _NETS[net] = found
-    if isinstance(found, Unsupported):
-        raise found
-    return found
-
-
-def networks_of(module: Any) -> Dict[str, nn.Module]:
-    """The VAE's ``decoder`` and ``encoder`` modules (by attribute; either may be missing)."""
-    found = {}
-    for name in _NETWORKS:
-        child = getattr(module, name, None) if isinstance(module, nn.Module) else None
-        if isinstance(child, nn.Module) and module._modules.get(name) is child:
-            found[name] = child
-    return found
-
-
-def _low_precision_bytes(net: nn.Module) -> int:
-    return sum(4 * p.numel() for p in net.parameters() if p.is_floating_point() and p.dtype != torch.float32)
-
-
-def _weight_dtype(net: nn.Module) -> torch.dtype:
-    return next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
+__all__ = ["guarded_call", "Run", "report_run", "is_oom"]
 
 
 # --- out of memory ----------------------------------------------------------------------------------
@@ -182,12 +147,12 @@ class _Call:
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.ndim == 4 and not extra:
             try:
-                graph = network(net)
+                graph = network_of(net)
             except Unsupported as exc:  # untiled as it is; the audit's memory report says why
                 log_once(f"tiling:{type(net).__name__}", f"VAE {self.names[key]} cannot run tiled: {exc}")
             else:
-                chosen = plan(graph, x.shape, x.device, native_dtype=_weight_dtype(net),
-                              cast_bytes=_low_precision_bytes(net), budget_gb=self.budget_gb, force=self.force)
+                chosen = plan(graph, x.shape, x.device, native_dtype=vae_weight_dtype(net),
+                              cast_bytes=fp32_cast_bytes(net), budget_gb=self.budget_gb, force=self.force)
                 self.decisions[key] = (graph, chosen)
         return self.decisions[key]
 
@@ -199,8 +164,6 @@ class _Call:
     def _cast(self, net: nn.Module) -> None:
         """The network's weights to fp32 for the rest of the front's call (the call's own fp32 state
         holds them; it restores them when the call ends)."""
-        from lib_sdfix.fp32_vae import fp32_vae
-
         with fp32_vae(self.module, exact=self.exact_names, parts=[self.names[id(net)]]):
             pass
 
@@ -226,17 +189,15 @@ class _Call:
                     raise
                 exc.__traceback__ = None  # its frames hold the untiled activations
             _release_memory()
-            chosen = plan(graph, x.shape, x.device, native_dtype=_weight_dtype(net), budget_gb=self.budget_gb, force=True)
+            chosen = plan(graph, x.shape, x.device, native_dtype=vae_weight_dtype(net), budget_gb=self.budget_gb,
+                          force=True)
             note = "out of memory untiled"
         out = self._tiled(graph, x, chosen)
         self.tell(Run(kind, tuple(out.shape[-2:]), "tiled", chosen, note))
         return out
 
     def _untiled(self, net: nn.Module, original: Callable[..., Any], args: Tuple, kwargs: Dict[str, Any]) -> Any:
-        from lib_sdfix.fp32_vae import fp32_vae
-        from lib_sdfix.precision import autocast_disabled
-
-        args = tuple(a.to(torch.float32) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+        args = tuple(_to_fp32(a) for a in args)
         with fp32_vae(self.module, exact=self.exact_names, parts=[self.names[id(net)]]), autocast_disabled():
             return original(*args, **kwargs)
 
@@ -316,23 +277,59 @@ def _planned(call: _Call, nets: Dict[str, nn.Module]) -> Iterator[None]:
             _PATCHES.release(net, "forward")
 
 
-def fp32_call(call: Callable[[], Any], module: Any, *, dtype_attrs: Sequence[Tuple[Any, str]] = (),
-              exact: Optional[Dict[str, torch.Tensor]] = None, budget_gb: Optional[float] = None,
-              record: Optional[Callable[[Run], None]] = None, force: bool = False) -> Tuple[Any, str]:
-    """``call()`` -- a host's or library's own VAE decode/encode -- with the VAE in fp32, its encoder
-    and decoder planned (untiled, or tiled when the estimate does not fit; always tiled with
-    ``force``), and once more with tiling forced if it still runs out of memory.  Returns the result
-    and how the weights ran ("exact", "upcast" or "fp32").  Run it inside the precision guard."""
-    from lib_sdfix.fp32_vae import fp32_vae
+def _to_fp32(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
+        return value.to(torch.float32)
+    return value
 
-    nets = networks_of(module)
+
+def guarded_call(fn: Callable[..., Any], vae: Any, *args: Any, upcast: bool = True,
+                 exact: Optional[Dict[str, torch.Tensor]] = None, dtype_attrs: Sequence[Tuple[Any, str]] = (),
+                 tiling: Optional[bool] = None, budget_gb: Optional[float] = None,
+                 record: Optional[Callable[[Run], None]] = None, record_weights: Optional[Callable[[str], None]] = None,
+                 **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` -- a host's or library's own VAE decode or encode -- under the precision
+    guard; returns what ``fn`` returns.
+
+    With ``upcast`` the VAE ``vae`` runs in fp32 (:func:`lib_sdfix.vae.fp32.fp32_vae`, with ``exact``
+    weights and ``dtype_attrs`` where given), autocast off, and floating tensor arguments (the latent,
+    the image) upcast to fp32.  Its decoder and encoder, with ``tiling`` None: untiled, one image at a
+    time or tiled as the estimate says (within ``budget_gb`` GiB; None: ``SDFIX_VAE_MEMORY_GB``), and
+    the whole call once more tiled if out of memory escapes it; True: always tiled; False: the VAE
+    as it is, never planned nor retried.  A VAE without them (or of a structure the executor does not
+    know) runs untiled.  ``record`` gets a :class:`Run` for each planned network
+    call, ``record_weights`` how the weights ran ("exact", "upcast" or "fp32") once ``fn`` returned.
+    Without ``upcast`` only the flags are guarded.
+    """
+    with precision_guard():
+        if not upcast:
+            return fn(*args, **kwargs)
+        with autocast_disabled():
+            args = tuple(_to_fp32(a) for a in args)
+            kwargs = {k: _to_fp32(v) for k, v in kwargs.items()}
+            result, weights = _fp32_call(lambda: fn(*args, **kwargs), vae, dtype_attrs, exact, tiling, budget_gb,
+                                         record)
+            if record_weights is not None:
+                record_weights(weights)
+            return result
+
+
+def _fp32_call(call: Callable[[], Any], module: Any, dtype_attrs: Sequence[Tuple[Any, str]],
+               exact: Optional[Dict[str, torch.Tensor]], tiling: Optional[bool], budget_gb: Optional[float],
+               record: Optional[Callable[[Run], None]]) -> Tuple[Any, str]:
+    """``call()`` with the VAE in fp32 and its networks planned as :func:`guarded_call` says; the
+    result and how the weights ran."""
+    if tiling is False:
+        with fp32_vae(module, dtype_attrs, exact) as weights:
+            return call(), weights
+    nets = vae_networks(module)
     parts: Optional[List[str]] = None
     if nets:
         parts = [name for name, _ in module.named_children() if name not in nets]
         parts += [name for name, _ in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))]
     names = {id(net): name for name, net in nets.items()}
     error: Optional[BaseException] = None
-    for forced in dict.fromkeys((force, True)):
+    for forced in dict.fromkeys((bool(tiling and nets), True)):  # no networks: nothing to tile
         if forced and not nets:
             break
         try:
@@ -346,52 +343,3 @@ def fp32_call(call: Callable[[], Any], module: Any, *, dtype_attrs: Sequence[Tup
             error = exc
         _release_memory()
     raise error
-
-
-def guarded_call(fn: Callable[..., Any], vae: Any, *args: Any, upcast: bool = True,
-                 exact: Optional[Dict[str, torch.Tensor]] = None, dtype_attrs: Sequence[Tuple[Any, str]] = (),
-                 budget_gb: Optional[float] = None, record: Optional[Callable[[Run], None]] = None, force: bool = False,
-                 **kwargs: Any) -> Any:
-    """:func:`lib_sdfix.fp32_vae.guarded_vae_call` with the networks planned and tiled as needed."""
-    from lib_sdfix.fp32_vae import guarded_vae_call
-    from lib_sdfix.precision import autocast_disabled, precision_guard
-
-    if not upcast:
-        return guarded_vae_call(fn, vae, *args, upcast=False, **kwargs)
-    with precision_guard(), autocast_disabled():
-        args = tuple(a.to(torch.float32) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-        kwargs = {k: v.to(torch.float32) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                  for k, v in kwargs.items()}
-        return fp32_call(lambda: fn(*args, **kwargs), vae, exact=exact, dtype_attrs=dtype_attrs, budget_gb=budget_gb,
-                         record=record, force=force)[0]
-
-
-# --- what the audits report -----------------------------------------------------------------------
-
-
-def memory_report(module: Any, width: int, height: int, *, kind: str = "decoder", budget_gb: Optional[float] = None,
-                  device: Optional[torch.device] = None, batch: int = 1) -> Dict[str, Any]:
-    """The fp32 peak of decoding (or encoding) a ``width`` x ``height`` image with ``module`` and
-    whether the call would run tiled; cheap (arithmetic on the network's structure)."""
-    net = networks_of(module).get(kind)
-    if net is None:
-        return {"available": False, "reason": f"the VAE has no {kind}"}
-    try:
-        graph = network(net)
-    except Unsupported as exc:
-        return {"available": False, "reason": f"cannot run tiled: {exc}"}
-    if device is None:
-        device = next((p.device for p in net.parameters()), torch.device("cpu"))
-        if device.type == "meta":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    up = 2 ** sum(1 for op in graph.ops if isinstance(op, Resample) and op.up)
-    shape = (batch, graph.in_channels, max(1, height // up), max(1, width // up)) if kind == "decoder" else \
-        (batch, graph.in_channels, height, width)
-    chosen = plan(graph, shape, device, native_dtype=_weight_dtype(net), cast_bytes=_low_precision_bytes(net),
-                  budget_gb=budget_gb)
-    return {"available": True, "size": [width, height], "device": str(device),
-            "weights_dtype": str(_weight_dtype(net)).replace("torch.", ""), **chosen.estimate.as_dict(),
-            "available_bytes": chosen.available,
-            "budget_gb": budget_from_env() if budget_gb is None else budget_gb, "tiled": chosen.tiled,
-            "sliced": chosen.sliced,
-            "strips_on_cpu": chosen.offload, "reason": chosen.reason}

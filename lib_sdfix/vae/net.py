@@ -1,7 +1,7 @@
 """A VAE's decoder or encoder read as a list of operations over its own modules (no weights copied).
 
-Why: the tiled executor (:mod:`lib_sdfix.vae_strips`) and the memory estimate
-(:mod:`lib_sdfix.vae_estimate`) need to know what each layer of the real network does -- its
+Why: the tiled executor (:mod:`lib_sdfix.vae.strips`) and the memory estimate
+(:mod:`lib_sdfix.vae.estimate`) need to know what each layer of the real network does -- its
 convolutions, GroupNorms, attention and resampling -- without calling the network's ``forward`` as
 a whole (that is the untiled call whose memory does not fit).  The operations hold references to
 the real submodules, so the weights the host loaded (and casts) are the ones that run.
@@ -12,17 +12,19 @@ that AUTOMATIC1111, Forge and reForge use (``conv_in``, ``mid.block_1/attn_1/blo
 ``down[i]``/``up[i]`` with ``block``, ``attn``, ``downsample``/``upsample``, ``norm_out``,
 ``conv_out``) and diffusers' (``conv_in``, ``mid_block``, ``down_blocks``/``up_blocks``,
 ``conv_norm_out``, ``conv_out``).  Anything else raises :class:`Unsupported` saying what was not
-recognised; the caller then runs the network as it is.
+recognised; the caller then runs the network as it is.  :func:`network_of` reads a module once
+(cached while it lives); :func:`vae_networks` finds a VAE's decoder and encoder.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-__all__ = ["Unsupported", "Network", "network_of", "resampled_size", "Resnet", "Attention", "Conv", "Resample",
-           "Exit"]
+__all__ = ["Unsupported", "Network", "network_of", "vae_networks", "resampled_size", "Resnet", "Attention", "Conv",
+           "Resample", "Exit"]
 
 
 class Unsupported(ValueError):
@@ -317,11 +319,7 @@ def _diffusers_network(net: nn.Module, kind: str) -> Network:
     return Network(kind, tuple(ops), net.conv_in.in_channels, net.conv_out.out_channels)
 
 
-def network_of(net: Any) -> Network:
-    """The operations of a VAE decoder or encoder module; :class:`Unsupported` if it is neither
-    structure (or uses a part this executor does not run)."""
-    if not isinstance(net, nn.Module):
-        raise Unsupported(f"a {type(net).__name__} is no torch module")
+def _read(net: nn.Module) -> Network:
     try:
         if hasattr(net, "mid") and hasattr(net, "up") and hasattr(net, "num_resolutions"):
             return _ldm_network(net, "decoder")
@@ -336,4 +334,34 @@ def network_of(net: Any) -> Network:
     raise Unsupported(f"{type(net).__name__} is neither an ldm nor a diffusers VAE encoder/decoder")
 
 
-# --- activations as row strips --------------------------------------------------------------------
+# --- the networks of a VAE ------------------------------------------------------------------------
+
+_NETWORKS = ("decoder", "encoder")
+_READ: "weakref.WeakKeyDictionary[nn.Module, Union[Network, Unsupported]]" = weakref.WeakKeyDictionary()
+
+
+def network_of(net: Any) -> Network:
+    """The operations of a VAE decoder or encoder module, read once per module; :class:`Unsupported`
+    if it is neither structure (or uses a part this executor does not run)."""
+    if not isinstance(net, nn.Module):
+        raise Unsupported(f"a {type(net).__name__} is no torch module")
+    found = _READ.get(net)
+    if found is None:
+        try:
+            found = _read(net)
+        except Unsupported as exc:
+            found = exc
+        _READ[net] = found
+    if isinstance(found, Unsupported):
+        raise found
+    return found
+
+
+def vae_networks(module: Any) -> Dict[str, nn.Module]:
+    """The VAE's ``decoder`` and ``encoder`` modules (by attribute; either may be missing)."""
+    found = {}
+    for name in _NETWORKS:
+        child = getattr(module, name, None) if isinstance(module, nn.Module) else None
+        if isinstance(child, nn.Module) and module._modules.get(name) is child:
+            found[name] = child
+    return found
