@@ -1,4 +1,4 @@
-"""The A/B runner (lib_sdfix.webui.comparison) in stand-ins of the hosts' generation (tests/webui/fakes.py).
+"""The A/B runner (lib_sdfix.webui.comparison) in stand-ins of the hosts' generation (tests/webui/fakes/).
 
 Every variant of a comparison must be the image, and the infotext, a plain txt2img API call with that
 variant's SDFix settings gives -- while the UNet runs only as often as the plan (lib_sdfix.ab.sampling_groups)

@@ -1,4 +1,4 @@
-"""The diagnosis runner (lib_sdfix.webui.diagnosis) in stand-ins of the three hosts (tests/webui/fakes.py).
+"""The diagnosis runner (lib_sdfix.webui.diagnosis) in stand-ins of the three hosts (tests/webui/fakes/).
 
 Every sweep cell must be the image and infotext a plain txt2img API call with that cell's settings gives,
 while the UNet runs only as often as the plan says; the step strip decodes each step's denoised

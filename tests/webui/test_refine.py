@@ -1,4 +1,4 @@
-"""Late-step refine in the hosts (tests/webui/fakes.py): the last pass's sampler runs the tail of its own
+"""Late-step refine in the hosts (tests/webui/fakes/): the last pass's sampler runs the tail of its own
 schedule again -- txt2img, the Hires pass, img2img, k-diffusion and timestep samplers, batches --
 deterministically from each image's seed, counted by the progress bar, stopped by Interrupt."""
 from __future__ import annotations
