@@ -22,6 +22,8 @@ from lib_sdfix.precision import (
     restore_flags,
 )
 
+from .flags import set_webui_flags
+
 LEGACY = hasattr(torch.backends.cuda.matmul, "allow_tf32")
 try:
     torch.backends.cudnn.conv.fp32_precision  # noqa: B018
@@ -60,21 +62,14 @@ def _torch_defaults() -> None:
             torch._C._set_fp32_precision_setter(*level, "tf32" if level in (("cuda", "conv"), ("cuda", "rnn")) else "none")
 
 
-def _set_webui_flags() -> None:
-    """What modules/devices.py: enable_tf32 does at WebUI start on Ampere+."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-
-
 @pytest.fixture(autouse=True)
 def webui_flags():
     _torch_defaults()
-    _set_webui_flags()
+    set_webui_flags()
     yield
     assert precision.guard_depth() == 0, "a guard leaked"
     _torch_defaults()
-    _set_webui_flags()
+    set_webui_flags()
 
 
 def _public_reads() -> dict:

@@ -13,14 +13,6 @@ from lib_sdfix.settings import SDFixSettings
 
 from ..html_check import parse_strictly
 
-
-@pytest.fixture(scope="module")
-def photo():
-    from skimage import data
-
-    return Image.fromarray(data.astronaut()).crop((160, 40, 288, 168))
-
-
 # --- NaN watch -------------------------------------------------------------------------------------------
 
 

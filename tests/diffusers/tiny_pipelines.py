@@ -11,6 +11,8 @@ import torch
 
 from lib_sdfix.diffusers.tiny import byte_level_clip_tokenizer, tiny_esrgan_state_dict, tiny_sd15_components
 
+from ..flags import flag_record, set_webui_flags
+
 HALF = torch.bfloat16  # the CPU's half precision; fp16 kernels on a CPU are slow
 STEPS = 3
 
@@ -24,20 +26,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def set_service_flags() -> None:
-    """TF32 and cuDNN autotuning on, process-wide, as services switch them on for speed on Ampere GPUs."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-
-
 @pytest.fixture(autouse=True)
 def service_flags():
     """The service's flags for the test, the process's own afterwards."""
     from lib_sdfix.precision import read_flags, restore_flags
 
     before = read_flags()
-    set_service_flags()
+    set_webui_flags()  # TF32 and cuDNN autotuning on, as services switch them on for speed on Ampere GPUs
     yield
     restore_flags(before)
 
@@ -154,9 +149,7 @@ class Probe:
                 "part": label,
                 "weight": next(mod.parameters()).dtype,
                 "input": tensors[0].dtype if tensors else None,
-                "cudnn_tf32": torch.backends.cudnn.allow_tf32,
-                "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
-                "benchmark": torch.backends.cudnn.benchmark,
+                **flag_record(),
                 "autocast": _autocast_on(),
             }
             for name in ("encoder_hidden_states", "added_cond_kwargs"):

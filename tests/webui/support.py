@@ -1,10 +1,12 @@
-"""Helpers for the host-layer tests: a snapshot of everything SDFix may touch, a generation driver,
-an X/Y/Z cell as the plot runs it, and a spy on PIL's resize."""
+"""Helpers for the host-layer tests: a snapshot of everything SDFix may touch, a generation driver, the
+A/B and diagnosis routes' runs and what must be clean after them, an X/Y/Z cell as the plot runs it,
+and a spy on PIL's resize."""
 from __future__ import annotations
 
 import torch
 from PIL import Image
 
+from ..flags import current_flags, flags_on, set_webui_flags  # noqa: F401 -- flags_on: re-exported for the tests
 from .fakes import Namespace, install
 
 A1111_PATCHED = [("processing", "decode_first_stage"), ("processing", "images_tensor_to_samples"),
@@ -22,8 +24,7 @@ def snapshot(env):
         functions["VAE"] = dict(vars(cls))
     params = [(t, t.data_ptr(), t.dtype) for t in list(env.vae.parameters())]
     attrs = (env.devices.dtype_vae, env.vae._dtype, getattr(env.wrapper, "vae_dtype", None))
-    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
-    return functions, params, attrs, flags
+    return functions, params, attrs, current_flags()
 
 
 def same(env, before) -> bool:
@@ -36,7 +37,7 @@ def same(env, before) -> bool:
 
 def make_env(monkeypatch, host="a1111", **options):
     """The fakes of ``host`` installed, TF32 flags on as on an Ampere+ GPU, and what SDFix may touch recorded."""
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
+    set_webui_flags()
     env = install(monkeypatch, host, **options)
     env.before = snapshot(env)
     return env
@@ -59,11 +60,6 @@ def decode(env, latent=None):
     latent = torch.randn(1, 4, 8, 8, dtype=torch.float16) if latent is None else latent
     with grad_mode(env):
         return env.processing.decode_first_stage(env.shared.sd_model, latent)
-
-
-
-def flags_on():
-    return torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
 
 
 # An X/Y/Z cell as the plot script runs it: a function named "cell" in xyz_grid.py whose closure holds
@@ -132,6 +128,46 @@ def plain(env, payload, settings, **alwayson):
     assert len(processed.images) == 1
     return Namespace(image=processed.images[0], infotext=processed.infotexts[0],
                      unet=list(env.shared.sd_model.unet_calls), vae=list(env.vae.seen))
+
+
+def _route_run(env, job, parse, run, body):
+    """A route's run as the WebUI runs it, in a job; the result plus the UNet calls and VAE runs it made."""
+    env.shared.sd_model.unet_calls.clear()
+    env.vae.seen.clear()
+    request = parse(body)
+    env.shared.state.begin(job=job)
+    try:
+        result = run(request)
+    finally:
+        env.shared.state.end()
+    return Namespace(result=result, unet=list(env.shared.sd_model.unet_calls), vae=list(env.vae.seen), request=request)
+
+
+def compare(env, payload, variants="ab", **body):
+    """POST /sdfix/v1/ab as the route runs it."""
+    from lib_sdfix.webui import comparison
+
+    return _route_run(env, "sdfix_ab", comparison.request_from_body, comparison.run_comparison,
+                      {"payload": payload, "variants": variants, **body})
+
+
+def diagnose(env, **body):
+    """POST /sdfix/v1/diagnose as the route runs it."""
+    from lib_sdfix.webui import diagnosis
+
+    return _route_run(env, "sdfix_diagnose", diagnosis.request_from_body, diagnosis.run_diagnosis, body)
+
+
+def assert_clean(env):
+    """Nothing of a comparison or diagnosis outlives it: the functions, VAE, dtype attributes and flags
+    (as ``make_env`` found them), no session, no patch, no run's thread state, no script hook failure."""
+    from lib_sdfix.webui import comparison, nan_watch
+    from lib_sdfix.webui.session import PATCHES, thread_sessions
+
+    assert same(env, env.before)
+    assert thread_sessions() == [] and PATCHES.active() == []
+    assert getattr(comparison._LOCAL, "sampling", None) is None and getattr(nan_watch._LOCAL, "watch", None) is None
+    assert env.runner.errors == []  # no script hook failed (the runner would only have reported it)
 
 
 def pixels(image):

@@ -1,4 +1,4 @@
-"""The A/B runner (lib_sdfix.webui.comparison) in stand-ins of the hosts' generation (tests/webui/fakes.py).
+"""The A/B runner (lib_sdfix.webui.comparison) in stand-ins of the hosts' generation (tests/webui/fakes/).
 
 Every variant of a comparison must be the image, and the infotext, a plain txt2img API call with that
 variant's SDFix settings gives -- while the UNet runs only as often as the plan (lib_sdfix.ab.sampling_groups)
@@ -15,8 +15,8 @@ import torch
 from lib_sdfix import ab
 from lib_sdfix.settings import SettingsError
 
-from .fakes import HOSTS, Namespace, fake_gradio, install
-from .support import decodes, pixels, plain
+from .fakes import HOSTS, fake_gradio
+from .support import assert_clean, compare, decodes, make_env, pixels, plain
 
 pytest.importorskip("pydantic")
 pytest.importorskip("fastapi")
@@ -27,21 +27,9 @@ HIRES = dict(PAYLOAD, enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoisin
 FP16, FP32 = torch.float16, torch.float32
 
 
-def _flags():
-    return (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
-
-
-def _env(monkeypatch, host="a1111"):
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
-    env = install(monkeypatch, host)
-    env.create_sampler = env.sd_samplers.create_sampler
-    env.flags = _flags()
-    return env
-
-
 @pytest.fixture
 def webui(monkeypatch):
-    env = _env(monkeypatch)
+    env = make_env(monkeypatch)
     yield env
     from lib_sdfix.webui import unload
 
@@ -50,40 +38,11 @@ def webui(monkeypatch):
 
 @pytest.fixture(params=HOSTS)
 def any_host(monkeypatch, request):
-    env = _env(monkeypatch, request.param)
+    env = make_env(monkeypatch, request.param)
     yield env
     from lib_sdfix.webui import unload
 
     unload()
-
-
-def compare(env, payload, variants="ab", **body):
-    """POST /sdfix/v1/ab as the route runs it; the result plus the UNet calls and VAE runs it made."""
-    from lib_sdfix.webui import comparison
-
-    env.shared.sd_model.unet_calls.clear()
-    env.vae.seen.clear()
-    request = comparison.request_from_body({"payload": payload, "variants": variants, **body})
-    env.shared.state.begin(job="sdfix_ab")
-    try:
-        result = comparison.run_comparison(request)
-    finally:
-        env.shared.state.end()
-    return Namespace(result=result, unet=list(env.shared.sd_model.unet_calls), vae=list(env.vae.seen), request=request)
-
-
-def assert_clean(env):
-    """Nothing of a comparison outlives it: the host's create_sampler, no session, no patch, flags as before."""
-    from lib_sdfix.webui.session import thread_sessions
-    from lib_sdfix.webui import comparison
-    from lib_sdfix.webui.session import PATCHES
-
-    assert env.sd_samplers.create_sampler is env.create_sampler
-    assert thread_sessions() == []
-    assert getattr(comparison._LOCAL, "sampling", None) is None
-    assert PATCHES.active() == []
-    assert _flags() == env.flags
-    assert env.runner.errors == []  # no script hook failed (the runner would only have reported it)
 
 
 def assert_plain(env, run, payload, **alwayson):
@@ -529,7 +488,7 @@ def test_forge_needs_its_hires_module_default(monkeypatch):
     """Forge's Hires pass fails on hr_additional_modules=None: the host's default makes the comparison run."""
     from lib_sdfix.webui.forge import ForgeHost
 
-    env = _env(monkeypatch, "forge")
+    env = make_env(monkeypatch, "forge")
     assert compare(env, HIRES).result["complete"]
     monkeypatch.setattr(ForgeHost, "txt2img_defaults", lambda self: {})
     with pytest.raises(TypeError):

@@ -1,4 +1,4 @@
-"""The diagnosis runner (lib_sdfix.webui.diagnosis) in stand-ins of the three hosts (tests/webui/fakes.py).
+"""The diagnosis runner (lib_sdfix.webui.diagnosis) in stand-ins of the three hosts (tests/webui/fakes/).
 
 Every sweep cell must be the image and infotext a plain txt2img API call with that cell's settings gives,
 while the UNet runs only as often as the plan says; the step strip decodes each step's denoised
@@ -18,8 +18,7 @@ from PIL import Image
 
 from lib_sdfix.settings import SDFixSettings
 
-from .fakes import Namespace
-from .support import decodes, pixels, plain, same
+from .support import assert_clean, decodes, diagnose, pixels, plain
 
 pytest.importorskip("pydantic")
 pytest.importorskip("fastapi")
@@ -27,32 +26,6 @@ pytest.importorskip("fastapi")
 PAYLOAD = {"prompt": "a portrait, detailed skin", "negative_prompt": "blurry", "seed": 4321, "steps": 3,
            "width": 64, "height": 64, "cfg_scale": 5, "sampler_name": "DPM++ 2M"}
 FP16, FP32 = torch.float16, torch.float32
-
-
-def diagnose(env, **body):
-    """POST /sdfix/v1/diagnose as the route runs it; the result plus the UNet calls and VAE runs it made."""
-    from lib_sdfix.webui import diagnosis
-
-    env.shared.sd_model.unet_calls.clear()
-    env.vae.seen.clear()
-    request = diagnosis.request_from_body(body)
-    env.shared.state.begin(job="sdfix_diagnose")
-    try:
-        result = diagnosis.run_diagnosis(request)
-    finally:
-        env.shared.state.end()
-    return Namespace(result=result, unet=list(env.shared.sd_model.unet_calls), vae=list(env.vae.seen), request=request)
-
-
-def assert_clean(env):
-    """Nothing of a diagnosis outlives it: functions, VAE, dtype attributes, flags, sessions, patches."""
-    from lib_sdfix.webui import comparison, nan_watch
-    from lib_sdfix.webui.session import PATCHES, thread_sessions
-
-    assert same(env, env.before)
-    assert thread_sessions() == [] and PATCHES.active() == []
-    assert getattr(comparison._LOCAL, "sampling", None) is None and getattr(nan_watch._LOCAL, "watch", None) is None
-    assert env.runner.errors == []
 
 
 # --- sweeps ----------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Every name field of an A/B or diagnosis payload is checked against the host's own registries before
 anything runs (lib_sdfix.names, lib_sdfix.webui.names): a 422 naming the field, where the host would
 fail inside the run (HTTP 500) or silently run something else -- and every spelling the host
-accepts passes.  The fakes model each host's registries, aliases and case rules (fakes.py,
-fake_registries.py); the first test shows they fail or substitute as the hosts do.
+accepts passes.  The fakes model each host's registries, aliases and case rules (fakes/samplers.py,
+fakes/registries.py); the first test shows they fail or substitute as the hosts do.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Late-step refine in the hosts (tests/webui/fakes.py): the last pass's sampler runs the tail of its own
+"""Late-step refine in the hosts (tests/webui/fakes/): the last pass's sampler runs the tail of its own
 schedule again -- txt2img, the Hires pass, img2img, k-diffusion and timestep samplers, batches --
 deterministically from each image's seed, counted by the progress bar, stopped by Interrupt."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from lib_sdfix.refine import refine_seed, refine_steps
 from lib_sdfix.settings import NOTES_INFOTEXT_KEY, REFINE_INFOTEXT_KEY, SDFixSettings
 
 from .fakes import Namespace, sigmas_automatic
-from .support import install_xyz_script, run, same
+from .support import compare, install_xyz_script, pixels, run, same
 
 pytest.importorskip("pydantic")
 pytest.importorskip("fastapi")
@@ -57,10 +57,6 @@ def img2img(env, settings, **fields):
 
 def sigmas(calls, shape=None):
     return [c["sigma"] for c in calls if shape is None or c["shape"][-1] == shape]
-
-
-def pixels(image):
-    return image.convert("RGB").tobytes()
 
 
 def params(infotext):
@@ -437,15 +433,7 @@ def test_xyz_axes_switch_it_and_set_its_strength(webui):
 
 
 def test_refine_comparison_shares_the_pass_and_runs_only_the_refine(webui):
-    from lib_sdfix.webui import comparison
-
-    webui.shared.sd_model.unet_calls.clear()
-    request = comparison.request_from_body({"payload": AB, "variants": "refine"})
-    webui.shared.state.begin(job="sdfix_ab")
-    try:
-        result = comparison.run_comparison(request)
-    finally:
-        webui.shared.state.end()
+    result = compare(webui, AB, "refine").result
     assert [(r["variants"], r["kind"]) for r in result["plan"]] == [
         (["A"], "full sampling"), (["refine"], "refine only (shared passes)")]
     assert len(webui.shared.sd_model.unet_calls) == BASE["steps"] + 3 and result["runs"] == 2

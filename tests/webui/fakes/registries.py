@@ -1,5 +1,5 @@
 """The hosts' registries of the other names a txt2img payload refers to (samplers and schedule types
-are in fakes.py): checkpoints (``modules/sd_models.py``), saved styles (``modules/styles.py``), VAE
+are in samplers.py): checkpoints (``modules/sd_models.py``), saved styles (``modules/styles.py``), VAE
 files (``modules/sd_vae.py``) and Forge's VAE / text encoder modules (``modules_forge/main_entry.py``).
 
 Modelled on the three hosts' source (the same in all three where not said otherwise): a checkpoint is
