@@ -15,16 +15,11 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+from lib_sdfix.diffusers.pipelines import IMG2IMG_FOR
 from lib_sdfix.diffusers.tiny import tiny_sd15_components
 from lib_sdfix.diffusers.vae import unguard_vae
 
-__all__ = ["Service", "half_dtype", "resolve_device", "IMG2IMG_FOR"]
-
-#: The img2img pipeline class of each supported txt2img pipeline class.
-IMG2IMG_FOR = {
-    "StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline",
-    "StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline",
-}
+__all__ = ["Service", "half_dtype", "resolve_device"]
 
 
 class Service:
