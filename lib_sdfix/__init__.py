@@ -3,9 +3,9 @@
 Host-free (imports no WebUI and no diffusers): ``settings`` (the one settings model and fix table),
 ``precision`` (the TF32 guard), ``fp32_vae`` (an fp32 VAE for one call, exact weights), ``parity``,
 ``resize``, ``refine`` (the late refine's step count, seeds and samplers), ``metrics``, ``failsafe``,
-``patching``, ``limits``, the ``ab`` package and ``command``
-(what the ``python -m lib_sdfix`` commands share).  The WebUI front is ``lib_sdfix.webui`` (the only
-importer of a host), the diffusers front ``lib_sdfix.diffusers``.
+``patching``, ``limits``, the ``ab`` package.  The WebUI front is ``lib_sdfix.webui`` (the only
+importer of a host), the diffusers front ``lib_sdfix.diffusers``, the command line (``python -m
+lib_sdfix``) ``lib_sdfix.cli``.
 Importing this package imports nothing heavy: torch, numpy and scikit-image come with the modules
 that need them.
 """

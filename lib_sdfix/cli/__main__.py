@@ -1,5 +1,7 @@
 """Command line: ``python -m lib_sdfix check`` (self-check of the core), ``ab`` (the A/B report of the
-diffusers front: :mod:`lib_sdfix.diffusers.cli`) and ``diagnose`` (:mod:`lib_sdfix.diffusers.diagnose_cli`)."""
+diffusers front: :mod:`lib_sdfix.cli.ab_command`) and ``diagnose`` (:mod:`lib_sdfix.cli.diagnose_command`).
+
+``python -m lib_sdfix`` and the ``sdfix`` console script both run :func:`main`."""
 from __future__ import annotations
 
 import argparse
@@ -7,9 +9,8 @@ import json
 import sys
 from typing import List, Optional
 
-from lib_sdfix.command import INSTALL_CORE, INSTALL_TORCH, PROG, fail, missing_module_in
-from lib_sdfix.diffusers import cli as ab_command
-from lib_sdfix.diffusers import diagnose_cli as diagnose_command
+from lib_sdfix.cli import ab_command, diagnose_command
+from lib_sdfix.cli.command import INSTALL_CORE, INSTALL_TORCH, PROG, fail, missing_module_in
 
 
 def _check() -> int:

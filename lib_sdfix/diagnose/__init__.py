@@ -5,7 +5,7 @@ precisions), ``plan`` (one-variable sweeps at a fixed seed, and which cells shar
 ``steps`` (the denoised prediction of chosen steps), ``nanwatch`` (the first step or stage with NaN/Inf),
 ``findings`` (measurements -> likely causes in the seed's taxonomy), ``chart`` and ``output`` (metrics,
 grid, chart, JSON, saving); ``request`` validates the API body.  The hosts run the plans
-(lib_sdfix.webui.diagnosis, lib_sdfix.diffusers.diagnose) and hand the images back to ``output``.
+(lib_sdfix.webui.diagnosis, lib_sdfix.cli.diagnose_run) and hand the images back to ``output``.
 """
 from __future__ import annotations
 
