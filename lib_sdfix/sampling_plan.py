@@ -1,4 +1,5 @@
-"""What a comparison renders and what it can share: the variants, and the sampling runs they need.
+"""Renders of one generation that differ only in SDFix's settings (variants), and the sampling runs
+they can share -- the A/B comparison's variants and the diagnosis's precision cells alike.
 
 Variants that differ only in the VAE decode share one sampling; with Hires.fix every variant shares
 the first pass (no fix touches it) and the Hires pass is shared by variants that agree on what shapes
@@ -11,50 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from lib_sdfix.settings import FIXES, SDFixSettings, SettingsError, describe
+from lib_sdfix.settings import FIXES, SDFixSettings
 
-__all__ = ["MODES", "MAX_VARIANTS", "Variant", "plan_variants", "DecodeConfig", "SamplingGroup", "sampling_groups",
-           "count_runs", "count_decodes"]
-
-#: Comparison modes: A = SDFix off / B = SDFix on; baseline + each fix alone + all fixes; and the
-#: user's SDFix without / with the late refine.
-MODES = ("ab", "ablation", "refine")
-#: Most variants one comparison may render (each one is at least a VAE decode, up to a full sampling).
-MAX_VARIANTS = 8
+__all__ = ["Variant", "DecodeConfig", "SamplingGroup", "sampling_groups", "count_runs", "count_decodes"]
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One image of the comparison: a short file-safe ``name``, what the UI shows, and its settings."""
+    """One render: a short file-safe ``name``, what the UI shows, and its SDFix settings."""
 
     name: str
     label: str
     settings: SDFixSettings
-
-
-def plan_variants(mode: str, base: SDFixSettings) -> List[Variant]:
-    """The variants of ``mode``; ``base`` (the user's SDFix settings) supplies filter, dtype and the rest.
-
-    "ab": A = SDFix off, B = ``base`` switched on.  "ablation": baseline (off), each fix alone (on,
-    with only that toggle set), all fixes on.  "refine": A = ``base`` on without the late refine,
-    "refine" = the same with it (``base``'s strength).  The first variant is always the reference.
-    """
-    off = base.changed(enabled=False)
-    if mode == "ab":
-        return [Variant("A", "A: SDFix off", off), Variant("B", "B: SDFix on", base.changed(enabled=True))]
-    if mode == "refine":
-        strength = base.late_refine_strength
-        return [Variant("A", "A: SDFix on, no late refine", base.changed(enabled=True, late_refine=False)),
-                Variant("refine", f"refine: SDFix on + late refine {strength:g}",
-                        base.changed(enabled=True, late_refine=True))]
-    if mode == "ablation":
-        variants = [Variant("baseline", "baseline (SDFix off)", off)]
-        for fix in FIXES:
-            alone = {other.key: other.key == fix.key for other in FIXES}
-            variants.append(Variant(fix.key, f"{fix.label} only", base.changed(enabled=True, **alone)))
-        variants.append(Variant("all", "all fixes", base.changed(enabled=True, **{f.key: True for f in FIXES})))
-        return variants
-    raise SettingsError({"variants": f"unknown mode {describe(mode)}; expected one of {list(MODES)} or a list of variants"})
 
 
 @dataclass(frozen=True)

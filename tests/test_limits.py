@@ -1,19 +1,15 @@
 """Request limits: every txt2img field of an A/B body, option overrides, base64 images, variant
-labels, bounded error messages, and the grid's label trimming."""
+labels, bounded error messages."""
 import base64
 import io
-import math
-import random
 import struct
-import time
 import zlib
 
 import pytest
-from PIL import Image, ImageDraw, ImageFont, ImageFile
+from PIL import Image, ImageFile
 
 from lib_sdfix import limits
-from lib_sdfix.ab import MAX_LABEL_CHARS, ab_request_from_body, compose_grid, payload_from_infotext
-from lib_sdfix.ab.output import fit_label
+from lib_sdfix.ab import MAX_LABEL_CHARS, ab_request_from_body, payload_from_infotext
 from lib_sdfix.webui.tab import FORM_FIELDS, payload_from_form
 from lib_sdfix.limits import (
     MAX_IMAGE_PIXELS,
@@ -472,59 +468,6 @@ def test_decode_image_field_caps_the_text_before_decoding():
 
 
 # --- grid labels ---------------------------------------------------------------------------------------
-
-
-def _old_trim(text, width, measure):
-    """What compose_grid did: cut one character at a time, re-measuring the whole string."""
-    while text and measure(text) > width:
-        text = text[:-4] + "..." if len(text) > 4 else text[:-1]
-    return text
-
-
-def test_label_trimming_matches_the_old_result():
-    font = ImageFont.load_default()
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def measure(t):
-        return draw.textlength(t, font=font)
-
-    rng = random.Random(3)
-    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .:-_()[]iIlWM"
-    labels = ["", "A", "ab", "abcd", "abcde", "A: SDFix off", "B: SDFix on", "baseline (SDFix off)", "x" * 200,
-              "W" * 60, "i" * 60, "λ ünïcode ✓"] + ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 90)))
-                                                     for _ in range(300)]
-    for label in labels:
-        text = label.encode("latin-1", "replace").decode("latin-1")
-        for width in (0, 1, 5, 8, 20, 24, 56, 120, 248, 600):
-            assert fit_label(text, width, measure) == _old_trim(text, width, measure), (label, width)
-
-
-def test_label_trimming_grows_about_linearly():
-    font = ImageFont.load_default()
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    measured = []
-
-    def measure(t):
-        measured.append(len(t))
-        return draw.textlength(t, font=font)
-
-    def work(n):
-        measured.clear()
-        assert fit_label("m" * n, 120, measure).endswith("...")
-        return sum(measured)
-
-    assert work(8000) < 8 * 2 * work(1000)  # O(n log n): ~10x for 8x the text; cutting one by one was ~64x
-
-    def seconds(n):
-        label = "m" * n
-        best = math.inf
-        for _ in range(5):
-            start = time.perf_counter()
-            compose_grid([Image.new("RGB", (64, 64))], [label])
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    assert seconds(8000) < 30 * seconds(1000) + 0.01  # generous: quadratic would be ~64x
 
 
 def test_error_messages_are_always_encodable():

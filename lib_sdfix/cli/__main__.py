@@ -19,7 +19,7 @@ def _check() -> int:
     from PIL import Image, ImageFilter
 
     from lib_sdfix import __version__
-    from lib_sdfix.metrics import compare_detail
+    from lib_sdfix.imaging.metrics import compare_detail
     from lib_sdfix.fp32_vae import guarded_vae_call
     from lib_sdfix.precision import flag_api, read_flags
     from lib_sdfix.resize import resize_after_upscale

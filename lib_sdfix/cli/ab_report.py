@@ -16,8 +16,9 @@ from typing import Any, Dict, List, Optional
 
 from PIL import Image
 
-from lib_sdfix.ab import metrics_display, metrics_json, metrics_table
-from lib_sdfix.metrics import difference_heatmap, json_safe
+from lib_sdfix.ab.output import metrics_display, metrics_json
+from lib_sdfix.imaging.difference import difference_heatmap
+from lib_sdfix.imaging.table import json_safe, metrics_table
 
 __all__ = ["write_report", "REPORT_NAME", "JSON_NAME", "CSS", "escape"]
 

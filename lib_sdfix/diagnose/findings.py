@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from lib_sdfix.diagnose.plan import PRECISION_FIXES
+from lib_sdfix.imaging.metrics import detail_ratio
+from lib_sdfix.imaging.table import json_safe
 
 __all__ = ["Finding", "spearman", "rule_steps", "rule_cfg", "rule_sampler", "rule_schedule", "rule_precision",
            "rule_vae_capacity", "rule_vae_precision", "rule_step_timing", "rule_non_finite", "sweep_findings",
@@ -37,8 +39,6 @@ class Finding:
     fixes: Tuple[str, ...] = ()  # keys of lib_sdfix.settings.FIXES that act on this cause (none: no SDFix fix does)
 
     def as_dict(self) -> Dict[str, Any]:
-        from lib_sdfix.metrics import json_safe
-
         return json_safe(asdict(self))
 
 
@@ -190,8 +190,6 @@ def rule_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
     on, off = by_value.get(True), by_value.get(False)
     if on is None or off is None:
         return None
-    from lib_sdfix.metrics import detail_ratio
-
     between = off.get("psnr") if on.get("reference") else on.get("psnr")
     if not isinstance(between, (int, float)) or math.isinf(between):
         return None
@@ -212,7 +210,7 @@ _SWEEP_RULES = {"steps": rule_steps, "cfg_scale": rule_cfg, "sampler_name": rule
 
 
 def sweep_findings(axis: str, rows: Sequence[Mapping[str, Any]], nan: Optional[Mapping[str, Any]] = None) -> List[Finding]:
-    """The findings of a sweep over ``axis``: rows carry "value" plus the metrics of lib_sdfix.ab.metrics_table."""
+    """The findings of a sweep over ``axis``: rows carry "value" plus the metrics of lib_sdfix.imaging.metrics_table."""
     found = [f for f in (_SWEEP_RULES[axis](rows), rule_non_finite(nan)) if f is not None]
     return sorted(found, key=lambda f: f.likelihood != LIKELY)
 

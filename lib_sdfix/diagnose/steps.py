@@ -11,6 +11,9 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 from PIL import Image
 
+from lib_sdfix.imaging.grid import compose_grid
+from lib_sdfix.imaging.metrics import detail_ratio, high_frequency_energy, laplacian_variance, psnr, ssim
+
 __all__ = ["StepCapture", "step_rows", "compose_strip", "STRIP_CELL_WIDTH"]
 
 #: Widest cell of the strip picture (17 cells of a 2048-wide image would make a huge PNG).
@@ -40,8 +43,6 @@ class StepCapture:
 def step_rows(images: Mapping[int, Image.Image], final: Image.Image, steps: int) -> List[Dict[str, Any]]:
     """Per captured step: its detail metrics, the share of the final image's high-frequency energy it
     already has, and how close it is to the final image (PSNR/SSIM)."""
-    from lib_sdfix.metrics import detail_ratio, high_frequency_energy, laplacian_variance, psnr, ssim
-
     final_hf, final_lap = high_frequency_energy(final), laplacian_variance(final)
     rows = []
     for step in sorted(images):
@@ -59,8 +60,6 @@ def step_rows(images: Mapping[int, Image.Image], final: Image.Image, steps: int)
 
 def compose_strip(images: Mapping[int, Image.Image], final: Image.Image, steps: int) -> Image.Image:
     """The captured steps left to right, then the final image, each labelled."""
-    from lib_sdfix.ab.output import compose_grid
-
     ordered = [images[s] for s in sorted(images)] + [final]
     labels = [f"step {s}/{steps}" for s in sorted(images)] + ["final image"]
     width = max(im.width for im in ordered)
