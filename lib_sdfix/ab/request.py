@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from lib_sdfix.ab.plan import MAX_VARIANTS, MODES, plan_variants
 from lib_sdfix.imaging.difference import valid_heatmap_gain
-from lib_sdfix.limits import check_text, check_txt2img_payload
+from lib_sdfix.limits.txt2img import check_txt2img_payload
+from lib_sdfix.limits.values import check_text
 from lib_sdfix.parity import is_same_marker
 from lib_sdfix.sampling_plan import Variant
 from lib_sdfix.seeds import as_int, resolve_payload_seeds
@@ -234,7 +235,7 @@ def ab_request_from_body(body: Any, base: SDFixSettings, *,
 
     ``{"payload": {txt2img fields}, "variants": "ab" | "ablation" | [...] (default "ab"),
     "heatmap_gain": 1-64 (default 4), "save": bool (default false)}``.  Every payload field is
-    bounded as the WebUI's UI bounds it (:func:`lib_sdfix.limits.check_txt2img_payload`: sizes,
+    bounded as the WebUI's UI bounds it (:func:`lib_sdfix.limits.txt2img.check_txt2img_payload`: sizes,
     steps, prompts, option overrides; unknown fields refused); ``choices`` (optional) maps name
     fields to the names the WebUI knows, e.g. ``{"hr_upscaler": [...]}``.  The request's payload is
     the checked, normalised copy.  Raises :class:`SettingsError` naming every offending field
