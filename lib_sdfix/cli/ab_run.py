@@ -19,7 +19,7 @@ from PIL import Image
 
 from lib_sdfix.cli.ab_report import write_report
 from lib_sdfix.cli.service import Service, half_dtype, resolve_device
-from lib_sdfix.cli.tiny import tiny_esrgan_state_dict
+from lib_sdfix.cli.tiny import EMBEDDED, tiny_esrgan_state_dict
 from lib_sdfix.diffusers.causes import CAUSES, dtype_name
 from lib_sdfix.diffusers.hardening import audit, fix_report, harden
 from lib_sdfix.diffusers.hires import hires_fix
@@ -33,7 +33,6 @@ __all__ = ["ABConfig", "ABResult", "ArmResult", "RunSizes", "run_ab", "resolve_s
 
 DEFAULT_PROMPT = "close-up portrait photo, detailed skin texture, individual hair strands, sharp eye highlights"
 DEFAULT_NEGATIVE = "blurry, oil painting, smooth plastic skin"
-EMBEDDED = "embedded tiny SD1.5 (random weights)"
 
 
 @dataclass

@@ -90,7 +90,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``diagnose`` and its three kinds to the subcommands ``sub``; return its parser (``.kinds`` holds theirs)."""
     diagnose = sub.add_parser(
         "diagnose", help="find where an artifact comes from: VAE round-trip, one-variable sweeps, step strips",
-        description="Seed 001's debugging strategy on a diffusers pipeline, with an HTML report (report.html, the PNGs, "
+        description="Find where an artifact comes from on a diffusers pipeline, with an HTML report (report.html, the PNGs, "
         "report.json). Without --model an embedded tiny random-weight SD1.5 runs on any CPU.")
     kinds = diagnose.add_subparsers(dest="kind", required=True, metavar="{vae-roundtrip,sweep,steps}")
     roundtrip = kinds.add_parser("vae-roundtrip", help="encode + decode your image through the VAE in several precisions")
@@ -105,7 +105,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     _common(sweep)
     _generation(sweep)
     sweep.add_argument("--axis", choices=AXES, default="cfg_scale", help="what to vary (default cfg_scale)")
-    sweep.add_argument("--values", type=_list, help="comma-separated values (default: seed 001's, e.g. CFG 1,3,5,7,10,15)")
+    sweep.add_argument("--values", type=_list, help="comma-separated values (default: the usual ones, e.g. CFG 1,3,5,7,10,15)")
     sweep.add_argument("--reference", help="the value the others are compared with (default: your setting, else the first)")
     steps = kinds.add_parser("steps", help="the image as predicted at chosen sampling steps of one generation")
     _common(steps)

@@ -20,7 +20,7 @@ from PIL import Image
 from lib_sdfix.cli.ab_run import diffusers_warnings_off, versions
 from lib_sdfix.cli.diagnose_report import write_report
 from lib_sdfix.cli.service import half_dtype, load_model, resolve_device
-from lib_sdfix.cli.tiny import tiny_sd15_components
+from lib_sdfix.cli.tiny import EMBEDDED, tiny_sd15_components
 from lib_sdfix.diagnose.nanwatch import NanWatch
 from lib_sdfix.diagnose.output import analyse_roundtrip, analyse_steps, analyse_sweep
 from lib_sdfix.diagnose.plan import sweep_cells
@@ -53,7 +53,6 @@ SAMPLERS: Dict[str, Tuple[str, Dict[str, Any]]] = {
 #: WebUI schedule types -> the scheduler config switch (only schedulers that have it take it).
 SCHEDULES: Dict[str, Optional[str]] = {"Automatic": None, "Karras": "use_karras_sigmas",
                                        "Exponential": "use_exponential_sigmas", "Beta": "use_beta_sigmas"}
-EMBEDDED = "embedded tiny SD1.5 (random weights)"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """One-variable sweeps: the cells of a sweep, and which of them can share a sampling.
 
-Seed 001's debugging strategy: fix the seed and change one variable at a time -- CFG scale, steps,
+The classic debugging strategy: fix the seed and change one variable at a time -- CFG scale, steps,
 sampler, schedule, or SDFix's precision.  Every cell is the user's generation with one field (or
 SDFix's precision toggles) changed.  Cells with the same generation fields differ only in SDFix's
 settings; :func:`lib_sdfix.sampling_plan.sampling_groups` tells which of those share a sampling
@@ -25,7 +25,7 @@ PRECISION_FIXES = tuple(f.key for f in FIXES if f.cause == "vae_precision")
 AXIS_LABELS = {"cfg_scale": "CFG scale", "steps": "steps", "sampler_name": "sampler", "scheduler": "schedule type",
                "precision": " + ".join(PRECISION_FIXES)}
 NUMERIC_AXES = ("cfg_scale", "steps")
-#: Seed 001's suggestions (CFG 1-15; steps up to 100) and the common samplers and schedules; the host
+#: The usual ranges to try (CFG 1-15; steps up to 100) and the common samplers and schedules; the host
 #: keeps the names it knows.
 DEFAULT_VALUES: Dict[str, Tuple[Any, ...]] = {
     "cfg_scale": (1.0, 3.0, 5.0, 7.0, 10.0, 15.0),

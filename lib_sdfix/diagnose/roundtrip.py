@@ -1,8 +1,8 @@
 """VAE round-trip: encode and decode the user's own image through the current VAE under several precisions.
 
-Seed 001: "test the VAE's reconstruction quality independently by encoding and decoding real images".
-If the fp32 round trip already loses the detail, the VAE (not sampling) is where it goes; if only the
-host's own precision loses it, its dtype or TF32 does.  The variants:
+The VAE's reconstruction quality, tested on its own by encoding and decoding a real image: if the
+fp32 round trip already loses the detail, the VAE (not sampling) is where it goes; if only the host's
+own precision loses it, its dtype or TF32 does.  The variants:
 
 * ``webui`` -- the host's own encode and decode, its dtype and flags as they are;
 * ``precision_guard`` -- SDFix's guarded call (its fixes precision_guard and guard_encode) (TF32 off, VAE in fp32, exact weights where the file has them);

@@ -1,9 +1,9 @@
 """Intermediate steps: the denoised prediction of chosen sampling steps, decoded, side by side.
 
-Seed 001: "save images at intermediate timesteps ... issues early on might relate to noise schedules,
-while issues late might relate to fine detail reconstruction".  Each step's prediction of the final
-image (k-diffusion's ``denoised``, the timestep samplers' ``pred_x0``) is decoded through the guarded
-VAE; the strip and the high-frequency energy per step show when detail -- or an artifact -- appears.
+Issues that appear early in sampling point to the noise schedule, issues that appear late to the
+reconstruction of fine detail, so the images of intermediate steps tell them apart.  Each step's
+prediction of the final image (k-diffusion's ``denoised``, the timestep samplers' ``pred_x0``) is
+decoded through the guarded VAE; the strip and the high-frequency energy per step show when detail -- or an artifact -- appears.
 """
 from __future__ import annotations
 
