@@ -28,7 +28,7 @@ SWEEPS = (("precision", ("off", "on")), ("cfg_scale", (3.0, 7.0, 11.0)), ("steps
 
 def _config(args: argparse.Namespace, axis: str, values: tuple):
     from lib_sdfix.diagnose.request import check_values
-    from lib_sdfix.diffusers.diagnose import DiagnoseConfig
+    from lib_sdfix.cli.diagnose_run import DiagnoseConfig
 
     checked = check_values(axis, list(values), "values", None)
     return DiagnoseConfig(kind="sweep", model=args.model, device=args.device, steps=args.steps, width=args.size,
@@ -37,7 +37,7 @@ def _config(args: argparse.Namespace, axis: str, values: tuple):
 
 
 def _sweep(pipe, config) -> float:
-    from lib_sdfix.diffusers.diagnose import _sweep as run_sweep
+    from lib_sdfix.cli.diagnose_run import _sweep as run_sweep
 
     start = time.perf_counter()
     run_sweep(pipe, config)
@@ -76,10 +76,10 @@ def main() -> None:
 
     import torch
 
-    from lib_sdfix.diffusers.compare import _diffusers_warnings_off
-    from lib_sdfix.diffusers.diagnose import _Pipeline
+    from lib_sdfix.cli.ab_run import diffusers_warnings_off
+    from lib_sdfix.cli.diagnose_run import _Pipeline
 
-    _diffusers_warnings_off()
+    diffusers_warnings_off()
     if args.model is None and args.device == "cpu":
         torch.set_num_threads(1)  # the tiny model's ops are too small to split (as the CLI runs it)
     print(f"diffusers front, {args.model or 'embedded tiny SD1.5'} on {args.device}, {args.size}x{args.size}, "

@@ -13,7 +13,7 @@ In a real running WebUI (POST /sdapi/v1/txt2img with SDFix's ``late_refine`` off
     python bench/refine_cost.py --url http://127.0.0.1:7860 [--auth user:pass] [--steps 20 --strength 0.3]
 
 Without --url (and without SDFIX_E2E_URL): in-process, on the embedded random-weight SD1.5-shaped
-diffusers pipeline (lib_sdfix.diffusers.tiny), ``pipe(...)`` vs ``pipe(...)`` + ``lib_sdfix.diffusers.refine``,
+diffusers pipeline (lib_sdfix.cli.tiny), ``pipe(...)`` vs ``pipe(...)`` + ``lib_sdfix.diffusers.refine``,
 counting the UNet calls of each as well::
 
     python bench/refine_cost.py [--steps 20 --strength 0.3 --size 64 --rounds 7]
@@ -105,7 +105,7 @@ def diffusers_tiny(args: argparse.Namespace) -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     from lib_sdfix.diffusers import refine, refine_generators
-    from lib_sdfix.diffusers.tiny import tiny_sd15_components
+    from lib_sdfix.cli.tiny import tiny_sd15_components
 
     torch.set_num_threads(args.threads)
     pipe = StableDiffusionPipeline(**tiny_sd15_components())

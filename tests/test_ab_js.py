@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lib_sdfix.ab import compare_html, png_base64
+from lib_sdfix.ab import compare_html
+from lib_sdfix.imaging import png_base64
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "javascript" / "sdfix_ab.js"

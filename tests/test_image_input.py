@@ -96,7 +96,7 @@ def test_8_bit_modes_convert_as_pillow_does(mode):
 
 def test_the_round_trip_and_the_metrics_see_the_scaled_image():
     from lib_sdfix.diagnose.roundtrip import crop_for_vae, image_to_tensor
-    from lib_sdfix.metrics import psnr
+    from lib_sdfix.imaging.metrics import psnr
 
     opened = gray16_png()
     cropped, note = crop_for_vae(opened)

@@ -6,7 +6,7 @@ import pytest
 
 from lib_sdfix import ab, names
 from lib_sdfix.diagnose import request as diagnose_request
-from lib_sdfix.limits import check_txt2img_payload
+from lib_sdfix.limits.txt2img import check_txt2img_payload
 from lib_sdfix.settings import SDFixSettings, SettingsError
 
 CHEAP = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "seed": 1, "sampler_name": "Euler"}

@@ -71,8 +71,9 @@ def test_importing_the_package_is_light():
 
 def test_diffusers_front_imports_nothing_heavy_until_used():
     heavy = ("torch", "diffusers", "transformers", "accelerate", "spandrel", "realesrgan", "basicsr", "torchvision", "scipy")
-    code = ("import sys, lib_sdfix.diffusers, lib_sdfix.diffusers.cli, lib_sdfix.diffusers.compare, "
-            "lib_sdfix.diffusers.report, lib_sdfix.diffusers.refine, lib_sdfix.refine, lib_sdfix.__main__; "
+    code = ("import sys, lib_sdfix.diffusers, lib_sdfix.cli.ab_command, lib_sdfix.cli.ab_run, "
+            "lib_sdfix.cli.ab_report, lib_sdfix.cli.diagnose_command, lib_sdfix.cli.diagnose_run, "
+            "lib_sdfix.diffusers.refine, lib_sdfix.refine, lib_sdfix.cli.__main__, lib_sdfix.__main__; "
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

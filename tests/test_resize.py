@@ -32,7 +32,7 @@ def test_one_pass_with_the_chosen_filter(monkeypatch, name):
 
 
 def test_lanczos_keeps_more_detail_than_bilinear():
-    from lib_sdfix.metrics import laplacian_variance
+    from lib_sdfix.imaging.metrics import laplacian_variance
     src = _native(size=(256, 256))
     lanczos = resize_after_upscale(src, (150, 150))
     bilinear = src.resize((150, 150), Image.BILINEAR)

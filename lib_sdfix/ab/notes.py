@@ -4,12 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence
 
-import numpy as np
 from PIL import Image
 
-from lib_sdfix.ab.plan import Variant
+from lib_sdfix.imaging.difference import describe_change
+from lib_sdfix.parity import resolve_hires_sampling
 from lib_sdfix.refine import describe as describe_refine
 from lib_sdfix.refine import refine_steps, skip_reason
+from lib_sdfix.sampling_plan import Variant
 from lib_sdfix.settings import FIXES, SDFixSettings
 
 _REFINE = "late_refine"
@@ -42,8 +43,6 @@ class RunContext:
         """The sampler of the last pass for a variant (parity decides the Hires pass's)."""
         if not self.hires or not self.first_sampler:
             return self.first_sampler
-        from lib_sdfix.parity import resolve_hires_sampling
-
         return resolve_hires_sampling(self.first_sampler, self.first_scheduler, self.hires_sampler,
                                       self.hires_scheduler, parity=settings.wants("hires_parity")).sampler
 
@@ -71,8 +70,6 @@ class RunContext:
         """Whether the Hires pass already used the first pass's sampler and schedule (None: unknown)."""
         if not self.hires or not self.first_sampler:
             return None
-        from lib_sdfix.parity import resolve_hires_sampling
-
         first = resolve_hires_sampling(self.first_sampler, self.first_scheduler, None, None, parity=False)
         hires = resolve_hires_sampling(self.first_sampler, self.first_scheduler, self.hires_sampler,
                                        self.hires_scheduler, parity=False)
@@ -102,22 +99,6 @@ def _no_effect_reasons(context: RunContext, variants: Sequence[Variant]) -> Dict
     return reasons
 
 
-def _rgb(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-def _difference_text(image: Image.Image, baseline: Image.Image) -> Optional[str]:
-    """None when pixel-identical, else how much changed."""
-    a, b = _rgb(baseline), _rgb(image)
-    if a.shape != b.shape:
-        return f"size {image.size} differs from {baseline.size}"
-    diff = np.abs(a - b).max(axis=-1)
-    if not diff.any():
-        return None
-    share = float((diff > 0).mean()) * 100.0
-    return f"changed {share:.3g}% of pixels (largest difference {int(diff.max())}/255)"
-
-
 def effect_notes(variants: Sequence[Variant], images: Mapping[str, Image.Image], context: RunContext) -> List[str]:
     """Which fixes actually changed something in this run, one line each.
 
@@ -143,7 +124,7 @@ def effect_notes(variants: Sequence[Variant], images: Mapping[str, Image.Image],
         if variant is None or base_image is None or variant.name not in images:
             continue
         measured.add(fix)
-        change = _difference_text(images[variant.name], base_image)
+        change = describe_change(images[variant.name], base_image)
         if fix == _REFINE:
             notes.append(_refine_note(context, variant.settings, change))
         elif change is None:
@@ -153,13 +134,13 @@ def effect_notes(variants: Sequence[Variant], images: Mapping[str, Image.Image],
     if _REFINE not in measured:
         for with_refine, without in _refine_pairs(variants, images):
             measured.add(_REFINE)
-            change = _difference_text(images[with_refine.name], images[without.name])
+            change = describe_change(images[with_refine.name], images[without.name])
             notes.append(_refine_note(context, with_refine.settings, change, f" vs {without.label}"))
 
     for v in variants:
         if v is baseline or v in alone.values() or v.name not in images or base_image is None:
             continue
-        change = _difference_text(images[v.name], base_image)
+        change = describe_change(images[v.name], base_image)
         notes.append(f"{v.label}: {change} vs {baseline.label}" if change else f"{v.label}: identical to {baseline.label}")
 
     used = {fix for v in variants for fix in v.settings.fixes_on()}

@@ -1,4 +1,4 @@
-"""The A/B request: the API body (and the tab's form) validated, variants parsed, infotext to payload, seeds.
+"""The A/B request: the API body (and the tab's form) validated, variants parsed, infotext to payload.
 
 Every field is bounded before anything runs (lib_sdfix.limits): the comparison holds the WebUI's
 queue lock, so one request must not be able to hold it for hours or exhaust memory.
@@ -11,14 +11,17 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from lib_sdfix.ab.output import valid_heatmap_gain
-from lib_sdfix.ab.plan import MAX_VARIANTS, MODES, Variant, plan_variants
-from lib_sdfix.limits import check_text, check_txt2img_payload
+from lib_sdfix.ab.plan import MAX_VARIANTS, MODES, plan_variants
+from lib_sdfix.imaging.difference import valid_heatmap_gain
+from lib_sdfix.limits.txt2img import check_txt2img_payload
+from lib_sdfix.limits.values import check_text
 from lib_sdfix.parity import is_same_marker
+from lib_sdfix.sampling_plan import Variant
+from lib_sdfix.seeds import as_int, resolve_payload_seeds
 from lib_sdfix.settings import SDFixSettings, SettingsError, describe
 
 __all__ = ["MAX_LABEL_CHARS", "parse_variants", "ABRequest", "ab_request_from_body", "payload_from_infotext",
-           "settings_from_infotext", "resolve_seed", "resolve_payload_seeds", "SEED_RANGE"]
+           "settings_from_infotext"]
 
 #: A label is one line above a grid cell and a table row: more than this is never readable.
 MAX_LABEL_CHARS = 128
@@ -92,29 +95,7 @@ def _fail(where: str, why: str) -> None:
     raise SettingsError({where: why})
 
 
-
-# --- infotext -> payload, seed ----------------------------------------------------------------------
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            try:
-                number = float(text)
-            except ValueError:
-                number = math.nan
-            if number.is_integer():
-                return int(number)
-    raise ValueError(f"expected an integer, got {value!r}")
+# --- infotext -> payload ----------------------------------------------------------------------------
 
 
 def _as_float(value: Any) -> float:
@@ -139,21 +120,21 @@ def _as_text(value: Any) -> str:
 _INFOTEXT_FIELDS = (
     ("Prompt", "prompt", _as_text),
     ("Negative prompt", "negative_prompt", _as_text),
-    ("Steps", "steps", _as_int),
+    ("Steps", "steps", as_int),
     ("Sampler", "sampler_name", _as_text),
     ("Schedule type", "scheduler", _as_text),
     ("CFG scale", "cfg_scale", _as_float),
-    ("Seed", "seed", _as_int),
-    ("Size-1", "width", _as_int),
-    ("Size-2", "height", _as_int),
+    ("Seed", "seed", as_int),
+    ("Size-1", "width", as_int),
+    ("Size-2", "height", as_int),
     ("Denoising strength", "denoising_strength", _as_float),
 )
 _HIRES_FIELDS = (
     ("Hires upscale", "hr_scale", _as_float),
-    ("Hires resize-1", "hr_resize_x", _as_int),
-    ("Hires resize-2", "hr_resize_y", _as_int),
+    ("Hires resize-1", "hr_resize_x", as_int),
+    ("Hires resize-2", "hr_resize_y", as_int),
     ("Hires upscaler", "hr_upscaler", _as_text),
-    ("Hires steps", "hr_second_pass_steps", _as_int),
+    ("Hires steps", "hr_second_pass_steps", as_int),
     ("Hires sampler", "hr_sampler_name", _as_text),
     ("Hires schedule type", "hr_scheduler", _as_text),
     ("Hires prompt", "hr_prompt", _as_text),
@@ -202,7 +183,7 @@ def payload_from_infotext(params: Mapping[str, Any]) -> Dict[str, Any]:
         payload[target] = value
     if "Clip skip" in params:
         try:
-            payload["override_settings"] = {"CLIP_stop_at_last_layers": _as_int(params["Clip skip"])}
+            payload["override_settings"] = {"CLIP_stop_at_last_layers": as_int(params["Clip skip"])}
         except ValueError as err:
             problems["Clip skip"] = str(err)
     if problems:
@@ -220,28 +201,6 @@ def settings_from_infotext(params: Mapping[str, Any], base: SDFixSettings) -> SD
     """
     settings = SDFixSettings.from_infotext_params(params, base)
     return base if settings is None else settings
-
-
-#: The WebUI draws random seeds from [0, 4294967294).
-SEED_RANGE = 4294967294
-
-
-def resolve_seed(seed: Any, rng: Optional[random.Random] = None) -> int:
-    """A concrete seed: -1 / None / "" (the WebUI's "random") draws one from ``rng``; others are checked.
-
-    Called once per comparison, so every variant renders the same seed and the UI can show it.
-    """
-    if seed is None or (isinstance(seed, str) and not seed.strip()):
-        seed = -1
-    try:
-        value = _as_int(seed)
-    except ValueError as err:
-        raise SettingsError({"seed": str(err)}) from None
-    if value == -1:
-        return (rng or random).randrange(SEED_RANGE)
-    if value < 0:
-        raise SettingsError({"seed": f"must be -1 (random) or a seed >= 0, got {value}"})
-    return value
 
 
 # --- the API body ---------------------------------------------------------------------------------
@@ -266,16 +225,6 @@ class ABRequest:
         return replace(self, payload=resolve_payload_seeds(self.payload, rng))
 
 
-def resolve_payload_seeds(payload: Mapping[str, Any], rng: Optional[random.Random] = None) -> Dict[str, Any]:
-    """A copy of a txt2img payload with a concrete seed (and subseed, when variation seeds are on)."""
-    out = dict(payload)
-    out["seed"] = resolve_seed(out.get("seed", -1), rng)
-    strength = out.get("subseed_strength", 0)
-    if "subseed" in out or (isinstance(strength, (int, float)) and strength):
-        out["subseed"] = resolve_seed(out.get("subseed", -1), rng)
-    return out
-
-
 _BODY_FIELDS = ("payload", "variants", "heatmap_gain", "save")
 
 
@@ -286,7 +235,7 @@ def ab_request_from_body(body: Any, base: SDFixSettings, *,
 
     ``{"payload": {txt2img fields}, "variants": "ab" | "ablation" | [...] (default "ab"),
     "heatmap_gain": 1-64 (default 4), "save": bool (default false)}``.  Every payload field is
-    bounded as the WebUI's UI bounds it (:func:`lib_sdfix.limits.check_txt2img_payload`: sizes,
+    bounded as the WebUI's UI bounds it (:func:`lib_sdfix.limits.txt2img.check_txt2img_payload`: sizes,
     steps, prompts, option overrides; unknown fields refused); ``choices`` (optional) maps name
     fields to the names the WebUI knows, e.g. ``{"hr_upscaler": [...]}``.  The request's payload is
     the checked, normalised copy.  Raises :class:`SettingsError` naming every offending field

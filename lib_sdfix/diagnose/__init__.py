@@ -1,11 +1,11 @@
 """Diagnosis, WebUI-free: what a careful engineer does by hand when an artifact survives SDFix.
 
-Seed 001's strategy, one module each: ``roundtrip`` (the VAE on the user's own image under several
+One step of that work per module: ``roundtrip`` (the VAE on the user's own image under several
 precisions), ``plan`` (one-variable sweeps at a fixed seed, and which cells share a sampling),
 ``steps`` (the denoised prediction of chosen steps), ``nanwatch`` (the first step or stage with NaN/Inf),
-``findings`` (measurements -> likely causes in the seed's taxonomy), ``chart`` and ``output`` (metrics,
-grid, chart, JSON, saving); ``request`` validates the API body.  The hosts run the plans
-(lib_sdfix.webui.diagnosis, lib_sdfix.diffusers.diagnose) and hand the images back to ``output``.
+``findings`` (measurements -> likely causes), ``chart`` and ``output`` (metrics, grid, chart, JSON,
+saving; the pictures and tables themselves: :mod:`lib_sdfix.imaging`); ``request`` validates the API body.  The hosts run the plans
+(lib_sdfix.webui.diagnosis, lib_sdfix.cli.diagnose_run) and hand the images back to ``output``.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import importlib
 from typing import Any
 
 # name -> submodule.  Imported on first use: the WebUI imports the AlwaysOn script (and its NaN watch)
-# at start, and the analysis helpers (metrics, charts, the A/B output) are only needed by a diagnosis.
+# at start, and the analysis helpers (metrics, charts, imaging) are only needed by a diagnosis.
 _EXPORTS = {
-    "Finding": "findings", "roundtrip_findings": "findings", "steps_findings": "findings", "sweep_findings": "findings",
+    "LikelyCause": "findings", "roundtrip_findings": "findings", "steps_findings": "findings", "sweep_findings": "findings",
     "NanWatch": "nanwatch", "NonFinite": "nanwatch",
     "FORMAT": "output", "analyse_roundtrip": "output", "analyse_steps": "output", "analyse_sweep": "output",
     "diagnosis_json": "output", "display_table": "output", "merge_nan": "output", "save_diagnosis": "output",

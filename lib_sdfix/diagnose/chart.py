@@ -12,6 +12,8 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image
 
+from lib_sdfix.imaging.grid import latin1
+
 __all__ = ["Panel", "panels_for", "chart_image", "chart_svg", "METRICS"]
 
 #: (row key, panel title) charted by default.
@@ -106,7 +108,7 @@ def chart_image(panels: Sequence[Panel], x_title: str = "") -> Image.Image:
     for index, panel in enumerate(panels):
         ox, oy = (index % _COLUMNS) * _W, (index // _COLUMNS) * _H
         points, yticks, xticks = _layout(panel)
-        draw.text((ox + _LEFT, oy + 6), _latin1(panel.title), fill=_TEXT, font=font)
+        draw.text((ox + _LEFT, oy + 6), latin1(panel.title), fill=_TEXT, font=font)
         draw.line([(ox + _LEFT, oy + _TOP), (ox + _LEFT, oy + _H - _BOTTOM), (ox + _W - _RIGHT, oy + _H - _BOTTOM)],
                   fill=_AXIS, width=1)
         for y, text in yticks:
@@ -114,12 +116,12 @@ def chart_image(panels: Sequence[Panel], x_title: str = "") -> Image.Image:
             draw.text((ox + 4, oy + y - 6), text, fill=_TEXT, font=font)
         for i, (x, text) in enumerate(xticks):
             draw.line([(ox + x, oy + _H - _BOTTOM), (ox + x, oy + _H - _BOTTOM + 4)], fill=_AXIS)
-            width = draw.textlength(_latin1(text), font=font)
-            draw.text((ox + x - width / 2, oy + _H - _BOTTOM + 7 + _label_dy(i, xticks)), _latin1(text), fill=_TEXT,
+            width = draw.textlength(latin1(text), font=font)
+            draw.text((ox + x - width / 2, oy + _H - _BOTTOM + 7 + _label_dy(i, xticks)), latin1(text), fill=_TEXT,
                       font=font)
         if x_title:
-            width = draw.textlength(_latin1(x_title), font=font)
-            draw.text((ox + _LEFT + (_W - _LEFT - _RIGHT - width) / 2, oy + _H - 14), _latin1(x_title), fill=_AXIS, font=font)
+            width = draw.textlength(latin1(x_title), font=font)
+            draw.text((ox + _LEFT + (_W - _LEFT - _RIGHT - width) / 2, oy + _H - 14), latin1(x_title), fill=_AXIS, font=font)
         for segment in _segments(points):
             if len(segment) > 1:
                 draw.line([(ox + x, oy + y) for x, y in segment], fill=_LINE, width=2)
@@ -176,7 +178,3 @@ def _segments(points: Sequence[Tuple[float, Optional[float], Any]]) -> List[List
         else:
             out[-1].append((x, y))
     return [s for s in out if s]
-
-
-def _latin1(text: str) -> str:
-    return str(text).encode("latin-1", "replace").decode("latin-1")

@@ -1,4 +1,5 @@
-"""Findings: what was measured, mapped to the likely causes of seed 001's taxonomy of sampling problems.
+"""Findings: what was measured, mapped to likely causes among the usual sampling problems (too few
+steps, CFG, sampler, schedule, precision, the VAE).
 
 Each rule reads plain numbers (metrics rows, a NaN-watch summary), fires only on the pattern it is
 about, and words its cause as a likelihood -- "likely" or "possible", never certain: one seed and one
@@ -13,8 +14,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from lib_sdfix.diagnose.plan import PRECISION_FIXES
+from lib_sdfix.imaging.metrics import detail_ratio
+from lib_sdfix.imaging.table import json_safe
 
-__all__ = ["Finding", "spearman", "rule_steps", "rule_cfg", "rule_sampler", "rule_schedule", "rule_precision",
+__all__ = ["LikelyCause", "spearman", "rule_steps", "rule_cfg", "rule_sampler", "rule_schedule", "rule_precision",
            "rule_vae_capacity", "rule_vae_precision", "rule_step_timing", "rule_non_finite", "sweep_findings",
            "roundtrip_findings", "steps_findings", "LIKELY", "POSSIBLE"]
 
@@ -23,9 +26,10 @@ _PRECISION_NAMES = " and ".join(PRECISION_FIXES)
 
 
 @dataclass(frozen=True)
-class Finding:
-    """One likely cause: the seed-001 symptom and cause, how likely, one sentence with the numbers, the
-    numbers themselves, what to try next, and the SDFix fixes (by their keys) that act on the cause."""
+class LikelyCause:
+    """One finding of a diagnosis: the symptom and its likely cause, how likely, one sentence with the
+    numbers, the numbers themselves, what to try next, and the SDFix fixes (by their keys) that act on
+    the cause.  (The diffusers audit's per-cause state is :class:`lib_sdfix.diffusers.Finding`.)"""
 
     key: str
     symptom: str
@@ -37,8 +41,6 @@ class Finding:
     fixes: Tuple[str, ...] = ()  # keys of lib_sdfix.settings.FIXES that act on this cause (none: no SDFix fix does)
 
     def as_dict(self) -> Dict[str, Any]:
-        from lib_sdfix.metrics import json_safe
-
         return json_safe(asdict(self))
 
 
@@ -82,7 +84,7 @@ def _points(rows: Sequence[Mapping[str, Any]], key: str) -> List[tuple]:
 # --- sweeps -----------------------------------------------------------------------------------------
 
 
-def rule_steps(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
+def rule_steps(rows: Sequence[Mapping[str, Any]]) -> Optional[LikelyCause]:
     """High-frequency energy that falls as steps rise: residual noise, too few steps or solver error.
 
     Fires when the fewest steps have at least 1.15x the high-frequency energy of the most steps and the
@@ -103,7 +105,7 @@ def rule_steps(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
     likely = ratio >= 1.5 and (len(points) < 3 or rho <= -0.8)
     levels_off = next(s for s, h in points if h <= hf[-1] * 1.05)
     how = LIKELY if likely else POSSIBLE
-    return Finding(
+    return LikelyCause(
         "too_few_steps", "High-frequency noise or graininess", "insufficient sampling steps / solver error", how,
         f"High-frequency energy falls as steps rise ({hf[0]:.4f} at {steps[0]} steps, {hf[-1]:.4f} at {steps[-1]}: "
         f"x{ratio:.2f}); residual noise from too few steps or an aggressive solver is {how}. "
@@ -112,7 +114,7 @@ def rule_steps(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
         f"Use at least {levels_off} steps, or a less aggressive sampler at low step counts.")
 
 
-def rule_cfg(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
+def rule_cfg(rows: Sequence[Mapping[str, Any]]) -> Optional[LikelyCause]:
     """Fine detail (Laplacian variance) that falls as CFG rises past its peak: CFG too high.
 
     Fires when the highest CFG keeps at most 0.8x the detail of the peak, the peak is below the
@@ -135,7 +137,7 @@ def rule_cfg(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
         return None
     how = LIKELY if ratio <= 0.6 else POSSIBLE
     hf = {p[0]: p[1] for p in _points(rows, "high_frequency_energy")}
-    return Finding(
+    return LikelyCause(
         "cfg_too_high", "Blurriness or lack of fine detail", "overly strong CFG scale", how,
         f"Fine detail falls as CFG rises past {peak_cfg:g}: Laplacian variance {peak:.4g} at CFG {peak_cfg:g}, "
         f"{top:.4g} at CFG {top_cfg:g} (x{ratio:.2f}); a CFG scale that is too high is {how} to smooth detail.",
@@ -145,7 +147,7 @@ def rule_cfg(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
 
 
 def _spread(rows: Sequence[Mapping[str, Any]], key: str, symptom: str, cause: str, what: str,
-            rule_key: str, axis: str) -> Optional[Finding]:
+            rule_key: str, axis: str) -> Optional[LikelyCause]:
     """Cells at equal steps, seed and CFG that differ in fine detail by at least 1.3x (likely from 2x)."""
     if not _swept(rows, axis):
         return None
@@ -162,7 +164,7 @@ def _spread(rows: Sequence[Mapping[str, Any]], key: str, symptom: str, cause: st
         return None
     how = LIKELY if spread >= 2.0 else POSSIBLE
     psnrs = {r["value"]: r.get("psnr") for r in rows}
-    return Finding(
+    return LikelyCause(
         rule_key, symptom, cause, how,
         f"At the same seed, steps and CFG the {what}s differ in fine detail: Laplacian variance x{spread:.2f} between "
         f"{low[0]} (least) and {high[0]} (most); the {what} is a {how} cause of the softer look of {low[0]}.",
@@ -171,17 +173,17 @@ def _spread(rows: Sequence[Mapping[str, Any]], key: str, symptom: str, cause: st
         f"Compare {low[0]} and {high[0]} at more steps; if the gap stays, prefer {high[0]} for detail.")
 
 
-def rule_sampler(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
+def rule_sampler(rows: Sequence[Mapping[str, Any]]) -> Optional[LikelyCause]:
     return _spread(rows, "laplacian_variance", "Blurriness or lack of fine detail", "sampler choice", "sampler",
                    "sampler_differs", "sampler_name")
 
 
-def rule_schedule(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
+def rule_schedule(rows: Sequence[Mapping[str, Any]]) -> Optional[LikelyCause]:
     return _spread(rows, "laplacian_variance", "High-frequency noise or blur", "noise schedule", "schedule",
                    "schedule_differs", "scheduler")
 
 
-def rule_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
+def rule_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[LikelyCause]:
     """The image changes with the precision fixes (precision_guard, guard_encode): any change at all is "possible"; "likely" when it is
     visible -- below 40 dB PSNR, or high-frequency energy off by 5 % or more."""
     if not _swept(rows, "precision") or not all(isinstance(r["value"], bool) for r in rows):
@@ -190,15 +192,13 @@ def rule_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
     on, off = by_value.get(True), by_value.get(False)
     if on is None or off is None:
         return None
-    from lib_sdfix.metrics import detail_ratio
-
     between = off.get("psnr") if on.get("reference") else on.get("psnr")
     if not isinstance(between, (int, float)) or math.isinf(between):
         return None
     hf = detail_ratio(off["high_frequency_energy"], on["high_frequency_energy"])
     lap = detail_ratio(off["laplacian_variance"], on["laplacian_variance"])
     how = LIKELY if between < 40 or abs(hf - 1) >= 0.05 else POSSIBLE
-    return Finding(
+    return LikelyCause(
         "precision", "Colour shifts, banding or lost detail", "numerical precision of the VAE decode", how,
         f"The image changes with {_PRECISION_NAMES}: {between:.1f} dB PSNR between off and on; without them "
         f"high-frequency energy is x{hf:.3f} and Laplacian variance x{lap:.3f} of the guarded decode; the decode's "
@@ -211,8 +211,8 @@ _SWEEP_RULES = {"steps": rule_steps, "cfg_scale": rule_cfg, "sampler_name": rule
                 "scheduler": rule_schedule, "precision": rule_precision}
 
 
-def sweep_findings(axis: str, rows: Sequence[Mapping[str, Any]], nan: Optional[Mapping[str, Any]] = None) -> List[Finding]:
-    """The findings of a sweep over ``axis``: rows carry "value" plus the metrics of lib_sdfix.ab.metrics_table."""
+def sweep_findings(axis: str, rows: Sequence[Mapping[str, Any]], nan: Optional[Mapping[str, Any]] = None) -> List[LikelyCause]:
+    """The findings of a sweep over ``axis``: rows carry "value" plus the metrics of lib_sdfix.imaging.metrics_table."""
     found = [f for f in (_SWEEP_RULES[axis](rows), rule_non_finite(nan)) if f is not None]
     return sorted(found, key=lambda f: f.likelihood != LIKELY)
 
@@ -225,7 +225,7 @@ def _row(rows: Sequence[Mapping[str, Any]], *names: str) -> Optional[Mapping[str
     return next((by_name[n] for n in names if n in by_name), None)
 
 
-def rule_vae_capacity(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
+def rule_vae_capacity(rows: Sequence[Mapping[str, Any]]) -> Optional[LikelyCause]:
     """Even the full-precision round trip loses detail: the VAE itself.  Fires below 30 dB PSNR, under
     0.85x high-frequency energy or under 0.75x Laplacian variance of the original; "likely" below
     25 dB, 0.7x or 0.6x."""
@@ -237,7 +237,7 @@ def rule_vae_capacity(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
         return None
     how = LIKELY if value < 25 or hf < 0.7 or lap < 0.6 else POSSIBLE
     what = "loses detail" if hf < 1 and lap < 1 else "does not reproduce the image"
-    return Finding(
+    return LikelyCause(
         "vae_capacity", "Blurriness or lack of fine detail", "VAE decoder (latent diffusion)", how,
         f"Even in full precision ({best['name']}) the VAE round trip {what}: {value:.1f} dB PSNR, "
         f"high-frequency energy x{hf:.2f} and Laplacian variance x{lap:.2f} of the original; the VAE itself, "
@@ -247,7 +247,7 @@ def rule_vae_capacity(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
         "Try another VAE (a fine-tuned decoder) on the same image; sampling settings cannot bring this detail back.")
 
 
-def rule_vae_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
+def rule_vae_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[LikelyCause]:
     """A lower precision loses what fp32 keeps: the host's own state (else fp16/bf16) against fp32.
     Fires below 45 dB PSNR against fp32 or 0.03 less high-frequency ratio; "likely" below 35 dB or 0.08."""
     anchor = _row(rows, "fp32", "precision_guard")
@@ -279,14 +279,14 @@ def rule_vae_precision(rows: Sequence[Mapping[str, Any]]) -> Optional[Finding]:
             f"x{anchor['high_frequency_ratio']:.3f}; the VAE's precision is a {how} cause.")
     if guard is not None and guard is not anchor and isinstance(guard.get("psnr_vs_fp32"), (int, float)):
         text += f" With {_PRECISION_NAMES}: {guard['psnr_vs_fp32']:.1f} dB against {anchor['name']}."
-    return Finding(
+    return LikelyCause(
         "vae_precision", "Colour shifts, banding or lost detail", "numerical precision (VAE dtype / TF32)", how, text,
         {"variant": worst["name"], "psnr_vs_fp32": value, "high_frequency_ratio": worst["high_frequency_ratio"],
          "high_frequency_ratio_fp32": anchor["high_frequency_ratio"], "high_frequency_drop": drop},
         f"Keep {_PRECISION_NAMES} on (fp32 VAE), or start the WebUI with --no-half-vae.", PRECISION_FIXES)
 
 
-def roundtrip_findings(rows: Sequence[Mapping[str, Any]]) -> List[Finding]:
+def roundtrip_findings(rows: Sequence[Mapping[str, Any]]) -> List[LikelyCause]:
     found = [f for f in (rule_vae_capacity(rows), rule_vae_precision(rows)) if f is not None]
     return sorted(found, key=lambda f: f.likelihood != LIKELY)
 
@@ -294,7 +294,7 @@ def roundtrip_findings(rows: Sequence[Mapping[str, Any]]) -> List[Finding]:
 # --- intermediate steps ---------------------------------------------------------------------------
 
 
-def rule_step_timing(rows: Sequence[Mapping[str, Any]]) -> List[Finding]:
+def rule_step_timing(rows: Sequence[Mapping[str, Any]]) -> List[LikelyCause]:
     """When high-frequency content appears, from each step's share of the final image's HF energy.
 
     Early (80 % reached within the first 40 % of steps): what forms this early follows the early
@@ -307,11 +307,11 @@ def rule_step_timing(rows: Sequence[Mapping[str, Any]]) -> List[Finding]:
         return []
     points.sort()
     total = points[0][1]
-    found: List[Finding] = []
+    found: List[LikelyCause] = []
     evidence = {"steps": [p[0] for p in points], "of": total, "high_frequency_ratio_to_final": [p[2] for p in points]}
     reached = next(((s, r) for s, _, r in points if r >= 0.8), None)
     if reached is not None and reached[0] / total <= 0.4:
-        found.append(Finding(
+        found.append(LikelyCause(
             "artifact_early", "High-frequency noise or graininess", "noise schedule (early steps)", POSSIBLE,
             f"High-frequency content is already at {reached[1]:.0%} of the final image's by step {reached[0]}/{total}: "
             "if the artifact is grain or speckle, it forms during the early, high-noise steps, and the noise schedule "
@@ -319,7 +319,7 @@ def rule_step_timing(rows: Sequence[Mapping[str, Any]]) -> List[Finding]:
             "Sweep the schedule type at these settings; compare where the artifact appears."))
     if reached is None or reached[0] / total >= 0.75:
         at = reached[0] if reached else total
-        found.append(Finding(
+        found.append(LikelyCause(
             "artifact_late", "Blurriness or lack of fine detail", "late-stage sampling (fine detail reconstruction)",
             POSSIBLE,
             f"Fine detail forms only in the last steps (high-frequency energy reaches 80 % of the final image's at "
@@ -328,7 +328,7 @@ def rule_step_timing(rows: Sequence[Mapping[str, Any]]) -> List[Finding]:
             "Give the low-noise end more steps: more steps, or a Karras/exponential schedule."))
     peak = max(points[:-1], key=lambda p: p[2])
     if peak[2] >= 1.5:
-        found.append(Finding(
+        found.append(LikelyCause(
             "unstable_steps", "Structural or anatomical inconsistencies", "sampler instability", POSSIBLE,
             f"High-frequency energy overshoots to x{peak[2]:.2f} of the final image's at step {peak[0]}/{total} and "
             "falls again: unstable sampler steps mid-way are possible.", dict(evidence, peak_at=peak[0], peak=peak[2]),
@@ -336,7 +336,7 @@ def rule_step_timing(rows: Sequence[Mapping[str, Any]]) -> List[Finding]:
     return found
 
 
-def steps_findings(rows: Sequence[Mapping[str, Any]], nan: Optional[Mapping[str, Any]] = None) -> List[Finding]:
+def steps_findings(rows: Sequence[Mapping[str, Any]], nan: Optional[Mapping[str, Any]] = None) -> List[LikelyCause]:
     found = rule_step_timing(rows) + [f for f in (rule_non_finite(nan),) if f is not None]
     return sorted(found, key=lambda f: f.likelihood != LIKELY)
 
@@ -344,7 +344,7 @@ def steps_findings(rows: Sequence[Mapping[str, Any]], nan: Optional[Mapping[str,
 # --- NaN / Inf ------------------------------------------------------------------------------------
 
 
-def rule_non_finite(summary: Optional[Mapping[str, Any]]) -> Optional[Finding]:
+def rule_non_finite(summary: Optional[Mapping[str, Any]]) -> Optional[LikelyCause]:
     """Non-finite values (a NaN watch summary): in sampling, the UNet's numerics; first in the VAE
     decode, an overflowing half-precision VAE.  "likely": the values are there, the cause is the
     usual one for that stage."""
@@ -359,7 +359,7 @@ def rule_non_finite(summary: Optional[Mapping[str, Any]]) -> Optional[Finding]:
     else:
         cause, next_step, fixes = "numerical instability in sampling (half precision in the UNet)", \
             "Try --upcast-sampling or --no-half, a lower CFG scale, or another sampler at this seed.", ()
-    return Finding(
+    return LikelyCause(
         "non_finite", "Color aberrations or shifts", cause, LIKELY,
         f"Non-finite values appeared first: {where}; {cause} is likely.",
         {"first": dict(first), "later": list(summary.get("later", []))}, next_step, fixes)

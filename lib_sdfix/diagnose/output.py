@@ -5,30 +5,25 @@ Both fronts render images their own way and hand them here, so the analysis is o
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
 from lib_sdfix.diagnose.chart import chart_image, panels_for
-from lib_sdfix.diagnose.findings import roundtrip_findings, steps_findings, sweep_findings
+from lib_sdfix.diagnose.findings import roundtrip_findings, rule_non_finite, steps_findings, sweep_findings
 from lib_sdfix.diagnose.plan import AXIS_LABELS, NUMERIC_AXES, Cell, value_text
+from lib_sdfix.diagnose.roundtrip import roundtrip_heatmaps, roundtrip_rows
+from lib_sdfix.diagnose.steps import compose_strip, step_rows
+from lib_sdfix.imaging.difference import heatmap
+from lib_sdfix.imaging.files import save_image_set
+from lib_sdfix.imaging.grid import compose_grid
+from lib_sdfix.imaging.table import json_safe, metrics_table, text_table
 
-__all__ = ["FORMAT", "Named", "merge_nan", "analyse_sweep", "analyse_roundtrip", "analyse_steps", "display_table",
+__all__ = ["FORMAT", "merge_nan", "analyse_sweep", "analyse_roundtrip", "analyse_steps", "display_table",
            "diagnosis_json", "save_diagnosis"]
 
 FORMAT = "sdfix-diagnose/1"
-
-
-@dataclass(frozen=True)
-class Named:
-    """An image's file-safe name and its label (what the A/B output helpers read of a variant)."""
-
-    name: str
-    label: str
-
 
 def merge_nan(summaries: Mapping[str, Optional[Mapping[str, Any]]]) -> Optional[Dict[str, Any]]:
     """One NaN-watch summary for several cells: finite if all are; else the first cell's first finding."""
@@ -49,10 +44,6 @@ def analyse_sweep(axis: str, cells: Sequence[Cell], images: Mapping[str, Image.I
                   reference: str, *, gain: float = 4.0,
                   nan: Optional[Mapping[str, Optional[Mapping[str, Any]]]] = None) -> Dict[str, Any]:
     """Metrics of every rendered cell against the ``reference`` cell, findings, grid, chart, heatmaps."""
-    from lib_sdfix.ab.output import compose_grid, heatmap, metrics_table
-
-    from lib_sdfix.diagnose.findings import rule_non_finite
-
     done = [c for c in cells if c.name in images]
     merged = merge_nan(nan or {})
     result: Dict[str, Any] = {"rows": [], "findings": [f for f in (rule_non_finite(merged),) if f], "grid": None,
@@ -78,9 +69,6 @@ def analyse_sweep(axis: str, cells: Sequence[Cell], images: Mapping[str, Image.I
 def analyse_roundtrip(original: Image.Image, images: Mapping[str, Image.Image], times: Mapping[str, float],
                       labels: Mapping[str, str], *, gain: float = 4.0) -> Dict[str, Any]:
     """Each reconstruction against the original and fp32: rows, findings, grid, chart, two heatmaps each."""
-    from lib_sdfix.ab.output import compose_grid
-    from lib_sdfix.diagnose.roundtrip import roundtrip_heatmaps, roundtrip_rows
-
     rows = roundtrip_rows(original, images, times, labels=labels)
     names = list(images)
     metrics = (("psnr", "PSNR vs original (dB)"), ("high_frequency_ratio", "HF energy / original"),
@@ -97,8 +85,6 @@ def analyse_roundtrip(original: Image.Image, images: Mapping[str, Image.Image], 
 def analyse_steps(step_images: Mapping[int, Image.Image], final: Image.Image, steps: int, *,
                   nan: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Per captured step: detail against the final image; findings on when detail appears; strip; chart."""
-    from lib_sdfix.diagnose.steps import compose_strip, step_rows
-
     rows = step_rows(step_images, final, steps)
     metrics = (("high_frequency_energy", "high-frequency energy"), ("laplacian_variance", "Laplacian variance"),
                ("high_frequency_ratio", "HF energy / final image"), ("psnr_vs_final", "PSNR vs final (dB)"))
@@ -128,28 +114,11 @@ _COLUMNS = {
 
 def display_table(kind: str, rows: Sequence[Mapping[str, Any]]) -> Tuple[List[str], List[List[str]]]:
     """(headers, rows of text); the reference row is marked, infinity shown as ∞, missing as –."""
-    columns = _COLUMNS[kind]
-    out = []
-    for row in rows:
-        cells = []
-        for key, _, fmt in columns:
-            value = row.get(key)
-            if key in ("label", "step"):
-                cells.append(f"{value} (reference)" if row.get("reference") and key == "label" else str(value))
-            elif value is None:
-                cells.append("–")
-            elif isinstance(value, float) and math.isinf(value):
-                cells.append("∞" if value > 0 else "-∞")
-            else:
-                cells.append(format(value, fmt))
-        out.append(cells)
-    return [title for _, title, _ in columns], out
+    return text_table(_COLUMNS[kind], rows)
 
 
 def diagnosis_json(kind: str, analysis: Mapping[str, Any], **extra: Any) -> Dict[str, Any]:
     """The metrics document (strict JSON: infinities as "inf", NaN as null), without pictures."""
-    from lib_sdfix.metrics import json_safe
-
     document = {"format": FORMAT, "kind": kind, **extra, "rows": list(analysis.get("rows", [])),
                 "findings": [f.as_dict() for f in analysis.get("findings", [])], "nan_watch": analysis.get("nan")}
     return json_safe(document)
@@ -158,14 +127,9 @@ def diagnosis_json(kind: str, analysis: Mapping[str, Any], **extra: Any) -> Dict
 def save_diagnosis(out_dir: Union[str, Path], basename: str, items: Sequence[Tuple[str, str, Image.Image, Optional[str]]],
                    document: Mapping[str, Any], extras: Mapping[str, Optional[Image.Image]] = ()) -> Dict[str, Any]:
     """Write each image (name, label, image, infotext) with its infotext, the labelled grid and the metrics
-    JSON (lib_sdfix.ab.save_comparison: nothing is overwritten), then the extra pictures (chart, strip,
-    heatmaps) under the same name stem.  Returns the paths."""
-    from lib_sdfix.ab.output import save_comparison
-
-    named = [Named(name, label) for name, label, _, _ in items]
-    images = {name: image for name, _, image, _ in items}
-    infotexts = {name: text for name, _, _, text in items if text}
-    paths = save_comparison(out_dir, basename, named, images, infotexts, dict(document))
+    JSON (:func:`lib_sdfix.imaging.files.save_image_set`: nothing is overwritten), then the extra pictures
+    (chart, strip, heatmaps) under the same name stem.  Returns the paths."""
+    paths = save_image_set(out_dir, basename, list(items), document)
     stem = paths["grid"].name[:-len("-grid.png")]
     written: Dict[str, str] = {}
     for suffix, image in dict(extras).items():

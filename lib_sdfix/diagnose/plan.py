@@ -1,10 +1,10 @@
 """One-variable sweeps: the cells of a sweep, and which of them can share a sampling.
 
-Seed 001's debugging strategy: fix the seed and change one variable at a time -- CFG scale, steps,
+The classic debugging strategy: fix the seed and change one variable at a time -- CFG scale, steps,
 sampler, schedule, or SDFix's precision.  Every cell is the user's generation with one field (or
 SDFix's precision toggles) changed.  Cells with the same generation fields differ only in SDFix's
-settings; :func:`lib_sdfix.ab.sampling_groups` tells which of those share a sampling (without Hires
-all of them: only the decode differs).
+settings; :func:`lib_sdfix.sampling_plan.sampling_groups` tells which of those share a sampling
+(without Hires all of them: only the decode differs).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from lib_sdfix.ab.plan import SamplingGroup, Variant, count_runs, sampling_groups
+from lib_sdfix.sampling_plan import SamplingGroup, Variant, count_runs, sampling_groups
 from lib_sdfix.settings import FIXES, SDFixSettings
 
 __all__ = ["AXES", "PRECISION_FIXES", "AXIS_LABELS", "DEFAULT_VALUES", "NUMERIC_AXES", "Cell", "sweep_cells", "payload_groups",
@@ -25,7 +25,7 @@ PRECISION_FIXES = tuple(f.key for f in FIXES if f.cause == "vae_precision")
 AXIS_LABELS = {"cfg_scale": "CFG scale", "steps": "steps", "sampler_name": "sampler", "scheduler": "schedule type",
                "precision": " + ".join(PRECISION_FIXES)}
 NUMERIC_AXES = ("cfg_scale", "steps")
-#: Seed 001's suggestions (CFG 1-15; steps up to 100) and the common samplers and schedules; the host
+#: The usual ranges to try (CFG 1-15; steps up to 100) and the common samplers and schedules; the host
 #: keeps the names it knows.
 DEFAULT_VALUES: Dict[str, Tuple[Any, ...]] = {
     "cfg_scale": (1.0, 3.0, 5.0, 7.0, 10.0, 15.0),
@@ -61,7 +61,7 @@ class Cell:
 
     @property
     def variant(self) -> Variant:
-        """The cell as an A/B variant (name, label, settings), for the A/B planner and output helpers."""
+        """The cell as a variant (name, label, settings), for the sampling planner."""
         return Variant(self.name, self.label, self.settings)
 
 
@@ -100,7 +100,7 @@ def sweep_cells(axis: str, values: Sequence[Any], base: SDFixSettings) -> List[C
 def payload_groups(cells: Sequence[Cell], *, hires: bool, latent_upscaler: bool,
                    parity_changes_sampler: bool = True) -> List[Tuple[Tuple[Tuple[str, Any], ...], List[SamplingGroup]]]:
     """Cells by the generation fields they change (each needs its own sampling), and within each, the
-    A/B planner's sampling groups of their SDFix settings (cells that differ only in the decode share)."""
+    sampling groups of their SDFix settings (cells that differ only in the decode share)."""
     buckets: Dict[Tuple[Tuple[str, Any], ...], List[Cell]] = {}
     for cell in cells:
         buckets.setdefault(cell.fields, []).append(cell)
@@ -110,7 +110,7 @@ def payload_groups(cells: Sequence[Cell], *, hires: bool, latent_upscaler: bool,
 
 
 def count_samplings(cells: Sequence[Cell], *, hires: bool = False, latent_upscaler: bool = True) -> int:
-    """Sampling passes a sweep needs: per distinct generation, what the A/B planner counts."""
+    """Sampling passes a sweep needs: per distinct generation, what the sampling planner counts."""
     return sum(count_runs(groups) for _, groups in payload_groups(cells, hires=hires, latent_upscaler=latent_upscaler))
 
 

@@ -1,8 +1,9 @@
 """The diagnosis request: the body of POST /sdfix/v1/diagnose (and the tab's forms), validated and bounded.
 
 A diagnosis runs generations while the WebUI's queue lock is held, like an A/B comparison, so every
-field is bounded before anything runs: the txt2img fields by :func:`lib_sdfix.limits.check_txt2img_payload`,
-the image by :func:`lib_sdfix.limits.decode_image_field`, and what a diagnosis adds -- how many values a
+field is bounded before anything runs: the txt2img fields by
+:func:`lib_sdfix.limits.txt2img.check_txt2img_payload`, the image by
+:func:`lib_sdfix.limits.images.decode_image_field`, and what a diagnosis adds -- how many values a
 sweep may have, which steps a strip may show -- here.  Every refusal names the field.
 """
 from __future__ import annotations
@@ -11,12 +12,15 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from lib_sdfix.ab.output import valid_heatmap_gain
-from lib_sdfix.ab.request import resolve_payload_seeds
 from lib_sdfix.diagnose.plan import AXES, DEFAULT_VALUES, Cell, sweep_cells, value_text
 from lib_sdfix.diagnose.roundtrip import VARIANTS
-from lib_sdfix.limits import MAX_SIDE, MIN_SIDE, PAYLOAD_RULES, check_text, check_txt2img_payload, decode_image_field
+from lib_sdfix.image_input import ImageModeError, to_rgb8
+from lib_sdfix.imaging.difference import valid_heatmap_gain
+from lib_sdfix.limits.images import decode_image_field
+from lib_sdfix.limits.txt2img import PAYLOAD_RULES, check_txt2img_payload
+from lib_sdfix.limits.values import MAX_SIDE, MIN_SIDE, check_text
 from lib_sdfix.names import Names, canonical_name
+from lib_sdfix.seeds import resolve_payload_seeds
 from lib_sdfix.settings import SDFixSettings, SettingsError, describe
 
 __all__ = ["KINDS", "MAX_SWEEP_VALUES", "MAX_STRIP_STEPS", "RoundTripRequest", "SweepRequest", "StepsRequest",
@@ -313,8 +317,6 @@ def diagnose_request_from_body(body: Any, base: SDFixSettings, *, choices: Optio
 def _check_image(value: Any) -> Any:
     """The image, cropped to multiples of 8 (the VAE's scale) and 64-2048 per side like a generation, with
     pixels that have an 8-bit meaning (:func:`lib_sdfix.image_input.to_rgb8`: 16-bit is scaled)."""
-    from lib_sdfix.image_input import ImageModeError, to_rgb8
-
     if value is None:
         raise SettingsError({"image": "required: a base64-encoded PNG, JPEG or WebP image"})
     image = decode_image_field(value, "image")

@@ -1,8 +1,8 @@
 """VAE round-trip: encode and decode the user's own image through the current VAE under several precisions.
 
-Seed 001: "test the VAE's reconstruction quality independently by encoding and decoding real images".
-If the fp32 round trip already loses the detail, the VAE (not sampling) is where it goes; if only the
-host's own precision loses it, its dtype or TF32 does.  The variants:
+The VAE's reconstruction quality, tested on its own by encoding and decoding a real image: if the
+fp32 round trip already loses the detail, the VAE (not sampling) is where it goes; if only the host's
+own precision loses it, its dtype or TF32 does.  The variants:
 
 * ``webui`` -- the host's own encode and decode, its dtype and flags as they are;
 * ``precision_guard`` -- SDFix's guarded call (its fixes precision_guard and guard_encode) (TF32 off, VAE in fp32, exact weights where the file has them);
@@ -20,6 +20,11 @@ import functools
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image
+
+from lib_sdfix.image_input import rgb8
+from lib_sdfix.imaging.difference import difference_heatmap
+from lib_sdfix.imaging.metrics import psnr, ssim
+from lib_sdfix.imaging.table import metrics_table
 
 __all__ = ["VARIANTS", "DTYPE_VARIANTS", "variant_label", "supported_variants", "default_variants", "slow_variants",
            "skipped_note", "crop_for_vae", "image_to_tensor", "tensor_to_image", "vae_in_dtype", "roundtrip_rows",
@@ -106,8 +111,6 @@ def skipped_note(device: Any, variants: Sequence[str], how: str = "ask for {it} 
 def crop_for_vae(image: Image.Image, multiple: int = 8) -> Tuple[Image.Image, Optional[str]]:
     """8-bit RGB (:func:`lib_sdfix.image_input.rgb8`: 16-bit scaled, transparency flattened), centre-cropped
     to multiples of the VAE's scale; the note says what was cut (None: nothing)."""
-    from lib_sdfix.image_input import rgb8
-
     image = rgb8(image)
     width, height = image.width - image.width % multiple, image.height - image.height % multiple
     if (width, height) == image.size:
@@ -121,8 +124,6 @@ def image_to_tensor(image: Image.Image) -> Any:
     """1 x 3 x H x W float32 in [0, 1] (what the hosts' encode takes)."""
     import numpy as np
     import torch
-
-    from lib_sdfix.image_input import rgb8
 
     array = np.asarray(rgb8(image), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
@@ -191,9 +192,6 @@ def roundtrip_rows(original: Image.Image, images: Mapping[str, Image.Image], tim
     """One row per reconstruction (``original`` first, as the reference): PSNR/SSIM and detail ratios
     against the original, and PSNR/SSIM against the fp32 reconstruction (precision_guard's when fp32 is
     missing) -- how much of the loss the precision adds."""
-    from lib_sdfix.ab.output import metrics_table
-    from lib_sdfix.metrics import psnr, ssim
-
     everything = {"original": original, **images}
     rows = metrics_table(everything, times, "original", labels={"original": "original", **(labels or {})})
     anchor = next((name for name in ("fp32", "precision_guard") if name in images), None)
@@ -209,8 +207,6 @@ def roundtrip_rows(original: Image.Image, images: Mapping[str, Image.Image], tim
 def roundtrip_heatmaps(original: Image.Image, images: Mapping[str, Image.Image], gain: float = 4.0
                        ) -> Dict[str, Dict[str, Image.Image]]:
     """Per reconstruction: |original - it| at ``gain``, and |fp32 - it| at :data:`PRECISION_HEATMAP_GAIN`."""
-    from lib_sdfix.metrics import difference_heatmap
-
     anchor = next((name for name in ("fp32", "precision_guard") if name in images), None)
     out: Dict[str, Dict[str, Image.Image]] = {}
     for name, image in images.items():

@@ -1,15 +1,18 @@
 """Intermediate steps: the denoised prediction of chosen sampling steps, decoded, side by side.
 
-Seed 001: "save images at intermediate timesteps ... issues early on might relate to noise schedules,
-while issues late might relate to fine detail reconstruction".  Each step's prediction of the final
-image (k-diffusion's ``denoised``, the timestep samplers' ``pred_x0``) is decoded through the guarded
-VAE; the strip and the high-frequency energy per step show when detail -- or an artifact -- appears.
+Issues that appear early in sampling point to the noise schedule, issues that appear late to the
+reconstruction of fine detail, so the images of intermediate steps tell them apart.  Each step's
+prediction of the final image (k-diffusion's ``denoised``, the timestep samplers' ``pred_x0``) is
+decoded through the guarded VAE; the strip and the high-frequency energy per step show when detail -- or an artifact -- appears.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Sequence
 
 from PIL import Image
+
+from lib_sdfix.imaging.grid import compose_grid
+from lib_sdfix.imaging.metrics import detail_ratio, high_frequency_energy, laplacian_variance, psnr, ssim
 
 __all__ = ["StepCapture", "step_rows", "compose_strip", "STRIP_CELL_WIDTH"]
 
@@ -40,8 +43,6 @@ class StepCapture:
 def step_rows(images: Mapping[int, Image.Image], final: Image.Image, steps: int) -> List[Dict[str, Any]]:
     """Per captured step: its detail metrics, the share of the final image's high-frequency energy it
     already has, and how close it is to the final image (PSNR/SSIM)."""
-    from lib_sdfix.metrics import detail_ratio, high_frequency_energy, laplacian_variance, psnr, ssim
-
     final_hf, final_lap = high_frequency_energy(final), laplacian_variance(final)
     rows = []
     for step in sorted(images):
@@ -59,8 +60,6 @@ def step_rows(images: Mapping[int, Image.Image], final: Image.Image, steps: int)
 
 def compose_strip(images: Mapping[int, Image.Image], final: Image.Image, steps: int) -> Image.Image:
     """The captured steps left to right, then the final image, each labelled."""
-    from lib_sdfix.ab.output import compose_grid
-
     ordered = [images[s] for s in sorted(images)] + [final]
     labels = [f"step {s}/{steps}" for s in sorted(images)] + ["final image"]
     width = max(im.width for im in ordered)

@@ -26,10 +26,10 @@ misconfigured without it, so the audit has no cause for it; it runs when called.
 
 One module per concern: ``causes`` (the causes, which option turns each on, the audit's findings),
 ``vae`` / ``vae_copy``, ``embeds``, ``offload``, ``scheduler``, ``hires`` and ``upscaler`` (one per
-cause: its finding and its fix), ``refine``, ``state`` (what SDFix keeps on a hardened object),
-``hardening`` (:func:`audit`, :func:`harden`, :func:`unharden`); the A/B command: ``tiny`` (the
-embedded random-weight model), ``service`` (the unfixed service), ``compare`` (the run),
-``report`` (its HTML/JSON page) and ``cli`` (``python -m lib_sdfix ab``).
+cause: its finding and its fix), ``refine``, ``pipelines`` (the supported pipeline classes),
+``state`` (what SDFix keeps on a hardened object, and the last Hires resize), ``hardening``
+(:func:`audit`, :func:`harden`, :func:`unharden`).  The command line that runs them on an embedded
+demo service (``python -m lib_sdfix ab`` / ``diagnose``) is :mod:`lib_sdfix.cli`.
 
 Everything heavy (torch, diffusers, accelerate, spandrel) is imported inside functions, so
 importing this package costs nothing.

@@ -15,7 +15,7 @@ from PIL import Image
 from lib_sdfix.diffusers.causes import Finding, cause_on
 from lib_sdfix.diffusers.refine import refine, refine_generators, refine_steps_for
 from lib_sdfix.diffusers.scheduler import share_scheduler
-from lib_sdfix.diffusers.state import state_of
+from lib_sdfix.diffusers.state import HiresResize, last_hires_resize, record_hires_resize, state_of
 from lib_sdfix.diffusers.upscaler import Upscaler
 from lib_sdfix.refine import describe
 from lib_sdfix.resize import RESIZE_FILTERS, resize_after_upscale, upscaler_passes
@@ -26,8 +26,6 @@ __all__ = ["HiresResult", "hires_fix", "find_hires_resize", "UNFIXED_RESIZE_FILT
 #: The filter :func:`hires_fix` uses when the post-resize fix is off: what hand-written Hires code
 #: does, kept so that an A/B run can show the difference.
 UNFIXED_RESIZE_FILTER = "BILINEAR"
-
-_LAST_RESIZE_ATTR = "_sdfix_last_hires_resize"
 
 
 @dataclass
@@ -121,8 +119,8 @@ def hires_fix(
         filter_name = UNFIXED_RESIZE_FILTER
         resized = native if native.size == target else native.resize(target, Image.BILINEAR)
     timings["resize"] = time.perf_counter() - start
-    resize = {"filter": filter_name, "from": list(native.size), "to": list(target), "passes": 0 if native.size == target else 1}
-    object.__setattr__(pipe, _LAST_RESIZE_ATTR, resize)
+    resize = HiresResize(filter_name, native.size, target, 0 if native.size == target else 1)
+    record_hires_resize(pipe, resize)
 
     if working("scheduler_mismatch"):
         report = state.report if state is not None else None
@@ -142,19 +140,14 @@ def hires_fix(
         hires = refine(img2img_pipe, hires, refine_strength, generator=generator, num_inference_steps=steps,
                        denoise=strength, output_type="pil", **common)
         timings["refine"] = time.perf_counter() - start
-    return HiresResult(hires[0], first, native, resized, resize, timings, notes)
-
-
-def last_hires_size(pipe: Any) -> Any:
-    """(width, height) of the last Hires pass :func:`hires_fix` made for ``pipe``; None before one."""
-    last = getattr(pipe, _LAST_RESIZE_ATTR, None)
-    return None if last is None else tuple(last["to"])
+    return HiresResult(hires[0], first, native, resized, resize.as_dict(), timings, notes)
 
 
 def find_hires_resize(pipe: Any) -> Finding:
-    last = getattr(pipe, _LAST_RESIZE_ATTR, None)
+    last = last_hires_resize(pipe)
     if last is None:
         return Finding("hires_resize", None, "the resize is caller code; no Hires pass through hires_fix() seen yet")
-    text = f"last Hires resize: {last['passes']} x {last['filter']} {last['from'][0]}x{last['from'][1]} -> {last['to'][0]}x{last['to'][1]}"
-    bad = last["filter"] not in RESIZE_FILTERS or last["passes"] > 1
+    (from_w, from_h), (to_w, to_h) = last.source, last.target
+    text = f"last Hires resize: {last.passes} x {last.filter} {from_w}x{from_h} -> {to_w}x{to_h}"
+    bad = last.filter not in RESIZE_FILTERS or last.passes > 1
     return Finding("hires_resize", bad, text)

@@ -14,6 +14,9 @@ from __future__ import annotations
 import inspect
 from typing import Any, List, Optional, Sequence
 
+from lib_sdfix.diffusers.embeds import cast_prompt_embeds
+from lib_sdfix.diffusers.pipelines import IMG2IMG_FOR
+from lib_sdfix.diffusers.state import set_state, state_of
 from lib_sdfix.refine import refine_seed, refine_steps
 from lib_sdfix.settings import SettingsError, option
 
@@ -44,8 +47,6 @@ def refine_pipeline(pipe: Any) -> Any:
     scheduler of ``pipe``'s scheduler class and config."""
     import diffusers
 
-    from lib_sdfix.diffusers.service import IMG2IMG_FOR
-
     name = type(pipe).__name__
     target = IMG2IMG_FOR.get(name, name if name in IMG2IMG_FOR.values() else None)
     if target is None:
@@ -60,9 +61,6 @@ def refine_pipeline(pipe: Any) -> Any:
         config["add_watermarker"] = getattr(pipe, "watermark", None) is not None
     twin = cls(**components, **config)
     twin.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
-    from lib_sdfix.diffusers.embeds import cast_prompt_embeds
-    from lib_sdfix.diffusers.state import set_state, state_of
-
     state = state_of(pipe)
     if state is not None:  # a hardened pipeline's twin casts the prompt embeddings as it does
         set_state(twin, state)

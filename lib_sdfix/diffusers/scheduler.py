@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 
 from lib_sdfix.diffusers.causes import Finding
 from lib_sdfix.failsafe import FixReport
+from lib_sdfix.parity import resolve_hires_sampling
 
 __all__ = ["share_scheduler", "find_scheduler_mismatch"]
 
@@ -35,8 +36,6 @@ def _schedule_label(scheduler: Any) -> str:
 
 
 def _scheduler_difference(txt2img: Any, img2img: Any) -> str:
-    from lib_sdfix.parity import resolve_hires_sampling
-
     resolved = resolve_hires_sampling(
         _sampler_label(txt2img), _schedule_label(txt2img), _sampler_label(img2img), _schedule_label(img2img), parity=True
     )

@@ -1,5 +1,5 @@
-"""What SDFix leaves on the objects it hardens: the pipeline's options, chosen causes and report, and
-its method wrappers.
+"""What SDFix leaves on the objects it hardens: the pipeline's options, chosen causes and report, its
+method wrappers, and the last Hires resize :func:`lib_sdfix.diffusers.hires_fix` made for it.
 
 Both live on the object itself, so they go when the pipeline or VAE goes (a process-wide registry
 would keep every hardened model alive).  The wrappers are :class:`lib_sdfix.patching.PatchSet`
@@ -9,7 +9,8 @@ exactly what was there (the class's method, or another library's own wrapper).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from lib_sdfix.diffusers.causes import cause_on
 from lib_sdfix.failsafe import FixReport
@@ -17,10 +18,11 @@ from lib_sdfix.patching import PatchSet, is_replacement
 from lib_sdfix.settings import SDFixSettings
 
 __all__ = ["Hardening", "state_of", "set_state", "clear_state", "wrap_method", "unwrap_method", "is_ours",
-           "component"]
+           "component", "HiresResize", "record_hires_resize", "last_hires_resize", "last_hires_size"]
 
 _STATE_ATTR = "_sdfix_state"
 _PATCHES_ATTR = "_sdfix_patches"
+_LAST_RESIZE_ATTR = "_sdfix_last_hires_resize"
 
 
 class Hardening:
@@ -93,3 +95,35 @@ def component(pipes: Sequence[Any], name: str) -> Any:
         if value is not None:
             return value
     return None
+
+
+@dataclass(frozen=True)
+class HiresResize:
+    """One resize of a Hires pass: the filter, the upscaler's output size and the target size (width,
+    height), and how many resizes ran (0 when the upscaler already gave the target size)."""
+
+    filter: str
+    source: Tuple[int, int]
+    target: Tuple[int, int]
+    passes: int
+
+    def as_dict(self) -> Dict[str, Any]:
+        """As :attr:`lib_sdfix.diffusers.HiresResult.resize` and the A/B report's JSON give it."""
+        return {"filter": self.filter, "from": list(self.source), "to": list(self.target), "passes": self.passes}
+
+
+def record_hires_resize(pipe: Any, resize: HiresResize) -> None:
+    """Keep ``resize`` on ``pipe`` as its last Hires resize (the audit reports it, the VAE's memory
+    estimate uses its size)."""
+    object.__setattr__(pipe, _LAST_RESIZE_ATTR, resize)
+
+
+def last_hires_resize(pipe: Any) -> Optional[HiresResize]:
+    """The last Hires resize made for ``pipe``; None before one."""
+    return getattr(pipe, _LAST_RESIZE_ATTR, None)
+
+
+def last_hires_size(pipe: Any) -> Optional[Tuple[int, int]]:
+    """(width, height) of the last Hires pass made for ``pipe``; None before one."""
+    last = last_hires_resize(pipe)
+    return None if last is None else last.target

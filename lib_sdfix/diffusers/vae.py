@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from lib_sdfix.diffusers.causes import CAUSES, Finding, dtype_name
 from lib_sdfix.diffusers.offload import weight_offload_hooks
-from lib_sdfix.diffusers.state import Hardening, component, unwrap_method, wrap_method
+from lib_sdfix.diffusers.state import Hardening, component, last_hires_size, unwrap_method, wrap_method
 from lib_sdfix.diffusers.vae_copy import Fp32Copy, NoFp32Copy, cast_floating, first_floating_dtype
 from lib_sdfix.failsafe import FixReport
 from lib_sdfix.settings import SDFixSettings
@@ -212,7 +212,6 @@ def find_vae_precision(pipes: Sequence[Any]) -> Finding:
 def vae_memory(pipes: Sequence[Any], size: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
     """:func:`lib_sdfix.vae.plan.memory_report` for the pipelines' VAE at ``size`` -- default: the last
     Hires pass's size, else twice the pipeline's default size -- on their execution device."""
-    from lib_sdfix.diffusers.hires import last_hires_size
     from lib_sdfix.vae.plan import memory_report
 
     vae = component(pipes, "vae")

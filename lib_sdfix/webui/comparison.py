@@ -281,13 +281,13 @@ def run_comparison(request: Any) -> Dict[str, Any]:
 
     Runs on the caller's thread; the caller holds the WebUI's queue lock and job state.
     """
-    from lib_sdfix import ab
+    from lib_sdfix import ab, imaging, sampling_plan
 
     shared = current().shared
     request, alwayson, fields, hires, latent_upscaler = prepare(request)
     upscaler = fields.get("hr_upscaler")
-    groups = ab.sampling_groups(request.variants, hires=hires, latent_upscaler=latent_upscaler,
-                                parity_changes_sampler=hires and not sampler_already_equal(fields))
+    groups = sampling_plan.sampling_groups(request.variants, hires=hires, latent_upscaler=latent_upscaler,
+                                           parity_changes_sampler=hires and not sampler_already_equal(fields))
     plan = [run for group in groups for run in _group_runs(group)]
     shared.state.job_count = len(plan)
 
@@ -312,11 +312,11 @@ def run_comparison(request: Any) -> Dict[str, Any]:
                             first_scheduler=fields.get("scheduler"), hires_sampler=fields.get("hr_sampler_name"),
                             hires_scheduler=fields.get("hr_scheduler"), steps=fields.get("steps"),
                             hires_steps=fields.get("hr_second_pass_steps") or None)
-    rows = ab.metrics_table({v.name: images[v.name] for v in done}, times, reference.name,
+    rows = imaging.metrics_table({v.name: images[v.name] for v in done}, times, reference.name,
                             labels={v.name: v.label for v in done})
     result["metrics"] = rows
     result["notes"] = ab.effect_notes(done, images, context) + run_notes + ([scripts_note] if scripts_note else [])
-    result["heatmap"] = ab.heatmap(images[reference.name], images[done[-1].name], request.heatmap_gain)
+    result["heatmap"] = imaging.heatmap(images[reference.name], images[done[-1].name], request.heatmap_gain)
     if request.save:
         result["saved"] = save_comparison(fields, done, images, infotexts, rows, result["notes"])
     return result
@@ -338,7 +338,7 @@ class Rendered:
 def render_groups(fields: Dict[str, Any], alwayson: Dict[str, Any], groups: List[Any], *, hires: bool,
                   execute: Optional[Callable[[Any, List[Any], Tuple[Any, ...]], Tuple[Any, Dict[str, Any]]]] = None,
                   into: Optional[Rendered] = None) -> Rendered:
-    """Render the sampling groups (lib_sdfix.ab.sampling_groups) of one generation's ``fields``: the first
+    """Render the sampling groups (lib_sdfix.sampling_plan) of one generation's ``fields``: the first
     run of a group samples, the others get its latents injected (decode only), a Hires pass shares the
     first pass, a late refine group whose passes another group sampled runs only its refine.  ``execute(run, inject, members) -> (processed, extra)`` runs one generation (default:
     ``run.run(inject)``); a None ``processed`` means the host stopped it: the group goes no further.

@@ -72,7 +72,7 @@ _PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
 def _image_base64(image: Any) -> str:
     """The uploaded image as base64 PNG, in its own mode where a PNG holds it (the route scales 16-bit
     and says so), else as 8-bit RGB (:func:`lib_sdfix.image_input.rgb8`); a refusal names the field."""
-    from lib_sdfix.ab import png_base64
+    from lib_sdfix.imaging import png_base64
     from lib_sdfix.image_input import ImageModeError, rgb8
     from lib_sdfix.settings import SettingsError
 

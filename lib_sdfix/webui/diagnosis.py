@@ -368,8 +368,7 @@ def _document_fields(result: Dict[str, Any]) -> Dict[str, Any]:
 
 def api_response(result: Dict[str, Any]) -> Dict[str, Any]:
     """A diagnosis result as JSON: pictures as base64 PNG, metrics and findings as strict JSON."""
-    from lib_sdfix.ab import png_base64
-    from lib_sdfix.metrics import json_safe
+    from lib_sdfix.imaging import json_safe, png_base64
 
     def b64(image: Any) -> Optional[str]:
         return png_base64(image) if image is not None else None

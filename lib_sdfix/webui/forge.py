@@ -78,7 +78,7 @@ class ForgeHost(Host):
         return {**payload_names(vae=False), "hr_additional_modules": forge_modules()}
 
     def txt2img_extra_fields(self) -> Dict[str, Any]:
-        from lib_sdfix.limits import Rule
+        from lib_sdfix.limits.values import Rule
 
         cfg = "Forge's distilled CFG slider 0-30"
         return {"hr_additional_modules": Rule("names", "Forge's Hires module list (VAE / text encoder files)",

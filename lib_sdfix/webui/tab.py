@@ -161,18 +161,18 @@ def _form(gr: Any, callbacks: Any, prefix: str = "sdfix_ab") -> List[Any]:
 
 def api_response(result: Dict[str, Any]) -> Dict[str, Any]:
     """A comparison result as JSON: images as base64 PNG, metrics as strict JSON."""
-    from lib_sdfix import ab
+    from lib_sdfix import ab, imaging
 
     out = {k: v for k, v in result.items() if k not in ("images", "heatmap", "metrics")}
-    out["images"] = {name: ab.png_base64(image) for name, image in result["images"].items()}
-    out["heatmap"] = ab.png_base64(result["heatmap"]) if result["heatmap"] is not None else None
+    out["images"] = {name: imaging.png_base64(image) for name, image in result["images"].items()}
+    out["heatmap"] = imaging.png_base64(result["heatmap"]) if result["heatmap"] is not None else None
     out["metrics"] = ab.metrics_json(result["metrics"], notes=result["notes"]) if result["metrics"] else None
     return out
 
 
 def tab_outputs(result: Dict[str, Any]) -> List[Any]:
     """Run results -> [seed, compare HTML, gallery, heatmap, metrics, notes, info]."""
-    from lib_sdfix import ab
+    from lib_sdfix import ab, imaging
 
     variants = result["variants"]
     if len(variants) < 2:
@@ -180,7 +180,7 @@ def tab_outputs(result: Dict[str, Any]) -> List[Any]:
         return [result["seed"], "", [], None, None, message, ""]
     images = result["images"]
     reference, last = variants[0], variants[-1]
-    compare = ab.compare_html(ab.png_base64(images[reference["name"]]), ab.png_base64(images[last["name"]]),
+    compare = ab.compare_html(imaging.png_base64(images[reference["name"]]), imaging.png_base64(images[last["name"]]),
                               (reference["label"], last["label"]))
     gallery = [(images[v["name"]], v["label"]) for v in variants]
     headers, rows = ab.metrics_display(result["metrics"])

@@ -1,54 +1,16 @@
-"""lib_sdfix.ab.output: metrics table and JSON, heatmap, grid, slider markup, saved files."""
+"""lib_sdfix.ab.output: the metrics document, the tab's table, slider markup, saved files."""
 import json
-import math
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from lib_sdfix.ab import (
-    compare_html,
-    compose_grid,
-    heatmap,
-    metrics_display,
-    metrics_json,
-    metrics_table,
-    plan_variants,
-    png_base64,
-    save_comparison,
-)
-from lib_sdfix.metrics import compare_detail, difference_heatmap
-from lib_sdfix.settings import SDFixSettings, SettingsError
+from lib_sdfix.ab import compare_html, metrics_display, metrics_json, plan_variants, save_comparison
+from lib_sdfix.imaging import metrics_table, png_base64
+from lib_sdfix.settings import SDFixSettings
 
 # --- metrics ---------------------------------------------------------------------------------------
-
-
-def test_metrics_table_on_a_real_photo(photo):
-    blurred = photo.filter(ImageFilter.GaussianBlur(0.8))
-    sharper = photo.filter(ImageFilter.UnsharpMask(2, 120, 0))
-    rows = metrics_table({"A": blurred, "B": photo, "C": sharper}, {"A": 1.5, "B": 2}, "A",
-                         labels={"A": "A: SDFix off", "B": "B: SDFix on"})
-    assert [r["name"] for r in rows] == ["A", "B", "C"]
-    assert [r["label"] for r in rows] == ["A: SDFix off", "B: SDFix on", "C"]
-    ref, b, c = rows
-    assert ref["reference"] and not b["reference"]
-    assert math.isinf(ref["psnr"]) and ref["ssim"] == pytest.approx(1.0)
-    assert ref["laplacian_ratio"] == 1.0 and ref["high_frequency_ratio"] == 1.0
-    report = compare_detail(blurred, photo)
-    assert b["psnr"] == pytest.approx(report.psnr) and b["ssim"] == pytest.approx(report.ssim)
-    assert b["laplacian_ratio"] == pytest.approx(report.laplacian_ratio)
-    assert b["high_frequency_ratio"] == pytest.approx(report.high_frequency_ratio)
-    assert 1 < b["high_frequency_ratio"] < c["high_frequency_ratio"]  # more detail than the smeared reference
-    assert 1 < b["laplacian_ratio"] < c["laplacian_ratio"]
-    assert (ref["time_s"], b["time_s"], c["time_s"]) == (1.5, 2.0, None)
-
-
-def test_metrics_table_handles_size_mismatch_and_unknown_reference(photo):
-    rows = metrics_table({"A": photo, "B": photo.resize((64, 64))}, {}, "A")
-    assert rows[1]["psnr"] is None and rows[1]["ssim"] is None and rows[1]["laplacian_variance"] > 0
-    with pytest.raises(ValueError, match="reference"):
-        metrics_table({"A": photo}, {}, "B")
 
 
 def test_metrics_json_is_strict_json(photo):
@@ -74,43 +36,7 @@ def test_metrics_display_rows(photo):
     assert table[1][-1] == "3.25" and float(table[1][1]) == pytest.approx(rows[1]["psnr"], abs=0.01)
 
 
-# --- heatmap, grid, HTML ---------------------------------------------------------------------------
-
-
-def test_heatmap_validates_gain_and_amplifies(photo):
-    blurred = photo.filter(ImageFilter.GaussianBlur(1))
-    for bad in (0.5, 65, True, "4", float("nan"), None):
-        with pytest.raises(SettingsError) as err:
-            heatmap(photo, blurred, bad)
-        assert "heatmap_gain" in err.value.problems
-    low, high = heatmap(photo, blurred, 1), heatmap(photo, blurred, 64)
-    assert np.array_equal(np.asarray(heatmap(photo, blurred, 4)), np.asarray(difference_heatmap(photo, blurred, 4.0)))
-    assert np.asarray(high, dtype=float).mean() > np.asarray(low, dtype=float).mean() + 20
-
-
-def test_compose_grid_places_labelled_images(photo):
-    a = photo.resize((40, 30))
-    b = Image.new("RGB", (40, 30), (0, 200, 0))
-    grid = compose_grid([a, b], ["A: off", "B"])
-    strip = grid.height - 30
-    assert grid.size == (80, 30 + strip) and 10 <= strip <= 40
-    pixels = np.asarray(grid)
-    assert np.array_equal(pixels[strip:, :40], np.asarray(a)) and np.array_equal(pixels[strip:, 40:], np.asarray(b))
-    label_a, label_b = pixels[:strip, :40], pixels[:strip, 40:]
-    assert (label_a < 100).all(axis=-1).sum() > 10  # text drawn in black on white
-    assert (label_a < 100).all(axis=-1).sum() > (label_b < 100).all(axis=-1).sum()  # "A: off" is longer than "B"
-
-
-def test_compose_grid_wraps_truncates_and_survives_any_label(photo):
-    images = [photo.resize((32, 32))] * 6
-    grid = compose_grid(images, ["x" * 200, "", "λ ünïcode ✓", "d", "e", "f"])
-    strip = grid.height // 2 - 32
-    assert grid.size == (96, 2 * (32 + strip))  # 6 images: 3 columns, 2 rows
-    assert (np.asarray(grid)[:strip, 32:64] == 255).all()  # the long label stays in its own cell
-    with pytest.raises(ValueError, match="labels"):
-        compose_grid(images, ["a"])
-    with pytest.raises(ValueError):
-        compose_grid([], [])
+# --- HTML ----------------------------------------------------------------------------------------
 
 
 class _Collector(HTMLParser):
@@ -140,14 +66,6 @@ def test_compare_html_structure_and_escaping():
             compare_html(bad, b)
     with pytest.raises(ValueError, match="two labels"):
         compare_html(a, b, ("only one",))
-
-
-def test_png_base64_round_trip(photo):
-    import base64
-    import io
-
-    back = Image.open(io.BytesIO(base64.b64decode(png_base64(photo))))
-    assert np.array_equal(np.asarray(back), np.asarray(photo))
 
 
 # --- saving ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""lib_sdfix.ab.request: variants from the API, infotext to payload, seeds, the API body."""
+"""lib_sdfix.ab.request: variants from the API, infotext to payload, the API body."""
 import random
 
 import pytest
@@ -10,7 +10,6 @@ from lib_sdfix.ab import (
     parse_variants,
     payload_from_infotext,
     plan_variants,
-    resolve_seed,
     settings_from_infotext,
 )
 from lib_sdfix.settings import SDFixSettings, SettingsError
@@ -132,19 +131,6 @@ def test_sdfix_settings_come_from_the_infotext_not_the_payload():
     assert settings_from_infotext({"Prompt": "x"}, base) is base
     with pytest.raises(SettingsError):
         settings_from_infotext({"SDFix": "on=maybe"}, base)
-
-
-def test_resolve_seed():
-    expected = random.Random(5).randrange(4294967294)
-    assert resolve_seed(-1, random.Random(5)) == expected
-    assert resolve_seed(None, random.Random(5)) == expected == resolve_seed("", random.Random(5))
-    assert resolve_seed("-1", random.Random(5)) == expected
-    assert resolve_seed(42, random.Random(5)) == 42 and resolve_seed("42", None) == 42 and resolve_seed(7.0) == 7
-    assert 0 <= resolve_seed(-1) < 4294967294
-    for bad in (True, "abc", -5, 1.5, [1]):
-        with pytest.raises(SettingsError) as err:
-            resolve_seed(bad, random.Random(0))
-        assert "seed" in err.value.problems
 
 
 # --- the API body --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags
 
 
 def test_upscaler_loads_pth_and_safetensors_through_spandrel(tmp_path, upscaler_file):
-    from lib_sdfix.diffusers.tiny import tiny_esrgan_state_dict
+    from lib_sdfix.cli.tiny import tiny_esrgan_state_dict
 
     pth = tmp_path / "tiny.pth"
     torch.save(tiny_esrgan_state_dict(), pth)

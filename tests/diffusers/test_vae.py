@@ -289,7 +289,7 @@ def test_offloaded_vae_copy_is_built_once_follows_the_vae_and_has_a_fallback(mon
 
 
 def test_audit_reports_the_fp32_peak_at_the_hires_size_and_whether_it_tiles(monkeypatch):
-    from lib_sdfix.diffusers.hires import _LAST_RESIZE_ATTR
+    from lib_sdfix.diffusers.state import HiresResize, record_hires_resize
     from lib_sdfix.vae.estimate import BUDGET_ENV
 
     pipe, img2img = sd15_pair(text_encoder_dtype=HALF, scheduler_mismatch=False)
@@ -303,7 +303,7 @@ def test_audit_reports_the_fp32_peak_at_the_hires_size_and_whether_it_tiles(monk
     assert {k: v for k, v in again.items() if k != "available_bytes"} == \
         {k: v for k, v in memory.items() if k != "available_bytes"}  # the free memory moves
 
-    object.__setattr__(pipe, _LAST_RESIZE_ATTR, {"filter": "LANCZOS", "from": [64, 64], "to": [96, 128], "passes": 1})
+    record_hires_resize(pipe, HiresResize("LANCZOS", (64, 64), (96, 128), 1))
     monkeypatch.setenv(BUDGET_ENV, "0.0001")
     found = audit(pipe, img2img)["vae_precision"]
     memory = found.extra["fp32_memory"]

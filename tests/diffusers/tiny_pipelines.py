@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 import torch
 
-from lib_sdfix.diffusers.tiny import byte_level_clip_tokenizer, tiny_esrgan_state_dict, tiny_sd15_components
+from lib_sdfix.cli.tiny import byte_level_clip_tokenizer, tiny_esrgan_state_dict, tiny_sd15_components
 
 from ..flags import flag_record, set_webui_flags
 

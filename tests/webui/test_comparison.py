@@ -1,8 +1,9 @@
 """The A/B runner (lib_sdfix.webui.comparison) in stand-ins of the hosts' generation (tests/webui/fakes/).
 
 Every variant of a comparison must be the image, and the infotext, a plain txt2img API call with that
-variant's SDFix settings gives -- while the UNet runs only as often as the plan (lib_sdfix.ab.sampling_groups)
-says.  "Plain" generations go through the fakes' ``text2imgapi``, the WebUI API's own path.
+variant's SDFix settings gives -- while the UNet runs only as often as the plan
+(lib_sdfix.sampling_plan.sampling_groups) says.  "Plain" generations go through the fakes'
+``text2imgapi``, the WebUI API's own path.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from lib_sdfix import ab
+from lib_sdfix import sampling_plan
 from lib_sdfix.settings import SettingsError
 
 from .fakes import HOSTS, fake_gradio
@@ -93,9 +94,9 @@ def test_ablation_samples_once_and_decodes_as_planned(webui):
     variants = run.request.variants
     assert [v.name for v in variants] == ["baseline", "precision_guard", "guard_encode", "hires_parity", "post_resize",
                                           "late_refine", "all"]
-    groups = ab.sampling_groups(variants, hires=False, latent_upscaler=True)
+    groups = sampling_plan.sampling_groups(variants, hires=False, latent_upscaler=True)
     assert [g.refine for g in groups] == [None, 0.3]
-    assert all(g.decodes == (ab.DecodeConfig(False), ab.DecodeConfig(True, "fp32")) for g in groups)
+    assert all(g.decodes == (sampling_plan.DecodeConfig(False), sampling_plan.DecodeConfig(True, "fp32")) for g in groups)
     # one sampling, and the late refine's round(0.3 x 3) = 1 step on top of it (shared by late_refine and all)
     assert result["complete"] and result["runs"] == 2 and len(run.unet) == PAYLOAD["steps"] + 1
 
@@ -109,7 +110,7 @@ def test_ablation_samples_once_and_decodes_as_planned(webui):
     group_of = {v.name: i for i, g in enumerate(groups) for v in g.variants}
     run_decodes, per_group = [], [[] for _ in groups]
     for entry in plan:
-        configs = {ab.DecodeConfig.of(by_name[name].settings) for name in entry["variants"]}
+        configs = {sampling_plan.DecodeConfig.of(by_name[name].settings) for name in entry["variants"]}
         assert len(configs) == 1 and len({group_of[name] for name in entry["variants"]}) == 1
         run_decodes.append(configs.pop())
         per_group[group_of[entry["variants"][0]]].append(run_decodes[-1])
@@ -179,7 +180,7 @@ def test_hires_with_another_hires_sampler_shares_only_the_first_pass(webui):
     assert_plain(webui, run, payload)
 
     ablation = compare(webui, payload, "ablation")
-    groups = ab.sampling_groups(ablation.request.variants, hires=True, latent_upscaler=True)
+    groups = sampling_plan.sampling_groups(ablation.request.variants, hires=True, latent_upscaler=True)
     assert [[v.name for v in g.variants] for g in groups] == [
         ["baseline", "precision_guard", "guard_encode", "post_resize"], ["hires_parity"], ["late_refine"], ["all"]]
     assert ablation.result["runs"] == 4 and ablation.result["complete"]
@@ -212,7 +213,7 @@ def test_hires_with_an_upscaler_model_splits_groups_by_the_decode_resize_encode_
     assert_plain(webui, run, payload)
 
     ablation = compare(webui, payload, "ablation")
-    groups = ab.sampling_groups(ablation.request.variants, hires=True, latent_upscaler=False,
+    groups = sampling_plan.sampling_groups(ablation.request.variants, hires=True, latent_upscaler=False,
                                 parity_changes_sampler=False)
     assert [[v.name for v in g.variants] for g in groups] == [["baseline", "hires_parity"], ["precision_guard"], ["guard_encode"],
                                                               ["post_resize"], ["late_refine"], ["all"]]

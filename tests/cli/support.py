@@ -6,7 +6,7 @@ from typing import List, Optional, Union
 
 def exit_code(argv: List[str]) -> Optional[Union[int, str]]:
     """``main(argv)``'s return value, or the code of the SystemExit it raised (argparse errors: 2)."""
-    from lib_sdfix.__main__ import main
+    from lib_sdfix.cli.__main__ import main
 
     try:
         return main(argv)

@@ -1,37 +1,38 @@
 """The A/B run: the same seed through a diffusers service without and with SDFix's fixes.
 
 ``python -m lib_sdfix ab`` calls :func:`run_ab`.  The "without" arm is the unfixed service of
-:mod:`lib_sdfix.diffusers.service`; the "with" arm is the same service after
+:mod:`lib_sdfix.cli.service`; the "with" arm is the same service after
 :func:`lib_sdfix.diffusers.harden` (and, with ``refine``, the late refine of its last pass:
 :func:`lib_sdfix.diffusers.refine`); ``ablation`` adds one arm per fix alone.  Without a model the
-run uses the embedded random-weight model (:mod:`lib_sdfix.diffusers.tiny`), so it runs on a fresh
+run uses the embedded random-weight model (:mod:`lib_sdfix.cli.tiny`), so it runs on a fresh
 CPU-only machine in well under a minute.
 """
 from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from PIL import Image
 
+from lib_sdfix.cli.ab_report import write_report
+from lib_sdfix.cli.service import Service, half_dtype, resolve_device
+from lib_sdfix.cli.tiny import EMBEDDED, tiny_esrgan_state_dict
 from lib_sdfix.diffusers.causes import CAUSES, dtype_name
 from lib_sdfix.diffusers.hardening import audit, fix_report, harden
 from lib_sdfix.diffusers.hires import hires_fix
 from lib_sdfix.diffusers.refine import refine, refine_generators, refine_steps_for
-from lib_sdfix.diffusers.service import Service, half_dtype, resolve_device
-from lib_sdfix.diffusers.tiny import tiny_esrgan_state_dict
 from lib_sdfix.diffusers.upscaler import load_upscaler
 from lib_sdfix.refine import describe as describe_refine
 from lib_sdfix.settings import SDFixSettings
 
-__all__ = ["ABConfig", "ABResult", "ArmResult", "run_ab", "resolve_sizes", "DEFAULT_PROMPT", "DEFAULT_NEGATIVE"]
+__all__ = ["ABConfig", "ABResult", "ArmResult", "RunSizes", "run_ab", "resolve_sizes", "diffusers_warnings_off", "versions",
+           "DEFAULT_PROMPT", "DEFAULT_NEGATIVE"]
 
 DEFAULT_PROMPT = "close-up portrait photo, detailed skin texture, individual hair strands, sharp eye highlights"
 DEFAULT_NEGATIVE = "blurry, oil painting, smooth plastic skin"
-EMBEDDED = "embedded tiny SD1.5 (random weights)"
 
 
 @dataclass
@@ -57,6 +58,17 @@ class ABConfig:
     device: str = "auto"
     offload: bool = True
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunSizes:
+    """What a run uses where its :class:`ABConfig` leaves it open: sizes, steps, Hires strength."""
+
+    width: int
+    height: int
+    steps: int
+    strength: float
+    hires_steps: Optional[int]
 
 
 @dataclass
@@ -108,7 +120,7 @@ def _prompt_embeddings(service: Service, config: ABConfig) -> Dict[str, Any]:
 
 
 def _run_arm(service: Service, config: ABConfig, name: str, fixes: Tuple[str, ...], refine_strength: Optional[float],
-             embeds: Dict[str, Any], upscaler: Any, sizes: Dict[str, Any]) -> ArmResult:
+             embeds: Dict[str, Any], upscaler: Any, sizes: RunSizes) -> ArmResult:
     import torch
 
     pipe, img2img = service.pair(config.offload)
@@ -123,10 +135,10 @@ def _run_arm(service: Service, config: ABConfig, name: str, fixes: Tuple[str, ..
     # service fails outright (fp32 embeddings into a half UNet).
     with torch.autocast(service.device.type, dtype=service.dtype):
         common = dict(embeds, guidance_scale=config.guidance_scale,
-                      width=sizes["width"], height=sizes["height"], num_inference_steps=sizes["steps"], seed=config.seed)
+                      width=sizes.width, height=sizes.height, num_inference_steps=sizes.steps, seed=config.seed)
         if config.hires:
-            result = hires_fix(pipe, img2img, scale=config.hires_scale, strength=sizes["strength"],
-                               hires_steps=sizes["hires_steps"], upscaler=upscaler, options=options,
+            result = hires_fix(pipe, img2img, scale=config.hires_scale, strength=sizes.strength,
+                               hires_steps=sizes.hires_steps, upscaler=upscaler, options=options,
                                refine_strength=refine_strength, **common)
             image, first, upscaled, resized = result.image, result.first_pass, result.upscaled, result.resized
             timings, resize = result.timings, result.resize
@@ -158,7 +170,7 @@ def _run_arm(service: Service, config: ABConfig, name: str, fixes: Tuple[str, ..
     return ArmResult(name, fixes, refine_strength, image, first, upscaled, resized, timings, resize, notes, failed, found)
 
 
-def _diffusers_warnings_off() -> Any:
+def diffusers_warnings_off() -> Any:
     """Silence diffusers' per-construction warnings (disabled safety checker, dtype casts) for the
     run; returns the function that puts the previous verbosity back."""
     from diffusers.utils import logging as diffusers_logging
@@ -168,7 +180,8 @@ def _diffusers_warnings_off() -> Any:
     return lambda: diffusers_logging.set_verbosity(before)
 
 
-def _versions() -> Dict[str, str]:
+def versions() -> Dict[str, str]:
+    """The Python version and those of the packages a diffusers run uses."""
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
@@ -180,17 +193,17 @@ def _versions() -> Dict[str, str]:
     return out
 
 
-def resolve_sizes(config: ABConfig) -> Dict[str, Any]:
+def resolve_sizes(config: ABConfig) -> RunSizes:
     """Width, height, steps and Hires strength the run uses: the config's, else the defaults (small
     for the embedded model, SD-sized with ``--model``)."""
     embedded = config.model is None
-    return {
-        "width": config.width or (128 if embedded else 512),
-        "height": config.height or (128 if embedded else 512),
-        "steps": config.steps or (12 if embedded else 25),
-        "strength": config.strength if config.strength is not None else (0.5 if embedded else 0.35),
-        "hires_steps": config.hires_steps,
-    }
+    return RunSizes(
+        width=config.width or (128 if embedded else 512),
+        height=config.height or (128 if embedded else 512),
+        steps=config.steps or (12 if embedded else 25),
+        strength=config.strength if config.strength is not None else (0.5 if embedded else 0.35),
+        hires_steps=config.hires_steps,
+    )
 
 
 def run_ab(config: ABConfig) -> ABResult:
@@ -198,7 +211,6 @@ def run_ab(config: ABConfig) -> ABResult:
     import torch
     from tqdm.auto import tqdm
 
-    from lib_sdfix.diffusers.report import write_report
     from lib_sdfix.precision import read_flags, restore_flags
 
     flags_before = read_flags()
@@ -210,7 +222,7 @@ def run_ab(config: ABConfig) -> ABResult:
     sizes = resolve_sizes(config)
     arm_plan = _arms(config.ablation, config.refine)
     stages = tqdm(total=2 + len(arm_plan), desc="SDFix A/B", disable=not config.progress, unit="step")
-    quiet = _diffusers_warnings_off()
+    quiet = diffusers_warnings_off()
     threads = torch.get_num_threads()
     if embedded and device.type == "cpu":
         # The tiny model's ops are too small to split: one thread is as fast, and does not crawl
@@ -255,9 +267,9 @@ def run_ab(config: ABConfig) -> ABResult:
         "upscaler": (upscaler.name + f" via {upscaler.backend}" + (" (random weights)" if config.upscaler is None else ""))
         if upscaler is not None else ("none: the first pass is resized directly" if config.hires else "no Hires pass"),
         "flags_after_run_equal_before": read_flags() == flags_before,
-        **_versions(),
+        **versions(),
     }
-    record = dict(vars(config), out=str(config.out), **{k: v for k, v in sizes.items()})
+    record = dict(vars(config), out=str(config.out), **asdict(sizes))
     result = ABResult(record, environment, arms, arms["without"].audit, arms["with"].audit)
     if embedded:
         result.notes.append("Embedded default model: random weights, so the images are noise; mechanics, timings and report are real.")
@@ -266,8 +278,8 @@ def run_ab(config: ABConfig) -> ABResult:
     result.notes.append("Both arms run under torch.autocast, as the WebUI does; without it the unfixed service fails "
                         "(fp32 embeddings into a half UNet).")
     if config.refine:
-        final_steps = (sizes["hires_steps"] or sizes["steps"]) if config.hires else sizes["steps"]
-        ran = min(int(final_steps * sizes["strength"]), final_steps) if config.hires else final_steps
+        final_steps = (sizes.hires_steps or sizes.steps) if config.hires else sizes.steps
+        ran = min(int(final_steps * sizes.strength), final_steps) if config.hires else final_steps
         result.notes.append(f"The \"with\" arm adds the late refine to its last pass: "
                             f"{describe_refine(config.refine, ran)} of that pass's own schedule on its latents, "
                             "with noise from the seed.")

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image, ImageFilter
 
-from lib_sdfix.diffusers.report import JSON_NAME, REPORT_NAME, write_report
+from lib_sdfix.cli.ab_report import JSON_NAME, REPORT_NAME, write_report
 
 from ..html_check import parse_strictly
 

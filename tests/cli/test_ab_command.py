@@ -13,8 +13,8 @@ pytest.importorskip("diffusers")
 from lib_sdfix.diffusers import CAUSES  # noqa: E402
 
 from ..html_check import parse_strictly  # noqa: E402
-from .cli_support import exit_code  # noqa: E402
-from .tiny_pipelines import one_thread  # noqa: E402,F401 -- autouse fixture
+from .support import exit_code  # noqa: E402
+from ..diffusers.tiny_pipelines import one_thread  # noqa: E402,F401 -- autouse fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,7 @@ def test_ab_with_hires_and_ablation_writes_a_complete_report(tmp_path):
 
 
 def test_ab_refine_adds_the_late_refine_to_the_with_arm_and_the_report_shows_it(tmp_path, capsys):
-    from lib_sdfix.__main__ import main
+    from lib_sdfix.cli.__main__ import main
 
     out = tmp_path / "report"
     assert main(["ab", "--out", str(out), "--hires", "--ablation", "--refine", "0.5", "--steps", "4", "--width", "64",
@@ -80,9 +80,9 @@ def test_ab_refine_adds_the_late_refine_to_the_with_arm_and_the_report_shows_it(
 
 def test_ab_loads_a_diffusers_model_folder(tmp_path, capsys):
     """--model with an SDXL folder: loaded offline, pooled embeddings through both passes, no upscaler."""
-    from lib_sdfix.__main__ import main
+    from lib_sdfix.cli.__main__ import main
 
-    from .tiny_pipelines import sdxl_pair
+    from ..diffusers.tiny_pipelines import sdxl_pair
 
     pipe, _ = sdxl_pair(text_encoder_dtype=torch.float32, dtype=torch.float32)
     pipe.save_pretrained(tmp_path / "model")
@@ -105,7 +105,7 @@ def test_ab_loads_a_diffusers_model_folder(tmp_path, capsys):
 def _ab_without(module, tmp_path, *extra):
     """``ab`` in a fresh interpreter where importing ``module`` fails as if it were not installed."""
     code = (f"import sys; sys.modules[{module!r}] = None\n"
-            "from lib_sdfix.__main__ import main\n"
+            "from lib_sdfix.cli.__main__ import main\n"
             f"sys.exit(main(['ab', '--out', {str(tmp_path / 'out')!r}, '--quiet', '--steps', '2', '--width', '64', "
             f"*{list(extra)!r}]))")
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -180,7 +180,7 @@ def test_bad_arguments_fail_with_a_usage_error_naming_them(tmp_path, capsys, arg
 
 
 def test_arguments_at_their_bounds_are_accepted():
-    from lib_sdfix.__main__ import build_parser
+    from lib_sdfix.cli.__main__ import build_parser
 
     parse = build_parser().parse_args
     low = parse(["ab", "--seed", "0", "--steps", "1", "--width", "64", "--height", "64", "--hires-scale", "1",

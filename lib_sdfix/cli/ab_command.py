@@ -8,95 +8,40 @@ module and the install command, never a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import math
-import re
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, List
 
-from lib_sdfix.command import INSTALL_TORCH, fail, missing_module_in
+from lib_sdfix.cli.ab_run import DEFAULT_NEGATIVE, DEFAULT_PROMPT, ABConfig, resolve_sizes, run_ab
+from lib_sdfix.cli.command import (
+    DIFFUSERS_MODULES,
+    INSTALL_EXTRA,
+    SEED_MAX,
+    SIZE_MAX,
+    SIZE_MIN,
+    SIZE_MULTIPLE,
+    STEPS_MAX,
+    STEPS_MIN,
+    check_device,
+    device,
+    existing_file,
+    fail,
+    install_hint,
+    missing_module_in,
+    missing_modules,
+    model_path,
+    number,
+    out_folder,
+    whole,
+)
 from lib_sdfix.diffusers.upscaler import UpscalerUnavailable
 from lib_sdfix.refine import refine_steps
 from lib_sdfix.settings import option
 
-__all__ = ["add_parser", "run", "config_from_args", "install_hint", "AB_MODULES", "INSTALL_EXTRA"]
+__all__ = ["add_parser", "run", "config_from_args"]
 
-#: What ``ab`` imports beyond the core: the ``[diffusers]`` extra (torch is the user's own install).
-AB_MODULES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "tqdm")
-INSTALL_EXTRA = 'pip install -e .[diffusers]  (or: pip install "sdfix[diffusers]")'
-
-# Bounds of the arguments: what SD1.x/2.x/SDXL are trained for and a CPU or one GPU can run.
-SEED_MAX = 2**32 - 1
-SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 64, 2048, 8
-STEPS_MIN, STEPS_MAX = 1, 150
 HIRES_SCALE_MIN, HIRES_SCALE_MAX = 1.0, 4.0
 REFINE_MIN, REFINE_MAX = option("late_refine_strength").minimum, option("late_refine_strength").maximum
-
-
-def _whole(low: int, high: int, multiple: int = 1) -> Callable[[str], int]:
-    """argparse type: an integer in [low, high] (and a multiple of ``multiple``)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
-        if value % multiple:
-            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple}, got {value}")
-        return value
-
-    return parse
-
-
-def _number(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
-    """argparse type: a finite number in [low, high] (or (low, high] with ``low_open``)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
-            bounds = f"above {low:g} and at most {high:g}" if low_open else f"from {low:g} to {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-        return value
-
-    return parse
-
-
-def _model_path(text: str) -> str:
-    path = Path(text)
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise argparse.ArgumentTypeError(f"{text} is a folder without model_index.json, not a diffusers model")
-    elif not path.is_file():
-        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
-    return text
-
-
-def _weights_file(text: str) -> str:
-    if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
-    return text
-
-
-def _out_folder(text: str) -> str:
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
-    existing = next((p for p in path.absolute().parents if p.exists()), None)
-    if existing is not None and not path.exists() and not existing.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} cannot be created: {existing} is a file")
-    return text
-
-
-def _device(text: str) -> str:
-    if not re.fullmatch(r"auto|cpu|(cuda|mps|xpu)(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N, mps or xpu, got {text!r}")
-    return text
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -109,37 +54,37 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "and report.json. Without --model an embedded tiny random-weight SD1.5 runs on any CPU in under a minute. "
         "Needs the [diffusers] extra: " + INSTALL_EXTRA + ".",
     )
-    ab.add_argument("--model", type=_model_path,
+    ab.add_argument("--model", type=model_path,
                     help="diffusers model folder (SD1.x/2.x or SDXL), or an SD1.x/2.x .safetensors/.ckpt "
                     "whose config is in the local Hugging Face cache (nothing is downloaded); "
                     "default: the embedded tiny random-weight SD1.5")
     ab.add_argument("--prompt", help="prompt (default: a close-up portrait prompt)")
     ab.add_argument("--negative-prompt", help="negative prompt")
-    ab.add_argument("--seed", type=_whole(0, SEED_MAX), default=1234,
+    ab.add_argument("--seed", type=whole(0, SEED_MAX), default=1234,
                     help=f"seed for every arm, 0-{SEED_MAX} (default 1234)")
-    ab.add_argument("--steps", type=_whole(STEPS_MIN, STEPS_MAX),
+    ab.add_argument("--steps", type=whole(STEPS_MIN, STEPS_MAX),
                     help=f"sampling steps, {STEPS_MIN}-{STEPS_MAX} (default 12 embedded, 25 with --model)")
-    size = _whole(SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE)
+    size = whole(SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE)
     ab.add_argument("--width", type=size, help=f"first-pass width, {SIZE_MIN}-{SIZE_MAX}, a multiple of "
                     f"{SIZE_MULTIPLE} (default 128 embedded, 512 with --model)")
     ab.add_argument("--height", type=size, help="first-pass height, same bounds (default: the width)")
     ab.add_argument("--hires", action="store_true", help="add the Hires.fix pass: upscaler, resize, img2img")
-    ab.add_argument("--hires-scale", type=_number(HIRES_SCALE_MIN, HIRES_SCALE_MAX), default=2.0,
+    ab.add_argument("--hires-scale", type=number(HIRES_SCALE_MIN, HIRES_SCALE_MAX), default=2.0,
                     help=f"Hires target scale, {HIRES_SCALE_MIN:g}-{HIRES_SCALE_MAX:g} (default 2)")
-    ab.add_argument("--denoise", type=_number(0.0, 1.0, low_open=True),
+    ab.add_argument("--denoise", type=number(0.0, 1.0, low_open=True),
                     help="Hires denoising strength, above 0 to 1 (default 0.5 embedded, 0.35 with --model); "
                     "steps x denoise must give at least one Hires step")
-    ab.add_argument("--upscaler", type=_weights_file,
+    ab.add_argument("--upscaler", type=existing_file,
                     help="super-resolution weights for --hires (RealESRGAN .pth/.safetensors); default: "
                     "a tiny random one with the embedded model, none (plain resize) with --model")
-    ab.add_argument("--refine", type=_number(REFINE_MIN, REFINE_MAX), metavar="STRENGTH",
+    ab.add_argument("--refine", type=number(REFINE_MIN, REFINE_MAX), metavar="STRENGTH",
                     help=f"add the late-step refine to the \"with\" arm: re-run the last round(STRENGTH x steps) "
                     f"steps of its last pass on its latents ({REFINE_MIN:g}-{REFINE_MAX:g}; about 0.2-0.3 for "
                     "texture, 0.5 and more for wrong shapes)")
     ab.add_argument("--ablation", action="store_true", help="also run each fix alone")
-    ab.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    ab.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     ab.add_argument("--no-offload", action="store_true", help="do not use enable_model_cpu_offload() in the service")
-    ab.add_argument("--out", type=_out_folder, default="sdfix-report",
+    ab.add_argument("--out", type=out_folder, default="sdfix-report",
                     help="output folder (default: sdfix-report); must be missing or empty unless --force")
     ab.add_argument("--force", action="store_true",
                     help="write into a non-empty --out folder: files of the same name are replaced, others kept")
@@ -148,9 +93,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`lib_sdfix.diffusers.compare.ABConfig` the parsed arguments ask for."""
-    from lib_sdfix.diffusers.compare import DEFAULT_NEGATIVE, DEFAULT_PROMPT, ABConfig
-
+    """The :class:`lib_sdfix.cli.ab_run.ABConfig` the parsed arguments ask for."""
     return ABConfig(
         out=Path(args.out), model=args.model, prompt=args.prompt or DEFAULT_PROMPT,
         negative_prompt=args.negative_prompt if args.negative_prompt is not None else DEFAULT_NEGATIVE,
@@ -163,16 +106,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """What one argument alone cannot tell: the Hires pass has a step, the output folder may be written."""
-    from lib_sdfix.diffusers.compare import resolve_sizes
-
     sizes = resolve_sizes(config_from_args(args))
     if args.hires:
-        if int(sizes["steps"] * sizes["strength"]) < 1:
-            parser.error(f"argument --denoise: {sizes['strength']:g} x {sizes['steps']} steps gives no Hires step; "
+        if int(sizes.steps * sizes.strength) < 1:
+            parser.error(f"argument --denoise: {sizes.strength:g} x {sizes.steps} steps gives no Hires step; "
                          "raise --denoise or --steps")
     if args.refine is not None:
-        final = sizes["hires_steps"] or sizes["steps"]
-        ran = min(int(final * sizes["strength"]), final) if args.hires else final
+        final = sizes.hires_steps or sizes.steps
+        ran = min(int(final * sizes.strength), final) if args.hires else final
         if refine_steps(args.refine, ran) < 1:
             parser.error(f"argument --refine: {args.refine:g} x {ran} steps of the last pass rounds to no step; "
                          "raise --refine or --steps")
@@ -183,34 +124,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def _missing_modules(args: argparse.Namespace) -> List[str]:
-    needed = list(AB_MODULES)
+    needed = list(DIFFUSERS_MODULES)
     if args.hires and (args.model is None or args.upscaler):
         needed.append("spandrel")
-    missing = []
-    for name in needed:
-        try:
-            if importlib.util.find_spec(name) is None:
-                missing.append(name)
-        except (ImportError, ValueError):  # a parent package missing, or a None entry in sys.modules
-            missing.append(name)
-    return missing
-
-
-def install_hint(module: str) -> str:
-    """How to install ``module`` for ``ab``."""
-    if module == "torch":
-        return INSTALL_TORCH + ", then " + INSTALL_EXTRA
-    return ("it is part of the [diffusers] extra: " if module in AB_MODULES + ("spandrel",) else "") + INSTALL_EXTRA
-
-
-def _device_available(parser: argparse.ArgumentParser, device: str) -> None:
-    import torch
-
-    kind = device.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        parser.error(f"argument --device: {device} is not available here (torch {torch.__version__} sees no CUDA GPU)")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        parser.error(f"argument --device: {device} is not available here")
+    return missing_modules(needed)
 
 
 def _shown(value: Any, digits: int) -> str:
@@ -222,8 +139,6 @@ def _shown(value: Any, digits: int) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the A/B, print where the report is and the headline numbers."""
-    from lib_sdfix.diffusers.compare import run_ab
-
     result = run_ab(config_from_args(args))
     print("audit of the unfixed service:")
     for cause, finding in result.audit_before.items():
@@ -250,7 +165,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if missing:
             names = ", ".join(repr(m) for m in missing)
             return fail("ab", f"missing module{'s' if len(missing) > 1 else ''} {names}: " + install_hint(missing[0]))
-        _device_available(parser, args.device)
+        check_device(parser, args.device)
         return _run(args)
     except (ImportError, RuntimeError) as exc:
         if isinstance(exc, UpscalerUnavailable):

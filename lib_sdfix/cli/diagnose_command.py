@@ -1,6 +1,6 @@
 """``python -m lib_sdfix diagnose {vae-roundtrip,sweep,steps}``: arguments, their limits, and the run.
 
-The same rules as ``ab`` (lib_sdfix.diffusers.cli): every argument is checked before anything loads and a
+The same rules as ``ab`` (lib_sdfix.cli.ab_command): every argument is checked before anything loads and a
 bad one is a usage error naming it (exit 2); a non-empty ``--out`` needs ``--force``; a missing
 ``[diffusers]`` extra is one line naming the module.  The limits of a sweep or a strip are the API's
 (lib_sdfix.diagnose.request): at most 12 values, 16 steps shown, 150 sampling steps.
@@ -8,60 +8,63 @@ bad one is a usage error naming it (exit 2); a non-empty ``--out`` needs ``--for
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 from typing import Any, List
 
-from lib_sdfix.command import fail, missing_module_in
-from lib_sdfix.diffusers.cli import (
-    AB_MODULES,
+from PIL import Image
+
+from lib_sdfix.cli.command import (
+    DIFFUSERS_MODULES,
     SEED_MAX,
     SIZE_MAX,
     SIZE_MIN,
     SIZE_MULTIPLE,
     STEPS_MAX,
     STEPS_MIN,
-    _device,
-    _model_path,
-    _number,
-    _out_folder,
-    _whole,
+    check_device,
+    device,
+    existing_file,
+    fail,
     install_hint,
+    missing_module_in,
+    missing_modules,
+    model_path,
+    number,
+    out_folder,
+    whole,
 )
+from lib_sdfix.cli.diagnose_run import SAMPLERS, SCHEDULES, DiagnoseConfig, resolve, run_diagnose, schedule_problem
+from lib_sdfix.diagnose import request as checks
+from lib_sdfix.diagnose.plan import AXES
+from lib_sdfix.diagnose.roundtrip import VARIANTS
+from lib_sdfix.image_input import ImageModeError, to_rgb8
+from lib_sdfix.settings import SettingsError
 
 __all__ = ["add_parser", "run", "config_from_args", "KIND_NAMES"]
 
 #: Command-line kind -> the API's kind.
 KIND_NAMES = {"vae-roundtrip": "vae_roundtrip", "sweep": "sweep", "steps": "steps"}
-_MODULES = tuple(m for m in AB_MODULES if m != "tqdm")
-
-
-def _file(text: str) -> str:
-    if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
-    return text
+_MODULES = tuple(m for m in DIFFUSERS_MODULES if m != "tqdm")
 
 
 def _list(text: str) -> List[Any]:
-    from lib_sdfix.diagnose.request import parse_value_list
-
-    values = parse_value_list(text)
+    values = checks.parse_value_list(text)
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
     return values
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=_model_path,
+    parser.add_argument("--model", type=model_path,
                         help="diffusers model folder (SD1.x/2.x or SDXL), or an SD1.x/2.x single file whose config is in "
                         "the local Hugging Face cache (nothing is downloaded); default: the embedded tiny random-weight SD1.5")
-    parser.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                         help="UNet and text encoder dtype (default: fp16 on a GPU, fp32 on a CPU)")
     parser.add_argument("--vae-dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                         help="the dtype the VAE is loaded in, as a service keeps it (default: fp16 on a GPU, bf16 on a CPU)")
-    parser.add_argument("--heatmap-gain", type=_number(1.0, 64.0), default=4.0, help="heatmap amplification, 1-64 (default 4)")
-    parser.add_argument("--out", type=_out_folder, default="sdfix-diagnose",
+    parser.add_argument("--heatmap-gain", type=number(1.0, 64.0), default=4.0, help="heatmap amplification, 1-64 (default 4)")
+    parser.add_argument("--out", type=out_folder, default="sdfix-diagnose",
                         help="output folder (default: sdfix-diagnose); must be missing or empty unless --force")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --out folder: files of the same name are replaced, others kept")
@@ -69,36 +72,31 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _generation(parser: argparse.ArgumentParser) -> None:
-    from lib_sdfix.diffusers.diagnose import SAMPLERS, SCHEDULES
-
     parser.add_argument("--prompt", help="prompt (default: a close-up portrait prompt)")
     parser.add_argument("--negative-prompt", help="negative prompt")
-    parser.add_argument("--seed", type=_whole(0, SEED_MAX), default=1234, help=f"seed, 0-{SEED_MAX} (default 1234)")
-    parser.add_argument("--steps", type=_whole(STEPS_MIN, STEPS_MAX),
+    parser.add_argument("--seed", type=whole(0, SEED_MAX), default=1234, help=f"seed, 0-{SEED_MAX} (default 1234)")
+    parser.add_argument("--steps", type=whole(STEPS_MIN, STEPS_MAX),
                         help=f"sampling steps, {STEPS_MIN}-{STEPS_MAX} (default 12 embedded, 25 with --model)")
-    size = _whole(SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE)
+    size = whole(SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE)
     parser.add_argument("--width", type=size, help=f"width, {SIZE_MIN}-{SIZE_MAX}, a multiple of {SIZE_MULTIPLE} "
                         "(default 128 embedded, 512 with --model)")
     parser.add_argument("--height", type=size, help="height, same bounds (default: the width)")
-    parser.add_argument("--cfg-scale", type=_number(1.0, 30.0), default=7.0, help="CFG scale, 1-30 (default 7)")
+    parser.add_argument("--cfg-scale", type=number(1.0, 30.0), default=7.0, help="CFG scale, 1-30 (default 7)")
     parser.add_argument("--sampler", choices=list(SAMPLERS), default="DPM++ 2M", help="sampler (default DPM++ 2M)")
     parser.add_argument("--schedule", choices=list(SCHEDULES), default="Karras", help="schedule type (default Karras)")
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``diagnose`` and its three kinds to the subcommands ``sub``; return its parser (``.kinds`` holds theirs)."""
-    from lib_sdfix.diagnose.plan import AXES
-    from lib_sdfix.diagnose.roundtrip import VARIANTS
-
     diagnose = sub.add_parser(
         "diagnose", help="find where an artifact comes from: VAE round-trip, one-variable sweeps, step strips",
-        description="Seed 001's debugging strategy on a diffusers pipeline, with an HTML report (report.html, the PNGs, "
+        description="Find where an artifact comes from on a diffusers pipeline, with an HTML report (report.html, the PNGs, "
         "report.json). Without --model an embedded tiny random-weight SD1.5 runs on any CPU.")
     kinds = diagnose.add_subparsers(dest="kind", required=True, metavar="{vae-roundtrip,sweep,steps}")
     roundtrip = kinds.add_parser("vae-roundtrip", help="encode + decode your image through the VAE in several precisions")
     _common(roundtrip)
-    roundtrip.add_argument("--image", type=_file, help="PNG/JPEG/WebP to test (default: scikit-image's astronaut photograph)")
-    roundtrip.add_argument("--size", type=_whole(SIZE_MIN, SIZE_MAX),
+    roundtrip.add_argument("--image", type=existing_file, help="PNG/JPEG/WebP to test (default: scikit-image's astronaut photograph)")
+    roundtrip.add_argument("--size", type=whole(SIZE_MIN, SIZE_MAX),
                            help="resize so the longer side is at most this (default: 256 for the embedded model's photo)")
     roundtrip.add_argument("--dtypes", type=_list, help=f"comma-separated subset of {','.join(VARIANTS)} (default: all this "
                            "device runs fast -- on a CPU fp16 and bf16 only where it has kernels for them; webui = the "
@@ -107,7 +105,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     _common(sweep)
     _generation(sweep)
     sweep.add_argument("--axis", choices=AXES, default="cfg_scale", help="what to vary (default cfg_scale)")
-    sweep.add_argument("--values", type=_list, help="comma-separated values (default: seed 001's, e.g. CFG 1,3,5,7,10,15)")
+    sweep.add_argument("--values", type=_list, help="comma-separated values (default: the usual ones, e.g. CFG 1,3,5,7,10,15)")
     sweep.add_argument("--reference", help="the value the others are compared with (default: your setting, else the first)")
     steps = kinds.add_parser("steps", help="the image as predicted at chosen sampling steps of one generation")
     _common(steps)
@@ -118,9 +116,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`lib_sdfix.diffusers.diagnose.DiagnoseConfig` the parsed (and checked) arguments ask for."""
-    from lib_sdfix.diffusers.diagnose import DiagnoseConfig
-
+    """The :class:`lib_sdfix.cli.diagnose_run.DiagnoseConfig` the parsed (and checked) arguments ask for."""
     kind = KIND_NAMES[args.kind]
     config = DiagnoseConfig(kind=kind, out=Path(args.out), model=args.model, device=args.device, dtype=args.dtype,
                             vae_dtype=args.vae_dtype, heatmap_gain=args.heatmap_gain, progress=not args.quiet)
@@ -144,10 +140,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def _image_problem(path: str) -> str:
     """Why the image cannot be tested ("" when it can): not an image Pillow reads, or pixels without an
     8-bit meaning (:func:`lib_sdfix.image_input.to_rgb8`)."""
-    from PIL import Image
-
-    from lib_sdfix.image_input import ImageModeError, to_rgb8
-
     try:
         with Image.open(path) as opened:
             to_rgb8(opened)
@@ -160,10 +152,6 @@ def _image_problem(path: str) -> str:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """What one argument alone cannot tell: values for the axis, steps within the run, the output folder."""
-    from lib_sdfix.diagnose import request as checks
-    from lib_sdfix.diffusers.diagnose import SAMPLERS, SCHEDULES, resolve
-    from lib_sdfix.settings import SettingsError
-
     def error(option: str, problems: Any) -> None:
         detail = "; ".join(f"{k}: {v}" for k, v in problems.items()) if isinstance(problems, dict) else str(problems)
         parser.error(f"argument {option}: {detail}")
@@ -183,7 +171,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             except SettingsError as err:
                 error("--dtypes", err.problems)
         return
-    steps = resolve(config_from_args(args))["steps"]
+    steps = resolve(config_from_args(args)).steps
     if args.kind == "steps":
         if args.at is not None:
             try:
@@ -213,8 +201,6 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def _schedules_apply(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every sampler/schedule pair the run uses must exist in this diffusers (needs diffusers: after the module check)."""
-    from lib_sdfix.diffusers.diagnose import schedule_problem
-
     if args.kind == "vae-roundtrip":
         return
     samplers = args.values if args.kind == "sweep" and args.axis == "sampler_name" else [args.sampler]
@@ -225,17 +211,6 @@ def _schedules_apply(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             if problem:
                 option = "--values" if len(samplers) > 1 or len(schedules) > 1 else "--schedule"
                 parser.error(f"argument {option}: {problem}")
-
-
-def _missing() -> List[str]:
-    missing = []
-    for name in _MODULES:
-        try:
-            if importlib.util.find_spec(name) is None:
-                missing.append(name)
-        except (ImportError, ValueError):
-            missing.append(name)
-    return missing
 
 
 def _print(result: Any) -> None:
@@ -254,15 +229,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     kind_parser = parser.kinds[args.kind]  # type: ignore[attr-defined]
     try:
         _check(kind_parser, args)
-        missing = _missing()
+        missing = missing_modules(_MODULES)
         if missing:
             names = ", ".join(repr(m) for m in missing)
             return fail("diagnose", f"missing module{'s' if len(missing) > 1 else ''} {names}: " + install_hint(missing[0]))
         _schedules_apply(kind_parser, args)
-        from lib_sdfix.diffusers.cli import _device_available
-        from lib_sdfix.diffusers.diagnose import run_diagnose
-
-        _device_available(kind_parser, args.device)
+        check_device(kind_parser, args.device)
         print(f"SDFix diagnose {args.kind}:")
         _print(run_diagnose(config_from_args(args)))
         return 0

@@ -15,16 +15,11 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-from lib_sdfix.diffusers.tiny import tiny_sd15_components
+from lib_sdfix.diffusers.pipelines import IMG2IMG_FOR
+from lib_sdfix.cli.tiny import tiny_sd15_components
 from lib_sdfix.diffusers.vae import unguard_vae
 
-__all__ = ["Service", "half_dtype", "resolve_device", "IMG2IMG_FOR"]
-
-#: The img2img pipeline class of each supported txt2img pipeline class.
-IMG2IMG_FOR = {
-    "StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline",
-    "StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline",
-}
+__all__ = ["Service", "half_dtype", "resolve_device", "load_model"]
 
 
 class Service:
@@ -40,7 +35,7 @@ class Service:
 
             pipe = StableDiffusionPipeline(**tiny_sd15_components())
         else:
-            pipe = _load_model(model, dtype)
+            pipe = load_model(model, dtype)
         # The text encoder in fp32 (kept on the CPU / offloaded), the rest in half.
         for name in ("text_encoder", "text_encoder_2"):
             encoder = getattr(pipe, name, None)
@@ -97,7 +92,9 @@ def _reset_components(components: Dict[str, Any]) -> None:
             unguard_vae(value)
 
 
-def _load_model(path: str, dtype: Any) -> Any:
+def load_model(path: str, dtype: Any) -> Any:
+    """A Stable Diffusion 1.x/2.x or SDXL txt2img pipeline from a local diffusers folder or single file
+    (nothing is downloaded)."""
     from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline
 
     if os.path.isdir(path):

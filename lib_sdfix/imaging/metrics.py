@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import PurePath
-from typing import Any, Dict, Mapping, Union
+from typing import Dict, Union
 
 import numpy as np
 from PIL import Image
+
+from lib_sdfix.image_input import rgb8
 
 __all__ = [
     "DetailReport",
@@ -21,19 +22,18 @@ __all__ = [
     "ssim",
     "laplacian_variance",
     "high_frequency_energy",
-    "difference_heatmap",
     "detail_ratio",
-    "json_safe",
+    "ImageLike",
+    "to_float_rgb",
+    "check_same_size",
 ]
 
 ImageLike = Union[Image.Image, np.ndarray]
 
 
-def _to_float_rgb(image: ImageLike) -> np.ndarray:
+def to_float_rgb(image: ImageLike) -> np.ndarray:
     """H x W x 3 float64 in [0, 1]."""
     if isinstance(image, Image.Image):
-        from lib_sdfix.image_input import rgb8
-
         array = np.asarray(rgb8(image), dtype=np.float64) / 255.0
     else:
         array = np.asarray(image, dtype=np.float64)
@@ -48,15 +48,16 @@ def _luma(array: np.ndarray) -> np.ndarray:
     return array[..., 0] * 0.299 + array[..., 1] * 0.587 + array[..., 2] * 0.114
 
 
-def _same_size(a: np.ndarray, b: np.ndarray) -> None:
+def check_same_size(a: np.ndarray, b: np.ndarray) -> None:
+    """ValueError unless the two arrays have the same shape (images of the same size)."""
     if a.shape != b.shape:
         raise ValueError(f"images must have the same size, got {a.shape[1::-1]} and {b.shape[1::-1]}")
 
 
 def psnr(a: ImageLike, b: ImageLike) -> float:
     """Peak signal-to-noise ratio in dB; ``inf`` for identical images."""
-    fa, fb = _to_float_rgb(a), _to_float_rgb(b)
-    _same_size(fa, fb)
+    fa, fb = to_float_rgb(a), to_float_rgb(b)
+    check_same_size(fa, fb)
     mse = float(np.mean((fa - fb) ** 2))
     return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
 
@@ -65,8 +66,8 @@ def ssim(a: ImageLike, b: ImageLike) -> float:
     """Structural similarity of the luma (1.0 for identical images)."""
     from skimage.metrics import structural_similarity
 
-    fa, fb = _luma(_to_float_rgb(a)), _luma(_to_float_rgb(b))
-    _same_size(fa, fb)
+    fa, fb = _luma(to_float_rgb(a)), _luma(to_float_rgb(b))
+    check_same_size(fa, fb)
     win = min(7, min(fa.shape) // 2 * 2 - 1)  # odd, at most the image side
     if win < 3:
         return 1.0 if np.array_equal(fa, fb) else 0.0
@@ -77,12 +78,12 @@ def laplacian_variance(image: ImageLike) -> float:
     """Variance of the Laplacian of the luma: the classic sharpness measure (higher = more detail)."""
     from scipy import ndimage
 
-    return float(ndimage.laplace(_luma(_to_float_rgb(image))).var())
+    return float(ndimage.laplace(_luma(to_float_rgb(image))).var())
 
 
 def high_frequency_energy(image: ImageLike, cutoff: float = 0.25) -> float:
     """Share of the luma's spectral energy above ``cutoff`` x Nyquist (mean removed)."""
-    luma = _luma(_to_float_rgb(image))
+    luma = _luma(to_float_rgb(image))
     luma = luma - luma.mean()
     spectrum = np.abs(np.fft.fftshift(np.fft.fft2(luma))) ** 2
     h, w = luma.shape
@@ -91,26 +92,6 @@ def high_frequency_energy(image: ImageLike, cutoff: float = 0.25) -> float:
     radius = np.sqrt(fx**2 + fy**2)
     total = float(spectrum.sum())
     return 0.0 if total == 0.0 else float(spectrum[radius > cutoff].sum() / total)
-
-
-# A small perceptual ramp (black -> purple -> orange -> yellow), sampled to 256 entries.
-_RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
-
-
-def _colormap(values: np.ndarray) -> np.ndarray:
-    positions = np.linspace(0.0, 1.0, len(_RAMP))
-    channels = [np.interp(values, positions, _RAMP[:, c]) for c in range(3)]
-    return np.stack(channels, axis=-1).round().astype(np.uint8)
-
-
-def difference_heatmap(a: ImageLike, b: ImageLike, gain: float = 4.0) -> Image.Image:
-    """|A - B| per pixel (max over channels), amplified by ``gain``, as a colour heatmap image."""
-    if gain <= 0:
-        raise ValueError(f"gain must be positive, got {gain}")
-    fa, fb = _to_float_rgb(a), _to_float_rgb(b)
-    _same_size(fa, fb)
-    diff = np.clip(np.abs(fa - fb).max(axis=-1) * gain, 0.0, 1.0)
-    return Image.fromarray(_colormap(diff), "RGB")
 
 
 @dataclass(frozen=True)
@@ -144,25 +125,6 @@ def detail_ratio(value: float, reference: float) -> float:
     if reference == 0.0:
         return 1.0 if value == 0.0 else math.inf
     return value / reference
-
-
-def json_safe(value: Any) -> Any:
-    """A strict-JSON copy of metrics: infinities (PSNR of identical images, a ratio against a flat
-    reference) become "inf"/"-inf" -- JSON has no Infinity, and null would read as "not measured" --
-    NaN becomes null; mappings and sequences are copied through, paths become text."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, PurePath):
-        return str(value)
-    return value
 
 
 def compare_detail(a: ImageLike, b: ImageLike) -> DetailReport:

@@ -1,5 +1,5 @@
-"""The embedded default model of ``python -m lib_sdfix ab``: SD1.5's architecture with small random
-weights, and a tiny random upscaler in Real-ESRGAN's layout.
+"""The embedded default model of ``python -m lib_sdfix ab`` and ``diagnose``: SD1.5's architecture with
+small random weights, and a tiny random upscaler in Real-ESRGAN's layout.
 
 Why: the A/B command must run on a fresh CPU-only machine with nothing downloaded.  The images are
 noise; the mechanics (dtypes, hooks, schedulers, resizes) are those of the real model, and a
@@ -12,7 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
-__all__ = ["tiny_sd15_components", "tiny_esrgan_state_dict", "byte_level_clip_tokenizer"]
+__all__ = ["EMBEDDED", "tiny_sd15_components", "tiny_esrgan_state_dict", "byte_level_clip_tokenizer"]
+
+#: How reports name the embedded model.
+EMBEDDED = "embedded tiny SD1.5 (random weights)"
 
 
 def _byte_alphabet() -> List[str]:

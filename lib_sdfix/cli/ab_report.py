@@ -16,15 +16,16 @@ from typing import Any, Dict, List, Optional
 
 from PIL import Image
 
-from lib_sdfix.ab import metrics_display, metrics_json, metrics_table
-from lib_sdfix.metrics import difference_heatmap, json_safe
+from lib_sdfix.ab.output import metrics_display, metrics_json
+from lib_sdfix.imaging.difference import difference_heatmap
+from lib_sdfix.imaging.table import json_safe, metrics_table
 
-__all__ = ["write_report", "REPORT_NAME", "JSON_NAME"]
+__all__ = ["write_report", "REPORT_NAME", "JSON_NAME", "CSS", "escape"]
 
 REPORT_NAME = "report.html"
 JSON_NAME = "report.json"
 
-_CSS = """
+CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;padding:0 1rem;color:#1d1d1f}
 h1{margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 table{border-collapse:collapse;margin:.6rem 0}td,th{border:1px solid #ddd;padding:.3rem .55rem;text-align:left;vertical-align:top}
@@ -52,7 +53,8 @@ _JS = """
 """
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
+    """``value`` as HTML text (quotes escaped too: safe in attributes)."""
     return html.escape(str(value), quote=True)
 
 
@@ -85,7 +87,7 @@ def _display_width(image: Image.Image) -> int:
 
 def _status_cell(finding: Dict[str, Any]) -> str:
     css = {True: "present", False: "absent"}.get(finding["present"], "unknown")
-    return f'<td><span class="{css}">{_e(finding["status"])}</span><br />{_e(finding["detail"])}</td>'
+    return f'<td><span class="{css}">{escape(finding["status"])}</span><br />{escape(finding["detail"])}</td>'
 
 
 def write_report(out: Path, result: Any) -> Path:
@@ -146,77 +148,77 @@ def _render(result: Any, files: Dict[str, Dict[str, Optional[str]]], rows: List[
         '<meta charset="utf-8" />',
         '<meta name="viewport" content="width=device-width, initial-scale=1" />',
         "<title>SDFix A/B report</title>",
-        f"<style>{_CSS}</style>",
+        f"<style>{CSS}</style>",
         "</head>",
         "<body>",
         "<h1>SDFix A/B report</h1>",
-        f'<p class="note">Same seed ({_e(config["seed"])}), same service, without and with SDFix\'s fixes. '
-        f"Model: {_e(env['model'])}. Device: {_e(env['device'])}, {_e(env['dtype'])}.</p>",
+        f'<p class="note">Same seed ({escape(config["seed"])}), same service, without and with SDFix\'s fixes. '
+        f"Model: {escape(env['model'])}. Device: {escape(env['device'])}, {escape(env['dtype'])}.</p>",
     ]
     for note in result.notes:
-        parts.append(f'<p class="note">{_e(note)}</p>')
+        parts.append(f'<p class="note">{escape(note)}</p>')
 
     parts += [
         "<h2>Without / with</h2>",
         f'<div style="width:{width}px;max-width:100%">',
         '<div class="labels"><span>with SDFix</span><span>without</span></div>',
         '<div class="compare">',
-        f'<img src="{_e(files["without"]["image"])}" alt="without SDFix" width="{width}" />',
-        f'<img src="{_e(files["with"]["image"])}" alt="with SDFix" class="top" id="top" width="{width}" />',
+        f'<img src="{escape(files["without"]["image"])}" alt="without SDFix" width="{width}" />',
+        f'<img src="{escape(files["with"]["image"])}" alt="with SDFix" class="top" id="top" width="{width}" />',
         '<div class="bar" id="bar"></div>',
         "</div>",
         '<input type="range" min="0" max="100" value="50" id="split" class="slider" aria-label="split between with and without" />',
         "</div>",
         "<h2>Where they differ</h2>",
         '<p class="note">|without &#8722; with| per pixel, largest channel, &#215;4.</p>',
-        f'<img src="{_e(heatmap)}" alt="difference heatmap" width="{width}" style="image-rendering:pixelated" />',
+        f'<img src="{escape(heatmap)}" alt="difference heatmap" width="{width}" style="image-rendering:pixelated" />',
     ]
 
     headers, cells = metrics_display(rows)
     parts += ["<h2>Detail metrics against \u201cwithout\u201d</h2>",
               '<p class="note">Ratios above 1 mean the arm keeps more fine detail than the unfixed service '
               "(variance of the Laplacian; share of spectral energy above a quarter of Nyquist).</p>",
-              "<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr>"]
+              "<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>"]
     for row in cells:
-        parts.append("<tr><td>" + _e(row[0]) + "</td>" + "".join(f'<td class="num">{_e(c)}</td>' for c in row[1:]) + "</tr>")
+        parts.append("<tr><td>" + escape(row[0]) + "</td>" + "".join(f'<td class="num">{escape(c)}</td>' for c in row[1:]) + "</tr>")
     parts.append("</table>")
 
     parts += ["<h2>Audit</h2>", "<table>", "<tr><th>cause</th><th>without</th><th>with</th></tr>"]
     for cause, finding in result.audit_before.items():
-        parts.append(f"<tr><td><code>{_e(cause)}</code><br />{_e(finding['title'])}</td>"
+        parts.append(f"<tr><td><code>{escape(cause)}</code><br />{escape(finding['title'])}</td>"
                      f"{_status_cell(finding)}{_status_cell(result.audit_after[cause])}</tr>")
     parts.append("</table>")
 
     stages = sorted({k for arm in arms.values() for k in arm.timings if k != "total"},
                     key=["txt2img", "upscale", "resize", "img2img", "refine"].index)
     parts += ["<h2>Timings (seconds)</h2>", "<table>",
-              "<tr><th>arm</th>" + "".join(f"<th>{_e(s)}</th>" for s in stages) + "<th>total</th></tr>"]
+              "<tr><th>arm</th>" + "".join(f"<th>{escape(s)}</th>" for s in stages) + "<th>total</th></tr>"]
     for name, arm in arms.items():
         cells = "".join(f'<td class="num">{_number(arm.timings.get(s), 2)}</td>' for s in stages)
-        parts.append(f"<tr><td>{_e(name)}</td>{cells}<td class=\"num\">{_number(arm.timings['total'], 2)}</td></tr>")
+        parts.append(f"<tr><td>{escape(name)}</td>{cells}<td class=\"num\">{_number(arm.timings['total'], 2)}</td></tr>")
     parts.append("</table>")
 
     parts += ["<h2>Every arm</h2>", '<div class="gallery">']
     for name, arm in arms.items():
-        caption = _e(name)
+        caption = escape(name)
         if getattr(arm, "refine", None):
-            caption += f"<br />late refine, strength {_e(format(arm.refine, 'g'))}"
+            caption += f"<br />late refine, strength {escape(format(arm.refine, 'g'))}"
         if arm.resize:
             r = arm.resize
-            caption += f"<br />Hires resize: {_e(r['filter'])} {r['from'][0]}&#215;{r['from'][1]} &#8594; {r['to'][0]}&#215;{r['to'][1]}"
+            caption += f"<br />Hires resize: {escape(r['filter'])} {r['from'][0]}&#215;{r['from'][1]} &#8594; {r['to'][0]}&#215;{r['to'][1]}"
         if arm.notes:
-            caption += "<br />" + "<br />".join(_e(n) for n in arm.notes)
+            caption += "<br />" + "<br />".join(escape(n) for n in arm.notes)
         if arm.failed:
-            caption += "<br />not applied: " + _e("; ".join(f"{k} ({v})" for k, v in arm.failed.items()))
-        parts.append(f'<figure><img src="{_e(files[name]["image"])}" alt="{_e(name)}" /><figcaption>{caption}</figcaption></figure>')
+            caption += "<br />not applied: " + escape("; ".join(f"{k} ({v})" for k, v in arm.failed.items()))
+        parts.append(f'<figure><img src="{escape(files[name]["image"])}" alt="{escape(name)}" /><figcaption>{caption}</figcaption></figure>')
         if files[name]["first_pass"]:
-            parts.append(f'<figure><img src="{_e(files[name]["first_pass"])}" alt="{_e(name)} first pass" />'
-                         f"<figcaption>{_e(name)}: first pass</figcaption></figure>")
+            parts.append(f'<figure><img src="{escape(files[name]["first_pass"])}" alt="{escape(name)} first pass" />'
+                         f"<figcaption>{escape(name)}: first pass</figcaption></figure>")
     parts.append("</div>")
 
     parts += ["<h2>Run</h2>", "<table>"]
     for key, value in list(config.items()) + list(env.items()):
-        parts.append(f"<tr><th>{_e(key)}</th><td>{_e(value)}</td></tr>")
+        parts.append(f"<tr><th>{escape(key)}</th><td>{escape(value)}</td></tr>")
     parts += ["</table>", f'<p class="note">Machine-readable: <a href="{JSON_NAME}">{JSON_NAME}</a>.</p>',
               f"<script>{_JS}</script>", "</body>", "</html>", ""]
     return "\n".join(parts)

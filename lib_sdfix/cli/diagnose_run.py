@@ -11,13 +11,36 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from PIL import Image
 
-__all__ = ["DiagnoseConfig", "SAMPLERS", "SCHEDULES", "run_diagnose", "resolve", "schedule_problem", "Counters"]
+from lib_sdfix.cli.ab_run import diffusers_warnings_off, versions
+from lib_sdfix.cli.diagnose_report import write_report
+from lib_sdfix.cli.service import half_dtype, load_model, resolve_device
+from lib_sdfix.cli.tiny import EMBEDDED, tiny_sd15_components
+from lib_sdfix.diagnose.nanwatch import NanWatch
+from lib_sdfix.diagnose.output import analyse_roundtrip, analyse_steps, analyse_sweep
+from lib_sdfix.diagnose.plan import sweep_cells
+from lib_sdfix.diagnose.request import default_strip_steps
+from lib_sdfix.diagnose.roundtrip import (
+    crop_for_vae,
+    default_variants,
+    image_to_tensor,
+    skipped_note,
+    supported_variants,
+    tensor_to_image,
+    variant_label,
+    vae_in_dtype,
+)
+from lib_sdfix.diagnose.steps import StepCapture
+from lib_sdfix.image_input import to_rgb8
+from lib_sdfix.settings import SDFixSettings
+
+__all__ = ["DiagnoseConfig", "RunShape", "SAMPLERS", "SCHEDULES", "run_diagnose", "resolve", "schedule_problem",
+           "Counters"]
 
 #: WebUI sampler names -> (diffusers scheduler class name, config changes).
 SAMPLERS: Dict[str, Tuple[str, Dict[str, Any]]] = {
@@ -30,7 +53,6 @@ SAMPLERS: Dict[str, Tuple[str, Dict[str, Any]]] = {
 #: WebUI schedule types -> the scheduler config switch (only schedulers that have it take it).
 SCHEDULES: Dict[str, Optional[str]] = {"Automatic": None, "Karras": "use_karras_sigmas",
                                        "Exponential": "use_exponential_sigmas", "Beta": "use_beta_sigmas"}
-EMBEDDED = "embedded tiny SD1.5 (random weights)"
 
 
 @dataclass
@@ -61,6 +83,15 @@ class DiagnoseConfig:
     progress: bool = True
 
 
+@dataclass(frozen=True)
+class RunShape:
+    """What a generation uses where its :class:`DiagnoseConfig` leaves it open: size and steps."""
+
+    width: int
+    height: int
+    steps: int
+
+
 @dataclass
 class Counters:
     """What a run cost: samplings, UNet forward calls, VAE decodes (and encodes for the round trip)."""
@@ -87,11 +118,12 @@ def schedule_problem(sampler: str, schedule: str) -> Optional[str]:
     return None
 
 
-def resolve(config: DiagnoseConfig) -> Dict[str, Any]:
+def resolve(config: DiagnoseConfig) -> RunShape:
     """Sizes and steps: the config's, else small for the embedded model and SD-sized with --model."""
     embedded = config.model is None
-    return {"width": config.width or (128 if embedded else 512), "height": config.height or config.width or (128 if embedded else 512),
-            "steps": config.steps or (12 if embedded else 25)}
+    return RunShape(width=config.width or (128 if embedded else 512),
+                    height=config.height or config.width or (128 if embedded else 512),
+                    steps=config.steps or (12 if embedded else 25))
 
 
 # --- the pipeline ---------------------------------------------------------------------------------------
@@ -103,8 +135,6 @@ class _Pipeline:
     def __init__(self, config: DiagnoseConfig) -> None:
         import torch
 
-        from lib_sdfix.diffusers.service import half_dtype, resolve_device
-
         self.config = config
         self.device = resolve_device(config.device)
         names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -113,13 +143,9 @@ class _Pipeline:
         if config.model is None:
             from diffusers import StableDiffusionPipeline
 
-            from lib_sdfix.diffusers.tiny import tiny_sd15_components
-
             pipe = StableDiffusionPipeline(**tiny_sd15_components())
         else:
-            from lib_sdfix.diffusers.service import _load_model
-
-            pipe = _load_model(config.model, self.dtype)
+            pipe = load_model(config.model, self.dtype)
         pipe.to(self.device, self.dtype)
         pipe.vae.to(dtype=self.vae_dtype)
         pipe.set_progress_bar_config(disable=not config.progress, leave=False)
@@ -182,8 +208,8 @@ class _Pipeline:
         generator = torch.Generator("cpu").manual_seed(self.config.seed)
         start = time.perf_counter()
         with torch.no_grad():
-            latents = self.pipe(guidance_scale=cfg, num_inference_steps=steps, width=sizes["width"],
-                                height=sizes["height"], generator=generator, output_type="latent",
+            latents = self.pipe(guidance_scale=cfg, num_inference_steps=steps, width=sizes.width,
+                                height=sizes.height, generator=generator, output_type="latent",
                                 callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"],
                                 **self.prompt_embeddings()).images
         self.counters.samplings += 1
@@ -195,7 +221,6 @@ class _Pipeline:
         the way hosts do); ``watch`` (a NanWatch) checks what comes out."""
         import torch
 
-        from lib_sdfix.diagnose.roundtrip import tensor_to_image
         from lib_sdfix.vae.call import guarded_call
 
         vae = self.pipe.vae
@@ -216,7 +241,6 @@ class _Pipeline:
 
 @contextlib.contextmanager
 def _variant(pipe: _Pipeline, name: str) -> Any:
-    from lib_sdfix.diagnose.roundtrip import vae_in_dtype
     from lib_sdfix.vae.fp32 import fp32_vae
     from lib_sdfix.precision import autocast_disabled, precision_guard
 
@@ -233,16 +257,6 @@ def _variant(pipe: _Pipeline, name: str) -> Any:
 
 def _roundtrip(pipe: _Pipeline, config: DiagnoseConfig, original: Image.Image) -> Dict[str, Any]:
     import torch
-
-    from lib_sdfix.diagnose.output import analyse_roundtrip
-    from lib_sdfix.diagnose.roundtrip import (
-        default_variants,
-        image_to_tensor,
-        skipped_note,
-        supported_variants,
-        tensor_to_image,
-        variant_label,
-    )
 
     vae = pipe.pipe.vae
     wanted = [v for v in (config.dtypes or default_variants(pipe.device)) if v in supported_variants(pipe.device)]
@@ -266,11 +280,6 @@ def _roundtrip(pipe: _Pipeline, config: DiagnoseConfig, original: Image.Image) -
 
 
 def _sweep(pipe: _Pipeline, config: DiagnoseConfig) -> Dict[str, Any]:
-    from lib_sdfix.diagnose.nanwatch import NanWatch
-    from lib_sdfix.diagnose.output import analyse_sweep
-    from lib_sdfix.diagnose.plan import sweep_cells
-    from lib_sdfix.settings import SDFixSettings
-
     sizes = resolve(config)
     cells = sweep_cells(config.axis, list(config.values), SDFixSettings())
     images: Dict[str, Image.Image] = {}
@@ -283,7 +292,7 @@ def _sweep(pipe: _Pipeline, config: DiagnoseConfig) -> Dict[str, Any]:
         if cell.fields not in latents:  # cells that differ only in SDFix's decode share this sampling
             watch = NanWatch()
             pipe.watch_step = lambda step, x, x0, w=watch: w.observe("sampling", (x, x0), step=step)
-            latent = pipe.sample(steps=int(fields.get("steps", sizes["steps"])),
+            latent = pipe.sample(steps=int(fields.get("steps", sizes.steps)),
                                  cfg=float(fields.get("cfg_scale", config.cfg_scale)),
                                  sampler=fields.get("sampler_name", config.sampler),
                                  schedule=fields.get("scheduler", config.schedule))
@@ -300,12 +309,7 @@ def _sweep(pipe: _Pipeline, config: DiagnoseConfig) -> Dict[str, Any]:
 
 
 def _steps(pipe: _Pipeline, config: DiagnoseConfig) -> Dict[str, Any]:
-    from lib_sdfix.diagnose.nanwatch import NanWatch
-    from lib_sdfix.diagnose.output import analyse_steps
-    from lib_sdfix.diagnose.request import default_strip_steps
-    from lib_sdfix.diagnose.steps import StepCapture
-
-    steps = resolve(config)["steps"]
+    steps = resolve(config).steps
     capture = StepCapture(config.at or default_strip_steps(steps))
     watch = NanWatch()
     kinds: Dict[int, str] = {}
@@ -329,9 +333,6 @@ def _steps(pipe: _Pipeline, config: DiagnoseConfig) -> Dict[str, Any]:
 
 def _photo(config: DiagnoseConfig) -> Tuple[Image.Image, List[str]]:
     """The user's image, or scikit-image's astronaut (a real photograph); resized to ``size`` and cropped for the VAE."""
-    from lib_sdfix.diagnose.roundtrip import crop_for_vae
-    from lib_sdfix.image_input import to_rgb8
-
     notes: List[str] = []
     if config.image:
         with Image.open(config.image) as opened:
@@ -354,12 +355,10 @@ def run_diagnose(config: DiagnoseConfig) -> Dict[str, Any]:
     """Run one diagnosis kind and write the report into ``config.out``; returns what the report shows."""
     import torch
 
-    from lib_sdfix.diffusers.compare import _diffusers_warnings_off, _versions
-    from lib_sdfix.diffusers.diagnose_report import write_report
     from lib_sdfix.precision import read_flags, restore_flags
 
     flags_before = read_flags()
-    quiet = _diffusers_warnings_off()
+    quiet = diffusers_warnings_off()
     threads = torch.get_num_threads()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -391,9 +390,9 @@ def run_diagnose(config: DiagnoseConfig) -> Dict[str, Any]:
                          "runs": counters.runs}
     result["environment"] = {"device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
                              "vae_dtype": str(pipe.vae_dtype).replace("torch.", ""), "model": config.model or EMBEDDED,
-                             "flags_after_run_equal_before": read_flags() == flags_before, **_versions()}
+                             "flags_after_run_equal_before": read_flags() == flags_before, **versions()}
     result["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()}
-    result["config"].update(resolve(config))
+    result["config"].update(asdict(resolve(config)))
     result["report_path"] = write_report(out, config.kind, result)
     return result
 

@@ -11,8 +11,8 @@ from PIL import Image
 pytest.importorskip("diffusers")
 
 from ..html_check import parse_strictly  # noqa: E402
-from .cli_support import exit_code  # noqa: E402
-from .tiny_pipelines import one_thread  # noqa: E402,F401 -- autouse fixture
+from .support import exit_code  # noqa: E402
+from ..diffusers.tiny_pipelines import one_thread  # noqa: E402,F401 -- autouse fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,7 @@ def test_a_non_empty_out_folder_needs_force(tmp_path, capsys):
 
 
 def test_without_the_extra_it_names_the_module(tmp_path):
-    code = ("import sys; sys.modules['diffusers'] = None\nfrom lib_sdfix.__main__ import main\n"
+    code = ("import sys; sys.modules['diffusers'] = None\nfrom lib_sdfix.cli.__main__ import main\n"
             f"sys.exit(main(['diagnose', 'steps', '--out', {str(tmp_path / 'out')!r}, '--quiet']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
@@ -134,7 +134,7 @@ def test_roundtrip_of_a_16_bit_png_and_a_refused_float_image(tmp_path, capsys):
 
 
 def test_precision_sweep_shares_its_sampling(tmp_path):
-    from lib_sdfix.diffusers.diagnose import DiagnoseConfig, run_diagnose
+    from lib_sdfix.cli.diagnose_run import DiagnoseConfig, run_diagnose
 
     result = run_diagnose(DiagnoseConfig(kind="sweep", out=tmp_path / "sw", axis="precision", values=(False, True),
                                          reference=True, steps=3, width=64, progress=False))
@@ -146,7 +146,7 @@ def test_precision_sweep_shares_its_sampling(tmp_path):
 
 
 def test_cfg_sweep_samples_each_value_once(tmp_path):
-    from lib_sdfix.diffusers.diagnose import DiagnoseConfig, run_diagnose
+    from lib_sdfix.cli.diagnose_run import DiagnoseConfig, run_diagnose
 
     result = run_diagnose(DiagnoseConfig(kind="sweep", out=tmp_path / "cfg", axis="cfg_scale", values=(1.0, 5.0, 9.0),
                                          reference=5.0, steps=2, width=64, progress=False))
@@ -167,7 +167,7 @@ def test_step_strip_decodes_each_prediction(tmp_path):
 
 
 def test_a_scheduler_without_a_prediction_shows_its_latents(tmp_path):
-    from lib_sdfix.diffusers.diagnose import DiagnoseConfig, run_diagnose
+    from lib_sdfix.cli.diagnose_run import DiagnoseConfig, run_diagnose
 
     result = run_diagnose(DiagnoseConfig(kind="steps", out=tmp_path / "pndm", sampler="PNDM", schedule="Automatic",
                                          steps=3, width=64, at=(1,), progress=False))

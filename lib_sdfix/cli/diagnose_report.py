@@ -12,8 +12,8 @@ from PIL import Image
 from lib_sdfix.diagnose.chart import chart_svg
 from lib_sdfix.diagnose.output import diagnosis_json, display_table
 from lib_sdfix.diagnose.plan import AXIS_LABELS
-from lib_sdfix.diffusers.report import JSON_NAME, REPORT_NAME, _CSS, _e
-from lib_sdfix.metrics import json_safe
+from lib_sdfix.cli.ab_report import CSS, JSON_NAME, REPORT_NAME, escape
+from lib_sdfix.imaging.table import json_safe
 
 __all__ = ["write_report", "TITLES"]
 
@@ -38,7 +38,7 @@ def _save(image: Optional[Image.Image], out: Path, name: str, files: Dict[str, s
 
 def _figure(src: str, caption: str, width: Optional[int] = None) -> str:
     size = f' width="{width}"' if width else ""
-    return f'<figure><img src="{_e(src)}" alt="{_e(caption)}"{size} /><figcaption>{_e(caption)}</figcaption></figure>'
+    return f'<figure><img src="{escape(src)}" alt="{escape(caption)}"{size} /><figcaption>{escape(caption)}</figcaption></figure>'
 
 
 def write_report(out: Path, kind: str, result: Dict[str, Any]) -> Path:
@@ -103,11 +103,11 @@ def _render(kind: str, result: Dict[str, Any], body: List[str]) -> str:
     if kind == "sweep":
         title += f" over {AXIS_LABELS[config['axis']]}"
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8" />',
-             '<meta name="viewport" content="width=device-width, initial-scale=1" />', f"<title>{_e(title)}</title>",
-             f"<style>{_CSS}{_EXTRA_CSS}</style>", "</head>", "<body>", f"<h1>{_e(title)}</h1>",
-             f'<p class="note">Model: {_e(env["model"])}. Device: {_e(env["device"])}; pipeline {_e(env["dtype"])}, '
-             f'VAE loaded in {_e(env["vae_dtype"])}. Seed {_e(config["seed"])}.</p>']
-    parts += [f'<p class="note">{_e(note)}</p>' for note in result["notes"]]
+             '<meta name="viewport" content="width=device-width, initial-scale=1" />', f"<title>{escape(title)}</title>",
+             f"<style>{CSS}{_EXTRA_CSS}</style>", "</head>", "<body>", f"<h1>{escape(title)}</h1>",
+             f'<p class="note">Model: {escape(env["model"])}. Device: {escape(env["device"])}; pipeline {escape(env["dtype"])}, '
+             f'VAE loaded in {escape(env["vae_dtype"])}. Seed {escape(config["seed"])}.</p>']
+    parts += [f'<p class="note">{escape(note)}</p>' for note in result["notes"]]
 
     parts.append("<h2>Findings</h2>")
     findings = analysis.get("findings", [])
@@ -116,8 +116,8 @@ def _render(kind: str, result: Dict[str, Any], body: List[str]) -> str:
                   '<table class="findings">', "<tr><th>likelihood</th><th>symptom &#8594; cause</th>"
                   "<th>what was measured</th><th>try next</th></tr>"]
         for f in findings:
-            parts.append(f'<tr><td class="{_e(f.likelihood)}">{_e(f.likelihood)}</td><td>{_e(f.symptom)} &#8594; '
-                         f"{_e(f.cause)}</td><td>{_e(f.text)}</td><td>{_e(f.next_step)}</td></tr>")
+            parts.append(f'<tr><td class="{escape(f.likelihood)}">{escape(f.likelihood)}</td><td>{escape(f.symptom)} &#8594; '
+                         f"{escape(f.cause)}</td><td>{escape(f.text)}</td><td>{escape(f.next_step)}</td></tr>")
         parts.append("</table>")
     else:
         parts.append('<p class="note">No rule fired: nothing measured here points to one cause on its own.</p>')
@@ -128,9 +128,9 @@ def _render(kind: str, result: Dict[str, Any], body: List[str]) -> str:
         heading = "Metrics per precision" if kind == "vae_roundtrip" else "Metrics against the varied value"
         parts += [f"<h2>{heading}</h2>", f'<div class="chart">{chart_svg(panels, _x_title(kind, config))}</div>']
     headers, rows = display_table(kind, analysis.get("rows", []))
-    parts += ["<h2>Metrics</h2>", "<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr>"]
+    parts += ["<h2>Metrics</h2>", "<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>"]
     for row in rows:
-        parts.append("<tr><td>" + _e(row[0]) + "</td>" + "".join(f'<td class="num">{_e(c)}</td>' for c in row[1:]) + "</tr>")
+        parts.append("<tr><td>" + escape(row[0]) + "</td>" + "".join(f'<td class="num">{escape(c)}</td>' for c in row[1:]) + "</tr>")
     parts.append("</table>")
 
     parts += ["<h2>Cost</h2>",
@@ -138,11 +138,11 @@ def _render(kind: str, result: Dict[str, Any], body: List[str]) -> str:
               f'{timings["decodes"]} VAE decode(s), {timings["encodes"]} encode(s), {timings["total_s"]:.1f} s in all.</p>',
               "<table>", "<tr><th>run</th><th>seconds</th></tr>"]
     for run in timings["runs"]:
-        parts.append(f'<tr><td>{_e(run["kind"])}</td><td class="num">{run["time_s"]:.2f}</td></tr>')
+        parts.append(f'<tr><td>{escape(run["kind"])}</td><td class="num">{run["time_s"]:.2f}</td></tr>')
     parts += ["</table>", "<h2>Run</h2>", "<table>"]
     shown = _RUN_KEYS["common"] + _RUN_KEYS[kind]
     for key, value in [(k, config[k]) for k in shown if k in config and k not in env] + list(env.items()):
-        parts.append(f"<tr><th>{_e(key)}</th><td>{_e(value)}</td></tr>")
+        parts.append(f"<tr><th>{escape(key)}</th><td>{escape(value)}</td></tr>")
     parts += ["</table>", f'<p class="note">Machine-readable: <a href="{JSON_NAME}">{JSON_NAME}</a>.</p>', "</body>",
               "</html>", ""]
     return "\n".join(parts)
