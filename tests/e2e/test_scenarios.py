@@ -15,15 +15,17 @@ from .test_webui import BOX, assert_guarded, assert_restored, sampling_passes
 MARK = (255, 0, 255)
 
 
-def _xyz_args(webui: WebUI, x_label: str, x_values: str):
-    """The X/Y/Z script's args: axes with choices read the dropdown list, the others the text."""
+def _xyz_args(webui: WebUI, x_label: str, x_values: str, lone_images: bool = False):
+    """The X/Y/Z script's args: axes with choices read the dropdown list, the others the text.
+    ``lone_images``: "Include Sub Images" (reForge answers only the grid's infotext without it)."""
     axes = webui.ok("GET", "/sdfix-observer/xyz-axes")
     x_type = axes.index(x_label)
     dropdown = [v.strip() for v in x_values.split(",")]
     if webui.host == "reforge":  # draw_individual_labels, skip_grid, items_per_grid after draw_legend
-        return [x_type, x_values, dropdown, 0, "", [], 0, "", [], True, False, False, 0, False, False,
+        return [x_type, x_values, dropdown, 0, "", [], 0, "", [], True, False, False, 0, lone_images, False,
                 False, False, False, False, 0, False]
-    return [x_type, x_values, dropdown, 0, "", [], 0, "", [], True, False, False, False, False, False, False, 0, False]
+    return [x_type, x_values, dropdown, 0, "", [], 0, "", [], True, lone_images, False, False, False, False, False, 0,
+            False]
 
 
 def test_a_failing_xyz_cell_leaves_no_patch_and_no_fix_behind(webui):
@@ -169,14 +171,16 @@ def test_routes_only_with_the_api():
 def test_xyz_strength_axis_takes_the_webuis_own_range_syntax(webui, typed, cells, left_out):
     """README's example through the host's real X/Y/Z range parser: the plot runs, in range."""
     answer = webui.ok("POST", "/sdapi/v1/txt2img", webui.body(
-        steps=4, script_name="x/y/z plot", script_args=_xyz_args(webui, "SDFix: late refine strength", typed)))
+        steps=4, script_name="x/y/z plot",
+        script_args=_xyz_args(webui, "SDFix: late refine strength", typed, lone_images=True)))
     import json
 
     infotexts = json.loads(answer["info"])["infotexts"]
+    cell_texts = [text for text in infotexts if "SDFix refine: " in text][-len(cells):]  # after the grid's
     strengths = [next(part.split(": ", 1)[1] for part in text.split(", ") if part.startswith("SDFix refine: "))
-                 for text in infotexts[1:]]  # the first infotext is the grid's
+                 for text in cell_texts]
     assert strengths == cells, infotexts
-    for text in infotexts[1:]:
+    for text in cell_texts:
         if left_out is None:
             assert "left out" not in text
         else:
