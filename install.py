@@ -33,7 +33,7 @@ def missing(requirements=REQUIREMENTS, is_installed=None):
 def main():
     import launch  # the WebUI's launcher module; only present when the WebUI runs this file
 
-    for name, spec in missing(is_installed=launch.is_installed):
+    for _name, spec in missing(is_installed=launch.is_installed):
         launch.run_pip(f"install {spec}", f"SDFix requirement: {spec}")
 
 

@@ -27,8 +27,8 @@ SWEEPS = (("precision", ("off", "on")), ("cfg_scale", (3.0, 7.0, 11.0)), ("steps
 
 
 def _config(args: argparse.Namespace, axis: str, values: tuple):
-    from lib_sdfix.diagnose.request import check_values
     from lib_sdfix.cli.diagnose_run import DiagnoseConfig
+    from lib_sdfix.diagnose.request import check_values
 
     checked = check_values(axis, list(values), "values", None)
     return DiagnoseConfig(kind="sweep", model=args.model, device=args.device, steps=args.steps, width=args.size,

@@ -152,7 +152,7 @@ def apply(ops: List[Tuple[str, Any, Any]]) -> None:
     reset()
     for kind, what, value in ops:
         if kind == "legacy":
-            setattr(B.cuda.matmul if what == "matmul" else B.cudnn, "allow_tf32", value)
+            (B.cuda.matmul if what == "matmul" else B.cudnn).allow_tf32 = value
         elif kind == "precision":
             torch.set_float32_matmul_precision(what)
         elif kind == "new":

@@ -104,8 +104,8 @@ def diffusers_tiny(args: argparse.Namespace) -> None:
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-    from lib_sdfix.diffusers import refine, refine_generators
     from lib_sdfix.cli.tiny import tiny_sd15_components
+    from lib_sdfix.diffusers import refine, refine_generators
 
     torch.set_num_threads(args.threads)
     pipe = StableDiffusionPipeline(**tiny_sd15_components())

@@ -146,7 +146,7 @@ def seam_rows(graph: Any, latent: int, strip_bytes: int) -> List[int]:
     height = latent
     ops = list(walk(graph, latent, latent))
     out_h = graph.output_size(latent, latent)[0]
-    for op, cin, cout, pin, pout, widest, width in ops:
+    for _op, _cin, _cout, _pin, pout, widest, width in ops:
         height = pout // width
         per = max(1, strip_bytes // (4 * widest * width))
         scale = out_h // height

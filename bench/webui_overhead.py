@@ -17,7 +17,6 @@ import statistics
 import time
 import urllib.request
 
-
 AUTH = os.environ.get("SDFIX_E2E_AUTH", "")
 
 

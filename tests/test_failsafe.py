@@ -39,7 +39,9 @@ def test_interrupt_propagates():
 
 def test_notes_are_deduplicated():
     report = FixReport()
-    report.note("a"); report.note("a"); report.note("")
+    report.note("a")
+    report.note("a")
+    report.note("")
     assert report.summary() == "a"
 
 

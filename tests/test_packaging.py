@@ -45,7 +45,7 @@ def test_scripts_only_define_the_script_and_register():
 def test_install_py_never_installs_pinned_packages():
     namespace = {"__name__": "sdfix_install_under_test"}
     exec(compile((ROOT / "install.py").read_text(), "install.py", "exec"), namespace)
-    for name, spec in namespace["REQUIREMENTS"]:
+    for _name, spec in namespace["REQUIREMENTS"]:
         base = spec.split("=")[0].split("<")[0].split(">")[0].strip().lower()
         assert base not in namespace["NEVER_INSTALL"], spec
     fake = [("sdfix_missing_pkg", "sdfix-missing-pkg==1.0"), ("os", "os")]
@@ -64,7 +64,8 @@ def test_preload_flags():
 
 
 def test_importing_the_package_is_light():
-    code = "import sys, lib_sdfix, lib_sdfix.settings; print(sorted(m for m in ('torch','skimage','diffusers','scipy') if m in sys.modules))"
+    code = ("import sys, lib_sdfix, lib_sdfix.settings; "
+            "print(sorted(m for m in ('torch','skimage','diffusers','scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -1,8 +1,7 @@
 """Hires parity resolver: same-markers, explicit overrides under parity, and parity off."""
 import pytest
 
-from lib_sdfix.parity import AUTOMATIC, SAME_SAMPLER, SAME_SCHEDULER, resolve_hires_sampling
-from lib_sdfix.parity import latent_upscale_note
+from lib_sdfix.parity import AUTOMATIC, SAME_SAMPLER, SAME_SCHEDULER, latent_upscale_note, resolve_hires_sampling
 
 
 @pytest.mark.parametrize("hr_sampler", [None, "", SAME_SAMPLER])

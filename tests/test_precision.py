@@ -343,7 +343,7 @@ def test_random_mixes_of_every_api_and_level():
         for _ in range(rng.randint(0, 8)):
             kind = rng.randrange(4)
             if kind == 0:
-                setattr(rng.choice((MATMUL, torch.backends.cudnn)), "allow_tf32", rng.random() < 0.6)
+                rng.choice((MATMUL, torch.backends.cudnn)).allow_tf32 = rng.random() < 0.6
             elif kind == 1:
                 torch.set_float32_matmul_precision(rng.choice(("highest", "high", "medium")))
             else:

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_sdfix.resize import RESIZE_FILTERS, resize_after_upscale, upscaler_passes
-from lib_sdfix.resize import resize_image_one_pass, upscale_natively
+from lib_sdfix.resize import RESIZE_FILTERS, resize_after_upscale, resize_image_one_pass, upscale_natively, upscaler_passes
 
 
 def _native(mode="RGB", size=(64, 48)):

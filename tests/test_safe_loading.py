@@ -105,8 +105,8 @@ def fake_realesrgan(monkeypatch):
 
 def test_realesrgan_backend_refuses_a_checkpoint_that_holds_more_than_weights(tmp_path, fake_realesrgan):
     torch = pytest.importorskip("torch")
-    from lib_sdfix.diffusers import load_upscaler
     from lib_sdfix.cli.tiny import tiny_esrgan_state_dict
+    from lib_sdfix.diffusers import load_upscaler
 
     good = tmp_path / "plain.pth"
     torch.save({"params_ema": tiny_esrgan_state_dict()}, good)

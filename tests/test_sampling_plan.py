@@ -4,7 +4,6 @@ from lib_sdfix.ab import plan_variants
 from lib_sdfix.sampling_plan import DecodeConfig, Variant, count_decodes, count_runs, sampling_groups
 from lib_sdfix.settings import SDFixSettings
 
-
 # --- work sharing ----------------------------------------------------------------------------
 
 
@@ -27,7 +26,8 @@ def test_ablation_without_hires_shares_one_sampling_and_decodes_per_decode_confi
     assert count_runs([group]) == 1 and count_runs([group, refined]) == 2  # one sampling, one refine after it
     # unguarded (baseline, encode, parity, resize, off-auto), guarded fp32 (guard), guarded auto
     assert group.decodes == (DecodeConfig(False), DecodeConfig(True, "fp32"), DecodeConfig(True, "auto"))
-    assert [v.name for v in group.variants_for(DecodeConfig(False))] == ["baseline", "guard_encode", "hires_parity", "post_resize", "off-auto"]
+    assert [v.name for v in group.variants_for(DecodeConfig(False))] == [
+        "baseline", "guard_encode", "hires_parity", "post_resize", "off-auto"]
     # the late refine samples again: its variants share only among themselves
     assert [v.name for v in refined.variants] == ["late_refine", "all"]
     assert refined.decodes == (DecodeConfig(False), DecodeConfig(True, "fp32"))

@@ -20,9 +20,9 @@ def _check() -> int:
 
     from lib_sdfix import __version__
     from lib_sdfix.imaging.metrics import compare_detail
-    from lib_sdfix.vae.call import guarded_call
     from lib_sdfix.precision import flag_api, read_flags
     from lib_sdfix.resize import resize_after_upscale
+    from lib_sdfix.vae.call import guarded_call
 
     failures: List[str] = []
 

@@ -205,12 +205,14 @@ def _render(result: Any, files: Dict[str, Dict[str, Optional[str]]], rows: List[
             caption += f"<br />late refine, strength {escape(format(arm.refine, 'g'))}"
         if arm.resize:
             r = arm.resize
-            caption += f"<br />Hires resize: {escape(r['filter'])} {r['from'][0]}&#215;{r['from'][1]} &#8594; {r['to'][0]}&#215;{r['to'][1]}"
+            caption += (f"<br />Hires resize: {escape(r['filter'])} {r['from'][0]}&#215;{r['from'][1]} "
+                        f"&#8594; {r['to'][0]}&#215;{r['to'][1]}")
         if arm.notes:
             caption += "<br />" + "<br />".join(escape(n) for n in arm.notes)
         if arm.failed:
             caption += "<br />not applied: " + escape("; ".join(f"{k} ({v})" for k, v in arm.failed.items()))
-        parts.append(f'<figure><img src="{escape(files[name]["image"])}" alt="{escape(name)}" /><figcaption>{caption}</figcaption></figure>')
+        parts.append(f'<figure><img src="{escape(files[name]["image"])}" alt="{escape(name)}" />'
+                     f'<figcaption>{caption}</figcaption></figure>')
         if files[name]["first_pass"]:
             parts.append(f'<figure><img src="{escape(files[name]["first_pass"])}" alt="{escape(name)} first pass" />'
                          f"<figcaption>{escape(name)}: first pass</figcaption></figure>")

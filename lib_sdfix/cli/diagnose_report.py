@@ -9,10 +9,10 @@ from typing import Any, Dict, List, Optional
 
 from PIL import Image
 
+from lib_sdfix.cli.ab_report import CSS, JSON_NAME, REPORT_NAME, escape
 from lib_sdfix.diagnose.chart import chart_svg
 from lib_sdfix.diagnose.output import diagnosis_json, display_table
 from lib_sdfix.diagnose.plan import AXIS_LABELS
-from lib_sdfix.cli.ab_report import CSS, JSON_NAME, REPORT_NAME, escape
 from lib_sdfix.imaging.table import json_safe
 
 __all__ = ["write_report", "TITLES"]

@@ -32,8 +32,8 @@ from lib_sdfix.diagnose.roundtrip import (
     skipped_note,
     supported_variants,
     tensor_to_image,
-    variant_label,
     vae_in_dtype,
+    variant_label,
 )
 from lib_sdfix.diagnose.steps import StepCapture
 from lib_sdfix.image_input import to_rgb8
@@ -241,8 +241,8 @@ class _Pipeline:
 
 @contextlib.contextmanager
 def _variant(pipe: _Pipeline, name: str) -> Any:
-    from lib_sdfix.vae.fp32 import fp32_vae
     from lib_sdfix.precision import autocast_disabled, precision_guard
+    from lib_sdfix.vae.fp32 import fp32_vae
 
     vae = pipe.pipe.vae
     if name == "webui":

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-from lib_sdfix.diffusers.pipelines import IMG2IMG_FOR
 from lib_sdfix.cli.tiny import tiny_sd15_components
+from lib_sdfix.diffusers.pipelines import IMG2IMG_FOR
 from lib_sdfix.diffusers.vae import unguard_vae
 
 __all__ = ["Service", "half_dtype", "resolve_device", "load_model"]

@@ -248,7 +248,8 @@ def diagnose_request_from_body(body: Any, base: SDFixSettings, *, choices: Optio
     [...]}``; all take ``heatmap_gain`` (1-64, default 4) and ``save`` (default false).  ``choices`` and
     ``extra_rules`` go to the payload check as for A/B; ``names`` maps "sampler_name"/"scheduler" to the
     names the host knows (checked for sweep values); ``supported_variants`` are the round-trip variants
-    this device runs, ``default_variants`` those run when ``dtypes`` is not given.  Raises :class:`SettingsError` naming every offending field.
+    this device runs, ``default_variants`` those run when ``dtypes`` is not given.  Raises
+    :class:`SettingsError` naming every offending field.
     """
     if not isinstance(body, Mapping):
         raise SettingsError({"body": f"expected a JSON object, got {type(body).__name__}"})

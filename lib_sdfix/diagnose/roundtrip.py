@@ -5,7 +5,8 @@ fp32 round trip already loses the detail, the VAE (not sampling) is where it goe
 own precision loses it, its dtype or TF32 does.  The variants:
 
 * ``webui`` -- the host's own encode and decode, its dtype and flags as they are;
-* ``precision_guard`` -- SDFix's guarded call (its fixes precision_guard and guard_encode) (TF32 off, VAE in fp32, exact weights where the file has them);
+* ``precision_guard`` -- SDFix's guarded call (its fixes precision_guard and guard_encode): TF32 off,
+  VAE in fp32, exact weights where the file has them;
 * ``fp32``/``fp16``/``bf16`` -- the VAE cast to that dtype for the call, flags guarded, so only the
   dtype differs between them (those the device cannot run are left out; those it has no fast kernels
   for -- fp16 and bf16 on most CPUs -- run only when asked for by name, see :func:`default_variants`).

@@ -236,8 +236,8 @@ def vae_memory(pipes: Sequence[Any], size: Optional[Tuple[int, int]] = None) -> 
 def _precision(pipes: Sequence[Any]) -> Finding:
     import torch
 
-    from lib_sdfix.vae.fp32 import vae_weight_dtype
     from lib_sdfix.precision import read_flags
+    from lib_sdfix.vae.fp32 import vae_weight_dtype
 
     vae = component(pipes, "vae")
     if vae is None:
@@ -248,7 +248,8 @@ def _precision(pipes: Sequence[Any]) -> Finding:
     if guard is not None and guard.active("decode"):
         if half and not guard.options.upcast:
             return Finding("vae_precision", True, f"decode guarded, but vae_dtype=auto keeps the {dtype_name(dtype)} VAE")
-        return Finding("vae_precision", False, "decode" + (" and encode" if guard.active("encode") else "") + " run under the precision guard in fp32")
+        what = "decode" + (" and encode" if guard.active("encode") else "")
+        return Finding("vae_precision", False, what + " run under the precision guard in fp32")
     flags = read_flags()
     reduced = [name for name in ("cudnn.allow_tf32", "cuda.matmul.allow_tf32") if flags.get(name) is True]
     if not reduced:  # torch >= 2.9 driven through the fp32_precision strings only

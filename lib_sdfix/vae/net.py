@@ -159,7 +159,8 @@ def _ldm_resnet(block: Any, where: str) -> Resnet:
         raise Unsupported(f"{where} is a {type(block).__name__}, not a ResnetBlock")
     shortcut = None
     if getattr(block, "in_channels", None) != getattr(block, "out_channels", None):
-        shortcut = getattr(block, "conv_shortcut", None) if getattr(block, "use_conv_shortcut", False) else getattr(block, "nin_shortcut", None)
+        shortcut = (getattr(block, "conv_shortcut", None) if getattr(block, "use_conv_shortcut", False)
+                    else getattr(block, "nin_shortcut", None))
         shortcut = _conv(shortcut, f"{where} shortcut")
     _no_other_weights(block, ("norm1", "conv1", "norm2", "conv2", "nin_shortcut", "conv_shortcut", "temb_proj"), where)
     _check_dropout(block, where)
@@ -239,7 +240,8 @@ def _ldm_resample(module: Any, where: str, *, up: bool) -> Resample:
 
 
 def _diffusers_resnet(block: Any, where: str) -> Resnet:
-    if type(block).__name__ != "ResnetBlock2D" or getattr(block, "upsample", None) is not None or getattr(block, "downsample", None) is not None:
+    if (type(block).__name__ != "ResnetBlock2D" or getattr(block, "upsample", None) is not None
+            or getattr(block, "downsample", None) is not None):
         raise Unsupported(f"{where} is a {type(block).__name__}, not a plain ResnetBlock2D")
     if getattr(block, "time_emb_proj", None) is not None or not isinstance(block.nonlinearity, nn.SiLU):
         raise Unsupported(f"{where}: time embedding or an activation other than SiLU")

@@ -14,8 +14,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from lib_sdfix.vae.estimate import GIB, MIN_STRIP, Estimate, available_memory, budget_from_env, default_strip_bytes, \
-    estimate
+from lib_sdfix.vae.estimate import GIB, MIN_STRIP, Estimate, available_memory, budget_from_env, default_strip_bytes, estimate
 from lib_sdfix.vae.fp32 import vae_weight_dtype
 from lib_sdfix.vae.net import Network, Resample, Unsupported, network_of, vae_networks
 

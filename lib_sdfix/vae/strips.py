@@ -26,7 +26,7 @@ from torch import nn
 
 from lib_sdfix.failsafe import log_once
 from lib_sdfix.precision import autocast_disabled
-from lib_sdfix.vae.net import Attention, Conv, Network, Resample, Resnet, Exit, resampled_size
+from lib_sdfix.vae.net import Attention, Conv, Exit, Network, Resample, Resnet, resampled_size
 
 __all__ = ["run_network"]
 

@@ -8,9 +8,9 @@ from lib_sdfix.diagnose import findings as F
 
 def sweep_rows(axis, values, hf, lap, psnr=None, reference=0):
     rows = []
-    for i, (value, h, l) in enumerate(zip(values, hf, lap)):
+    for i, (value, h, lp) in enumerate(zip(values, hf, lap)):
         rows.append({"name": f"c{i}", "label": str(value), "axis": axis, "value": value, "reference": i == reference,
-                     "high_frequency_energy": h, "laplacian_variance": l,
+                     "high_frequency_energy": h, "laplacian_variance": lp,
                      "psnr": math.inf if i == reference else (psnr[i] if psnr else 30.0), "ssim": 0.9})
     return rows
 

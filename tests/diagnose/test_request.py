@@ -7,7 +7,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from lib_sdfix.diagnose import plan, request as R
+from lib_sdfix.diagnose import plan
+from lib_sdfix.diagnose import request as R
 from lib_sdfix.settings import SDFixSettings, SettingsError
 
 BASE = SDFixSettings()

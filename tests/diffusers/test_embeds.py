@@ -2,7 +2,6 @@
 UNet's dtype, on the execution device."""
 from __future__ import annotations
 
-
 import pytest
 
 pytest.importorskip("diffusers")
@@ -12,10 +11,17 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lib_sdfix.diffusers import audit, fix_report, harden  # noqa: E402
-from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
-    HALF, STEPS, one_thread, probe, prompt_embeds_of, run_img2img, sd15_pair, service_flags,
-)
 
+from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
+    HALF,
+    STEPS,
+    one_thread,
+    probe,
+    prompt_embeds_of,
+    run_img2img,
+    sd15_pair,
+    service_flags,
+)
 
 # --- 2. prompt embeddings ----------------------------------------------------------------------
 

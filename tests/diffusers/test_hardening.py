@@ -13,8 +13,16 @@ import torch  # noqa: E402
 from lib_sdfix.diffusers import CAUSES, audit, fix_report, harden, hires_fix, unharden  # noqa: E402
 from lib_sdfix.patching import is_replacement  # noqa: E402
 from lib_sdfix.settings import SDFixSettings  # noqa: E402
+
 from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
-    HALF, STEPS, one_thread, probe, run_txt2img, sd15_pair, sdxl_pair, service_flags,
+    HALF,
+    STEPS,
+    one_thread,
+    probe,
+    run_txt2img,
+    sd15_pair,
+    sdxl_pair,
+    service_flags,
 )
 
 

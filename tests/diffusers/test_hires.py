@@ -2,7 +2,6 @@
 with LANCZOS."""
 from __future__ import annotations
 
-
 import pytest
 
 pytest.importorskip("diffusers")
@@ -12,10 +11,15 @@ from PIL import Image  # noqa: E402
 
 from lib_sdfix.diffusers import audit, harden, hires_fix, load_upscaler  # noqa: E402
 from lib_sdfix.settings import SDFixSettings  # noqa: E402
-from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
-    HALF, STEPS, one_thread, sd15_pair, service_flags, upscaler_file,
-)
 
+from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
+    HALF,
+    STEPS,
+    one_thread,
+    sd15_pair,
+    service_flags,
+    upscaler_file,
+)
 
 # --- 5. Hires resize ---------------------------------------------------------------------------------
 

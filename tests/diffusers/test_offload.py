@@ -2,7 +2,6 @@
 until hardened; then one chain serves both pipelines."""
 from __future__ import annotations
 
-
 import pytest
 
 pytest.importorskip("diffusers")
@@ -11,10 +10,17 @@ pytest.importorskip("accelerate")
 import torch  # noqa: E402
 
 from lib_sdfix.diffusers import audit, harden  # noqa: E402
-from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
-    HALF, STEPS, enable_offload_like_diffusers_0_27, one_thread, run_img2img, run_txt2img, sd15_pair, service_flags,
-)
 
+from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
+    HALF,
+    STEPS,
+    enable_offload_like_diffusers_0_27,
+    one_thread,
+    run_img2img,
+    run_txt2img,
+    sd15_pair,
+    service_flags,
+)
 
 # --- 3. CPU-offload hooks ------------------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 txt2img scheduler's class and config, followed by the next Hires pass."""
 from __future__ import annotations
 
-
 import pytest
 
 pytest.importorskip("diffusers")
@@ -12,10 +11,15 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lib_sdfix.diffusers import audit, harden, hires_fix  # noqa: E402
-from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
-    HALF, STEPS, one_thread, run_img2img, sd15_pair, service_flags,
-)
 
+from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
+    HALF,
+    STEPS,
+    one_thread,
+    run_img2img,
+    sd15_pair,
+    service_flags,
+)
 
 # --- 4. scheduler parity -------------------------------------------------------------------------
 

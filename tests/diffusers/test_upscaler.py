@@ -14,10 +14,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lib_sdfix.diffusers import UpscalerUnavailable, load_upscaler  # noqa: E402
-from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
-    one_thread, service_flags, upscaler_file,
-)
 
+from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
+    one_thread,
+    service_flags,
+    upscaler_file,
+)
 
 # --- upscaler loading ------------------------------------------------------------------------------
 

@@ -15,10 +15,17 @@ import torch  # noqa: E402
 from lib_sdfix.diffusers import audit, fix_report, harden  # noqa: E402
 from lib_sdfix.precision import read_flags  # noqa: E402
 from lib_sdfix.settings import SDFixSettings  # noqa: E402
-from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
-    HALF, enable_sequential_offload, one_thread, probe, run_img2img, run_txt2img, sd15_pair, service_flags,
-)
 
+from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
+    HALF,
+    enable_sequential_offload,
+    one_thread,
+    probe,
+    run_img2img,
+    run_txt2img,
+    sd15_pair,
+    service_flags,
+)
 
 # --- 1. VAE precision -------------------------------------------------------------------------
 
@@ -249,9 +256,10 @@ def test_guarded_vae_is_left_exactly_as_it_was_with_any_offload(offload):
 
 
 def test_offloaded_vae_copy_is_built_once_follows_the_vae_and_has_a_fallback(monkeypatch):
-    from lib_sdfix.diffusers import vae_copy as front
     from accelerate import cpu_offload
     from accelerate.hooks import remove_hook_from_module
+
+    from lib_sdfix.diffusers import vae_copy as front
 
     pipe, img2img = sd15_pair(text_encoder_dtype=HALF, scheduler_mismatch=False)
     enable_sequential_offload(pipe)

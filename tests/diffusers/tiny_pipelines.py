@@ -95,8 +95,13 @@ def sd15_pair(text_encoder_dtype=torch.float32, dtype=HALF, scheduler_mismatch=T
 
 def sdxl_pair(text_encoder_dtype=torch.float32, dtype=HALF, tokenizer_dir=None) -> Tuple[Any, Any]:
     """A tiny SDXL-architecture pair (two text encoders, pooled embeddings, time ids)."""
-    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = byte_level_clip_tokenizer(tokenizer_dir)

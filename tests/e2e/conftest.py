@@ -17,7 +17,8 @@ SDFIX_E2E_URL_REFORGE    reforge    reForge, ``--always-cpu --vae-in-bf16`` and 
 
 Reference instances used by single tests: ``SDFIX_E2E_URL_FORGE_FP32`` (Forge ``--vae-in-fp32``),
 ``SDFIX_E2E_URL_HALFVAE`` (AUTOMATIC1111 ``--precision half --vae-path`` of an fp32 VAE file, see
-``make_fp32_vae.py``), ``SDFIX_E2E_URL_NOAPI`` (AUTOMATIC1111 started without ``--api``).  Every instance needs ``tests/e2e/observer`` installed as a
+``make_fp32_vae.py``), ``SDFIX_E2E_URL_NOAPI`` (AUTOMATIC1111 started without ``--api``).  Every instance needs
+``tests/e2e/observer`` installed as a
 second extension and ``SDFIX_OBSERVER_TF32=1`` in its environment (sets TF32/benchmark at start as
 an Ampere+ GPU does, so a CPU run reproduces a GPU user's flags).
 """
@@ -29,8 +30,8 @@ import json
 import os
 import urllib.error
 import urllib.request
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest

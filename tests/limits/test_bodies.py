@@ -8,7 +8,6 @@ from lib_sdfix.webui.tab import FORM_FIELDS, payload_from_form
 
 from .support import CHEAP
 
-
 # --- the body as a whole ---------------------------------------------------------------------------------
 
 

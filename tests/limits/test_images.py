@@ -12,7 +12,6 @@ from lib_sdfix.settings import SettingsError
 
 from .support import b64, png_bytes
 
-
 # --- base64 images --------------------------------------------------------------------------------------
 
 

@@ -5,7 +5,6 @@ from lib_sdfix.limits.overrides import OVERRIDE_REFUSED, OVERRIDE_RULES, check_o
 
 from .support import CHEAP, accepted, refused
 
-
 # --- override_settings ---------------------------------------------------------------------------------
 
 

@@ -9,7 +9,6 @@ from lib_sdfix.settings import SettingsError
 
 from .support import CHEAP, accepted, b64, png_bytes, refused
 
-
 # --- numbers ------------------------------------------------------------------------------------------
 
 # (field, accepted values, refused values): the UI's ranges (see PAYLOAD_RULES' sources).

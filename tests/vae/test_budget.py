@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lib_sdfix import failsafe
-from lib_sdfix.vae import call, estimate
 from lib_sdfix.failsafe import FixReport
+from lib_sdfix.vae import call, estimate
 
 from ..ldm_vae import LdmVAE
 

@@ -17,7 +17,6 @@ from lib_sdfix.vae.net import network_of
 from ..ldm_vae import LdmVAE
 from .support import HALF, conv_vae, decode_fn, encode_fn, tensor_state
 
-
 # --- fp32 for the call -----------------------------------------------------------------------------
 
 

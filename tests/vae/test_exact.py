@@ -390,7 +390,7 @@ def test_inference_mode_weights_without_a_version_counter(tmp_path):
     with torch.inference_mode():
         module = tiny().to(torch.bfloat16)
         with pytest.raises(RuntimeError):
-            next(module.parameters())._version
+            _ = next(module.parameters())._version
         result = exact_weights(module, [path])
         assert result.mode == "exact"
         assert exact_weights(module, [path]) is result  # cached

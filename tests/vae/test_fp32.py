@@ -127,7 +127,7 @@ def test_host_casting_back_to_its_own_dtype_inside_is_kept():
 
 def assert_as_before_subset(module, before) -> None:
     now = dict(list(module.named_parameters()) + list(module.named_buffers()))
-    for name, (obj, ptr, dtype, device, values) in before.items():
+    for name, (obj, ptr, _dtype, _device, values) in before.items():
         assert now[name] is obj and now[name].data_ptr() == ptr and same_bits(now[name].detach(), values), name
 
 

@@ -25,11 +25,10 @@ import sys
 import threading
 import traceback
 
-import torch
-from PIL import Image
-
 import modules.scripts as scripts
+import torch
 from modules import script_callbacks, shared
+from PIL import Image
 
 if os.environ.get("SDFIX_OBSERVER_TF32") == "1":
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -372,7 +371,7 @@ def on_app_started(demo, app):
         """The txt2img X/Y/Z axis labels in the order of the script's type dropdown (its index)."""
         xyz = next((d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"), None)
         options = getattr(xyz, "axis_options", [])
-        return [o.label for o in options if type(o) == xyz.AxisOption or not o.is_img2img]
+        return [o.label for o in options if type(o) is xyz.AxisOption or not o.is_img2img]
 
     @app.post("/sdfix-observer/hide-sdfix")
     def hide(body: dict = Body(...)):
