@@ -1,4 +1,4 @@
-"""The package keeps the diffusers front's public names, and the README's examples import."""
+"""The package keeps the diffusers front's public names, and the documentation's examples import."""
 import re
 from pathlib import Path
 
@@ -18,8 +18,9 @@ def test_the_public_names_stay():
     assert all(getattr(front, name, None) is not None for name in PUBLIC)
 
 
-def test_the_readme_imports_work():
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+def test_the_documented_imports_work():
+    text = "".join(path.read_text(encoding="utf-8") for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     imports = [line.strip() for block in blocks for line in block.splitlines() if line.strip().startswith("from lib_sdfix")]
     assert any("lib_sdfix.diffusers import" in line for line in imports)
     for line in imports:

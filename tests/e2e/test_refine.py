@@ -151,7 +151,7 @@ def test_ab_refine_mode_matches_plain_generations(webui):
     assert any(note.startswith("late_refine: ") and "re-ran the last 3 of 10 steps" in note for note in result["notes"])
 
 
-# Every sampler family README names: k-diffusion (Euler), DDIM, DDIM CFG++ (its own function), PLMS.
+# Every sampler family docs/refine.md names: k-diffusion (Euler), DDIM, DDIM CFG++ (its own function), PLMS.
 # The hosts call ``sampler.sample``/``sample_img2img`` positionally: the refine must find its pass's call.
 FAMILIES = ["Euler", "DDIM", "DDIM CFG++", "PLMS"]
 FAMILY_STEPS = 6

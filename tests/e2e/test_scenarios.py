@@ -169,7 +169,7 @@ def test_routes_only_with_the_api():
     ("0.55-0.75 (+0.1)", ["0.55", "0.65", "0.75"], None),  # ends at 0.7500000000000002
 ])
 def test_xyz_strength_axis_takes_the_webuis_own_range_syntax(webui, typed, cells, left_out):
-    """README's example through the host's real X/Y/Z range parser: the plot runs, in range."""
+    """docs/refine.md's example through the host's real X/Y/Z range parser: the plot runs, in range."""
     answer = webui.ok("POST", "/sdapi/v1/txt2img", webui.body(
         steps=4, script_name="x/y/z plot",
         script_args=_xyz_args(webui, "SDFix: late refine strength", typed, lone_images=True)))
