@@ -464,7 +464,7 @@ def test_legacy_only_torch_is_supported(monkeypatch, matmul_precision):
     fake = _FakeTorch24()
     fake.backends.cudnn.benchmark = True
     fake.set_float32_matmul_precision(matmul_precision)
-    monkeypatch.setattr(precision, "_torch", fake)
+    monkeypatch.setattr(precision.flags, "_torch", fake)
     assert precision.flag_api() == "legacy"
     assert effective_tf32() == {"conv": True, "matmul": True, "rnn": True, "generic": False}
     before = fake.flags()
