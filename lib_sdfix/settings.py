@@ -5,7 +5,7 @@ infotext key, older names); :class:`SDFixSettings` is generated from it.  Every 
 in :data:`FIXES`: its key is the option that turns it on and its name everywhere -- notes, the A/B
 ablation, X/Y/Z axes, the diffusers audit cause it removes, the host hooks it needs.  Parsing is
 strict: a wrong type, an unknown key or an out-of-range value raises :class:`SettingsError` naming
-the field -- never a silent default.  (Long because every option's help text lives in its declaration.)
+the field -- never a silent default.
 """
 from __future__ import annotations
 
