@@ -2,10 +2,10 @@
 
 Seed 001's strategy, one module each: ``roundtrip`` (the VAE on the user's own image under several
 precisions), ``plan`` (one-variable sweeps at a fixed seed, and which cells share a sampling),
-``steps`` (the denoised prediction of chosen steps), ``nanwatch`` (the first step or stage with NaN/Inf),
+``steps`` (the denoised prediction of chosen steps), ``nan_watch`` (the first step or stage with NaN/Inf),
 ``findings`` (measurements -> likely causes in the seed's taxonomy), ``chart`` and ``output`` (metrics,
 grid, chart, JSON, saving); ``request`` validates the API body.  The hosts run the plans
-(lib_sdfix.webui.diagnosis, lib_sdfix.diffusers.diagnose) and hand the images back to ``output``.
+(lib_sdfix.webui.diagnose, lib_sdfix.diffusers.diagnose) and hand the images back to ``output``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 # at start, and the analysis helpers (metrics, charts, the A/B output) are only needed by a diagnosis.
 _EXPORTS = {
     "Finding": "findings", "roundtrip_findings": "findings", "steps_findings": "findings", "sweep_findings": "findings",
-    "NanWatch": "nanwatch", "NonFinite": "nanwatch",
+    "NanWatch": "nan_watch", "NonFinite": "nan_watch",
     "FORMAT": "output", "analyse_roundtrip": "output", "analyse_steps": "output", "analyse_sweep": "output",
     "diagnosis_json": "output", "display_table": "output", "merge_nan": "output", "save_diagnosis": "output",
     "AXES": "plan", "AXIS_LABELS": "plan", "DEFAULT_VALUES": "plan", "Cell": "plan", "count_decodes": "plan",

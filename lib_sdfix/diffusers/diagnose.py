@@ -266,7 +266,7 @@ def _roundtrip(pipe: _Pipeline, config: DiagnoseConfig, original: Image.Image) -
 
 
 def _sweep(pipe: _Pipeline, config: DiagnoseConfig) -> Dict[str, Any]:
-    from lib_sdfix.diagnose.nanwatch import NanWatch
+    from lib_sdfix.diagnose.nan_watch import NanWatch
     from lib_sdfix.diagnose.output import analyse_sweep
     from lib_sdfix.diagnose.plan import sweep_cells
     from lib_sdfix.settings import SDFixSettings
@@ -300,7 +300,7 @@ def _sweep(pipe: _Pipeline, config: DiagnoseConfig) -> Dict[str, Any]:
 
 
 def _steps(pipe: _Pipeline, config: DiagnoseConfig) -> Dict[str, Any]:
-    from lib_sdfix.diagnose.nanwatch import NanWatch
+    from lib_sdfix.diagnose.nan_watch import NanWatch
     from lib_sdfix.diagnose.output import analyse_steps
     from lib_sdfix.diagnose.request import default_strip_steps
     from lib_sdfix.diagnose.steps import StepCapture
