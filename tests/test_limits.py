@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageFile
 from lib_sdfix import limits
 from lib_sdfix.ab import MAX_LABEL_CHARS, ab_request_from_body, compose_grid, payload_from_infotext
 from lib_sdfix.ab.output import fit_label
-from lib_sdfix.webui.tab import FORM_FIELDS, payload_from_form
+from lib_sdfix.webui.form import FORM_FIELDS, payload_from_form
 from lib_sdfix.limits import (
     MAX_IMAGE_PIXELS,
     OVERRIDE_REFUSED,

@@ -121,7 +121,7 @@ def recording_resize(monkeypatch):
 def plain(env, payload, settings, **alwayson):
     """The same payload through the WebUI's txt2img API, SDFix's args = ``settings``."""
     from lib_sdfix.settings import SDFixSettings
-    from lib_sdfix.webui.host import current
+    from lib_sdfix.webui.hosts import current
 
     env.shared.sd_model.unet_calls.clear()
     env.vae.seen.clear()

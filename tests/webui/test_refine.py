@@ -24,7 +24,7 @@ HIRES = dict(BASE, enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_s
 
 def txt2img(env, settings=None, **fields):
     """One txt2img through the fakes' WebUI API; its images, infotexts and every UNet call."""
-    from lib_sdfix.webui.host import current
+    from lib_sdfix.webui.hosts import current
 
     env.shared.sd_model.unet_calls.clear()
     env.shared.state.shown.clear()
@@ -321,7 +321,7 @@ def test_interrupt_during_the_pass_skips_the_refine(webui):
 
 
 def test_a_failing_refine_never_breaks_the_generation(webui, monkeypatch):
-    from lib_sdfix.webui.host import current
+    from lib_sdfix.webui.hosts import current
 
     plain = txt2img(webui, {})
 
@@ -338,7 +338,7 @@ def test_a_failing_refine_never_breaks_the_generation(webui, monkeypatch):
 
 @pytest.mark.parametrize("method", ["final_pass", "next_job"])
 def test_a_host_call_failing_around_the_pass_never_breaks_it(webui, monkeypatch, method):
-    from lib_sdfix.webui.host import current
+    from lib_sdfix.webui.hosts import current
 
     plain = txt2img(webui, {})
 
@@ -437,13 +437,14 @@ def test_xyz_axes_switch_it_and_set_its_strength(webui):
 
 
 def test_refine_comparison_shares_the_pass_and_runs_only_the_refine(webui):
-    from lib_sdfix.webui import comparison
+    from lib_sdfix.webui.ab.request import request_from_body
+    from lib_sdfix.webui.ab.runner import run_comparison
 
     webui.shared.sd_model.unet_calls.clear()
-    request = comparison.request_from_body({"payload": AB, "variants": "refine"})
+    request = request_from_body({"payload": AB, "variants": "refine"})
     webui.shared.state.begin(job="sdfix_ab")
     try:
-        result = comparison.run_comparison(request)
+        result = run_comparison(request)
     finally:
         webui.shared.state.end()
     assert [(r["variants"], r["kind"]) for r in result["plan"]] == [

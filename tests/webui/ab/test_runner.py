@@ -1,4 +1,4 @@
-"""The A/B runner (lib_sdfix.webui.comparison) in stand-ins of the hosts' generation (tests/webui/fakes.py).
+"""The A/B runner (lib_sdfix.webui.ab) in stand-ins of the hosts' generation (tests/webui/fakes.py).
 
 Every variant of a comparison must be the image, and the infotext, a plain txt2img API call with that
 variant's SDFix settings gives -- while the UNet runs only as often as the plan (lib_sdfix.ab.sampling_groups)
@@ -15,8 +15,8 @@ import torch
 from lib_sdfix import ab
 from lib_sdfix.settings import SettingsError
 
-from .fakes import HOSTS, Namespace, fake_gradio, install
-from .support import decodes, pixels, plain
+from ..fakes import HOSTS, Namespace, fake_gradio, install
+from ..support import decodes, pixels, plain
 
 pytest.importorskip("pydantic")
 pytest.importorskip("fastapi")
@@ -43,7 +43,7 @@ def _env(monkeypatch, host="a1111"):
 def webui(monkeypatch):
     env = _env(monkeypatch)
     yield env
-    from lib_sdfix.webui import unload
+    from lib_sdfix.webui.callbacks import unload
 
     unload()
 
@@ -52,21 +52,22 @@ def webui(monkeypatch):
 def any_host(monkeypatch, request):
     env = _env(monkeypatch, request.param)
     yield env
-    from lib_sdfix.webui import unload
+    from lib_sdfix.webui.callbacks import unload
 
     unload()
 
 
 def compare(env, payload, variants="ab", **body):
     """POST /sdfix/v1/ab as the route runs it; the result plus the UNet calls and VAE runs it made."""
-    from lib_sdfix.webui import comparison
+    from lib_sdfix.webui.ab.request import request_from_body
+    from lib_sdfix.webui.ab.runner import run_comparison
 
     env.shared.sd_model.unet_calls.clear()
     env.vae.seen.clear()
-    request = comparison.request_from_body({"payload": payload, "variants": variants, **body})
+    request = request_from_body({"payload": payload, "variants": variants, **body})
     env.shared.state.begin(job="sdfix_ab")
     try:
-        result = comparison.run_comparison(request)
+        result = run_comparison(request)
     finally:
         env.shared.state.end()
     return Namespace(result=result, unet=list(env.shared.sd_model.unet_calls), vae=list(env.vae.seen), request=request)
@@ -74,14 +75,14 @@ def compare(env, payload, variants="ab", **body):
 
 def assert_clean(env):
     """Nothing of a comparison outlives it: the host's create_sampler, no session, no patch, flags as before."""
+    from lib_sdfix.webui import patches
+    from lib_sdfix.webui.ab import sampling
     from lib_sdfix.webui.session import thread_sessions
-    from lib_sdfix.webui import comparison
-    from lib_sdfix.webui.session import PATCHES
 
     assert env.sd_samplers.create_sampler is env.create_sampler
     assert thread_sessions() == []
-    assert getattr(comparison._LOCAL, "sampling", None) is None
-    assert PATCHES.active() == []
+    assert not sampling.in_progress()
+    assert patches.active() == []
     assert _flags() == env.flags
     assert env.runner.errors == []  # no script hook failed (the runner would only have reported it)
 
@@ -331,7 +332,7 @@ def test_builtin_ui_only_scripts_do_not_run(webui):
 
 
 def test_an_unknown_alwayson_script_is_named(webui):
-    from lib_sdfix.webui import comparison
+    from lib_sdfix.webui.ab.request import request_from_body
 
     with pytest.raises(SettingsError) as err:
         compare(webui, dict(PAYLOAD, alwayson_scripts={"Nope": {"args": [1]}}))
@@ -344,7 +345,7 @@ def test_an_unknown_alwayson_script_is_named(webui):
 
     for name in ("sdfix", "SDFix"):
         with pytest.raises(SettingsError) as err:
-            comparison.request_from_body({"payload": dict(PAYLOAD, alwayson_scripts={name: {"args": [{}]}})})
+            request_from_body({"payload": dict(PAYLOAD, alwayson_scripts={name: {"args": [{}]}})})
         assert f"payload.alwayson_scripts.{name}" in err.value.problems
 
 
@@ -507,9 +508,9 @@ def test_a_random_seed_is_drawn_once_for_every_variant(webui, monkeypatch):
 
 
 def test_txt2img_fields_are_the_hosts_api_fields(any_host):
-    from lib_sdfix.webui import comparison
+    from lib_sdfix.webui.ab.request import txt2img_fields
 
-    fields = comparison.txt2img_fields(dict(HIRES, alwayson_scripts={"Marker": {"args": []}}, send_images=True))
+    fields = txt2img_fields(dict(HIRES, alwayson_scripts={"Marker": {"args": []}}, send_images=True))
     for dropped in ("alwayson_scripts", "script_args", "sampler_index", "send_images", "save_images", "infotext",
                     "script_name", "force_task_id"):
         assert dropped not in fields
@@ -519,15 +520,15 @@ def test_txt2img_fields_are_the_hosts_api_fields(any_host):
         assert fields["hr_additional_modules"] == ["Use same choices"]
     else:
         assert "hr_additional_modules" not in fields
-    legacy = comparison.txt2img_fields(dict(PAYLOAD, sampler_name="Euler Karras"))
+    legacy = txt2img_fields(dict(PAYLOAD, sampler_name="Euler Karras"))
     assert (legacy["sampler_name"], legacy["scheduler"]) == ("Euler", "Karras")
     with pytest.raises(SettingsError, match="payload.script_name"):
-        comparison.txt2img_fields(dict(PAYLOAD, script_name="X/Y/Z plot"))
+        txt2img_fields(dict(PAYLOAD, script_name="X/Y/Z plot"))
 
 
 def test_forge_needs_its_hires_module_default(monkeypatch):
     """Forge's Hires pass fails on hr_additional_modules=None: the host's default makes the comparison run."""
-    from lib_sdfix.webui.forge import ForgeHost
+    from lib_sdfix.webui.hosts.forge import ForgeHost
 
     env = _env(monkeypatch, "forge")
     assert compare(env, HIRES).result["complete"]
