@@ -1,6 +1,6 @@
 """The A/B comparison, WebUI-free: ``request`` (the body, validated and bounded), ``plan`` (variants and
 the sampling runs they share), ``notes`` (which fix changed what), ``output`` (metrics, heatmap, grid,
-slider markup, saved files).  The host runs the plan (lib_sdfix.webui.comparison); the tab, the API
+slider markup, saved files).  The host runs the plan (lib_sdfix.webui.ab); the tab, the API
 route and the tests share this one implementation.
 """
 from lib_sdfix.ab.notes import RunContext, effect_notes
