@@ -13,6 +13,8 @@ is here, one home per concern:
 - ``routes`` (the HTTP API), ``controls`` (the accordion), ``panel`` (the Settings section), ``xyz``
   (the X/Y/Z plot axes), ``callbacks`` (registering all of it with the WebUI, and unloading).
 
-Modules import one another at module level; a function-level import here is of the host (``modules.*``
-and its forks' packages), of gradio/fastapi/torch, or of a core module only needed by a run.
+Modules import one another at module level, in one direction (tests/test_packaging.py checks for
+cycles).  Function-level imports are of the host (``modules.*`` and its forks' packages), of heavy or
+optional libraries (torch, gradio, fastapi, pydantic), of core modules only a run needs, and tabs.py's
+two sections, loaded when the host builds its UI.
 """
