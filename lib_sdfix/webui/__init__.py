@@ -15,6 +15,7 @@ is here, one home per concern:
 
 Modules import one another at module level, in one direction (tests/test_packaging.py checks for
 cycles).  Function-level imports are of the host (``modules.*`` and its forks' packages), of heavy or
-optional libraries (torch, gradio, fastapi, pydantic), of core modules only a run needs, and tabs.py's
-two sections, loaded when the host builds its UI.
+optional libraries (torch, gradio, fastapi, pydantic), of core modules only a run needs, and two
+deferrals for start-up time: tabs.py's sections (when the host builds its UI) and routes.py's runners
+(where the host serves its API).
 """

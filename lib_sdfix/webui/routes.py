@@ -11,10 +11,7 @@ from typing import Any, Dict, List
 from lib_sdfix import __version__
 from lib_sdfix.settings import SettingsError
 from lib_sdfix.webui import patches
-from lib_sdfix.webui.ab.request import request_from_body
-from lib_sdfix.webui.ab.runner import api_response, run_comparison
 from lib_sdfix.webui.apply import disabled_by_flag, settings_defaults
-from lib_sdfix.webui.diagnose import runner as diagnose_runner
 from lib_sdfix.webui.hooks import last_decode_size
 from lib_sdfix.webui.hosts import current
 
@@ -114,6 +111,11 @@ def on_app_started(demo: Any, app: Any) -> None:
     from fastapi import Body, HTTPException
 
     from modules import call_queue
+
+    # The runners load only where the host serves its API (not at every WebUI start).
+    from lib_sdfix.webui.ab.request import request_from_body
+    from lib_sdfix.webui.ab.runner import api_response, run_comparison
+    from lib_sdfix.webui.diagnose import runner as diagnose_runner
 
     def queued(name: str, job: str, validate: Any, runner: Any, respond: Any) -> Any:
         """A POST handler: the body validated before anything runs (422 naming the field), then the run
