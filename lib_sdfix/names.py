@@ -5,7 +5,7 @@ Hires sampler fails an assert there and an unknown Hires or refiner checkpoint r
 an unknown schedule type, first-pass sampler, style, checkpoint override or Forge module is
 silently replaced by a default, so a comparison would compare something other than what was asked.
 A :class:`Names` holds what one field accepts exactly as the host's own registries and lookups
-accept it (names, aliases, case rules; ``lib_sdfix.webui.names`` reads them from the host at
+accept it (names, aliases, case rules; ``lib_sdfix.webui.hosts.names`` reads them from the host at
 request time), so that every name is checked before anything runs and two spellings of one thing
 ("karras", "Karras") count as one value.  Host-free: the registries are passed in.
 """
@@ -182,7 +182,7 @@ def payload_names(samplers: Sequence[str], schedulers: Sequence[Tuple[str, str, 
                   vae_files: Optional[Sequence[str]] = None, suffix_any_case: bool = False,
                   any_case_samplers: Iterable[str] = ()) -> Dict[str, Names]:
     """Field -> what a host with these registries accepts there ("override_settings.<option>" for an
-    option), as its lookups do (lib_sdfix.webui.names reads the registries from the running host):
+    option), as its lookups do (lib_sdfix.webui.hosts.names reads the registries from the running host):
 
     * ``sampler_name``, ``sampler_index``: a registry name (``samplers``), or one with a schedule type
       appended ("DPM++ 2M Karras"), which the API splits (:func:`sampler_resolver`; ``suffix_any_case``,

@@ -7,7 +7,10 @@ import modules.scripts as scripts
 
 from lib_sdfix import __version__
 from lib_sdfix.failsafe import logger
-from lib_sdfix.webui import apply, nan_watch, register
+from lib_sdfix.settings import INFOTEXT_KEY, REFINE_INFOTEXT_KEY, UI_ARG_ORDER
+from lib_sdfix.webui import apply, callbacks
+from lib_sdfix.webui.controls import build_script_controls, infotext_paste_value
+from lib_sdfix.webui.diagnose import last_output, nan_watch
 
 
 class SDFixScript(scripts.Script):
@@ -22,9 +25,6 @@ class SDFixScript(scripts.Script):
         return False if apply.disabled_by_flag() else scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool) -> List[Any]:
-        from lib_sdfix.settings import INFOTEXT_KEY, REFINE_INFOTEXT_KEY, UI_ARG_ORDER
-        from lib_sdfix.webui.controls import build_script_controls, infotext_paste_value
-
         controls = build_script_controls(apply.settings_defaults(), self.elem_id)
         self.infotext_fields = [
             (control, lambda params, name=name: infotext_paste_value(params, name))
@@ -46,12 +46,10 @@ class SDFixScript(scripts.Script):
         nan_watch.after_decode(p)
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
-        from lib_sdfix.webui.diagnosis import remember_output  # the runner loads on first use, not at start
-
-        remember_output(processed)
+        last_output.remember(processed)
         apply.postprocess(p)
 
 
 if not apply.disabled_by_flag():
-    register()
+    callbacks.register()
     logger.debug("SDFix %s loaded", __version__)

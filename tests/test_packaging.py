@@ -35,6 +35,57 @@ def test_only_lib_sdfix_webui_imports_the_host():
                 assert not name.startswith("lib_sdfix.webui"), (path, name)
 
 
+def _webui_module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _webui_imports(path: Path):
+    """(module-level, function-level) lib_sdfix.webui modules ``path`` imports, by module name."""
+    tree = ast.parse(path.read_text())
+    modules = {_webui_module(p) for p in (ROOT / "lib_sdfix" / "webui").rglob("*.py")}
+    top, inner = set(), set()
+    nested = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for n in ast.walk(f) if n is not f}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names]
+        else:
+            continue
+        found = {n for n in names if n in modules and n != "lib_sdfix.webui"}
+        (inner if id(node) in nested else top).update(found)
+    return top, inner
+
+
+def test_webui_modules_import_each_other_at_module_level_without_cycles():
+    """One direction per dependency: no import cycle among lib_sdfix.webui's modules, and none dodged by
+    importing inside a function.  Two deferrals for start-up time, not cycles: tabs.py loads its
+    sections when the host builds its UI, routes.py the runners where the host serves its API."""
+    graph, deferred = {}, {}
+    for path in (ROOT / "lib_sdfix" / "webui").rglob("*.py"):
+        graph[_webui_module(path)], deferred[_webui_module(path)] = _webui_imports(path)
+    assert {m: d for m, d in deferred.items() if d} == {
+        "lib_sdfix.webui.tabs": {"lib_sdfix.webui.ab.tab", "lib_sdfix.webui.diagnose.tab"},
+        "lib_sdfix.webui.routes": {"lib_sdfix.webui.ab.request", "lib_sdfix.webui.ab.runner",
+                                   "lib_sdfix.webui.diagnose.runner"}}
+    done, path = set(), []
+
+    def visit(module):
+        assert module not in path, " -> ".join(path[path.index(module):] + [module])
+        if module in done:
+            return
+        path.append(module)
+        for imported in sorted(graph.get(module, ())):
+            visit(imported)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+
+
 def test_scripts_only_define_the_script_and_register():
     source = (ROOT / "scripts" / "sdfix.py").read_text()
     assert len(source.splitlines()) <= 200

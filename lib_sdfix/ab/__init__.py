@@ -2,7 +2,7 @@
 of a mode; the sampling runs they share: :mod:`lib_sdfix.sampling_plan`), ``notes`` (which fix changed
 what), ``output`` (the metrics document, the tab's table, the slider markup, the saved set; the
 pictures and the metrics table themselves: :mod:`lib_sdfix.imaging`).  The host runs the plan
-(lib_sdfix.webui.comparison); the tab, the API route and the tests share this one implementation.
+(lib_sdfix.webui.ab); the tab, the API route and the tests share this one implementation.
 """
 from lib_sdfix.ab.notes import RunContext, effect_notes
 from lib_sdfix.ab.output import compare_html, metrics_display, metrics_json, save_comparison

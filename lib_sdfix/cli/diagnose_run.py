@@ -21,7 +21,7 @@ from lib_sdfix.cli.ab_run import diffusers_warnings_off, versions
 from lib_sdfix.cli.diagnose_report import write_report
 from lib_sdfix.cli.service import half_dtype, load_model, resolve_device
 from lib_sdfix.cli.tiny import EMBEDDED, tiny_sd15_components
-from lib_sdfix.diagnose.nanwatch import NanWatch
+from lib_sdfix.diagnose.nan_watch import NanWatch
 from lib_sdfix.diagnose.output import analyse_roundtrip, analyse_steps, analyse_sweep
 from lib_sdfix.diagnose.plan import sweep_cells
 from lib_sdfix.diagnose.request import default_strip_steps

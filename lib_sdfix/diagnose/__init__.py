@@ -2,10 +2,10 @@
 
 One step of that work per module: ``roundtrip`` (the VAE on the user's own image under several
 precisions), ``plan`` (one-variable sweeps at a fixed seed, and which cells share a sampling),
-``steps`` (the denoised prediction of chosen steps), ``nanwatch`` (the first step or stage with NaN/Inf),
+``steps`` (the denoised prediction of chosen steps), ``nan_watch`` (the first step or stage with NaN/Inf),
 ``findings`` (measurements -> likely causes), ``chart`` and ``output`` (metrics, grid, chart, JSON,
 saving; the pictures and tables themselves: :mod:`lib_sdfix.imaging`); ``request`` validates the API body.  The hosts run the plans
-(lib_sdfix.webui.diagnosis, lib_sdfix.cli.diagnose_run) and hand the images back to ``output``.
+(lib_sdfix.webui.diagnose, lib_sdfix.cli.diagnose_run) and hand the images back to ``output``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 # at start, and the analysis helpers (metrics, charts, imaging) are only needed by a diagnosis.
 _EXPORTS = {
     "LikelyCause": "findings", "roundtrip_findings": "findings", "steps_findings": "findings", "sweep_findings": "findings",
-    "NanWatch": "nanwatch", "NonFinite": "nanwatch",
+    "NanWatch": "nan_watch", "NonFinite": "nan_watch",
     "FORMAT": "output", "analyse_roundtrip": "output", "analyse_steps": "output", "analyse_sweep": "output",
     "diagnosis_json": "output", "display_table": "output", "merge_nan": "output", "save_diagnosis": "output",
     "AXES": "plan", "AXIS_LABELS": "plan", "DEFAULT_VALUES": "plan", "Cell": "plan", "count_decodes": "plan",

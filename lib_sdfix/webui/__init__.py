@@ -1,56 +1,21 @@
 """SDFix inside a WebUI (AUTOMATIC1111 v1.10, Forge, reForge): the only package that imports the host.
 
-``scripts/sdfix.py`` defines the AlwaysOn script and calls :func:`register`; everything else is
-here, split by concern: ``host`` (the host interface and its three implementations), ``session``
-and ``hooks`` (per-generation state and the replaced host functions), ``refine`` (the late refine
-on the samplers the host creates), ``apply`` (settings to
-session to infotext), ``comparison`` (the A/B runner), ``routes``, ``tab``, ``controls``,
-``panel`` and ``xyz`` (UI pieces).
+``scripts/sdfix.py`` defines the AlwaysOn script and calls :func:`callbacks.register`; everything else
+is here, one home per concern:
+
+- ``hosts/``: the one interface to the host (``base.Host``), its implementations and which one runs;
+- ``patches``: the one place host functions are replaced and put back (hold / release);
+- ``session`` (per-generation state, bound to its thread), ``hooks`` (the replaced host functions and
+  which a generation's fixes need), ``refine`` (the late refine on the samplers the host creates),
+  ``apply`` (settings to session to infotext: what the AlwaysOn script does);
+- ``ab/`` (the A/B runner and its tab), ``diagnose/`` (the diagnosis runner, the NaN watch, the last
+  output and its tab), ``form`` (the generation form both tabs share), ``tabs`` (SDFix's tab);
+- ``routes`` (the HTTP API), ``controls`` (the accordion), ``panel`` (the Settings section), ``xyz``
+  (the X/Y/Z plot axes), ``callbacks`` (registering all of it with the WebUI, and unloading).
+
+Modules import one another at module level, in one direction (tests/test_packaging.py checks for
+cycles).  Function-level imports are of the host (``modules.*`` and its forks' packages), of heavy or
+optional libraries (torch, gradio, fastapi, pydantic), of core modules only a run needs, and two
+deferrals for start-up time: tabs.py's sections (when the host builds its UI) and routes.py's runners
+(where the host serves its API).
 """
-from __future__ import annotations
-
-from typing import Any, Callable, List, Tuple
-
-__all__ = ["register", "unload"]
-
-
-def unload() -> None:
-    """Before the WebUI unloads its scripts: every patched function back to the host's own."""
-    from lib_sdfix.webui.session import PATCHES, thread_sessions
-
-    for session in thread_sessions():
-        session.finish()
-    PATCHES.release_all()
-
-
-def _callbacks() -> List[Tuple[str, str, Callable[..., Any]]]:
-    from lib_sdfix.webui import panel, routes, tab, xyz
-
-    return [
-        ("on_ui_settings", "callbacks_ui_settings", panel.on_ui_settings),
-        ("on_before_ui", "callbacks_before_ui", xyz.add_xyz_axes),
-        ("on_script_unloaded", "callbacks_script_unloaded", unload),
-        ("on_app_started", "callbacks_app_started", routes.on_app_started),
-        ("on_ui_tabs", "callbacks_ui_tabs", tab.on_ui_tabs),
-    ]
-
-
-def register() -> None:
-    """Register SDFix's callbacks once.  "Reload script bodies" re-runs the script without clearing
-    callbacks (a full reload clears them first): registering only what is missing keeps both right."""
-    from modules import script_callbacks
-
-    from lib_sdfix.failsafe import log_once
-
-    callback_map = getattr(script_callbacks, "callback_map", {})
-    for register_name, map_key, fn in _callbacks():
-        existing = callback_map.get(map_key, [])
-        if any(getattr(c, "callback", None) is fn for c in existing):
-            continue
-        getattr(script_callbacks, register_name)(fn)
-    try:
-        from lib_sdfix.webui import xyz
-
-        xyz.add_xyz_axes()  # --nowebui builds no UI, so on_before_ui never fires there
-    except Exception as exc:  # noqa: BLE001
-        log_once("xyz", f"could not add X/Y/Z axes: {exc}", exc)

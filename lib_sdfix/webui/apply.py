@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, Optional, Sequence, Set
+from typing import Any, Optional, Sequence, Set
 
 from lib_sdfix.parity import latent_upscale_note
 from lib_sdfix.failsafe import log_once
@@ -17,8 +17,9 @@ from lib_sdfix.settings import (
     defaults_from_options,
 )
 from lib_sdfix.webui import session as sessions
+from lib_sdfix.webui.hooks import fix_targets
+from lib_sdfix.webui.hosts import current
 from lib_sdfix.webui.session import GenerationSession
-from lib_sdfix.webui.host import current
 
 __all__ = ["settings_defaults", "disabled_by_flag", "setup", "process", "postprocess", "apply_settings",
            "OVERRIDES_ATTR", "AXIS_NOTES_ATTR"]
@@ -94,7 +95,7 @@ def setup(p: Any, args: Sequence[Any]) -> None:
         return
     if settings.enabled:
         try:
-            sessions.open_session(p, settings)
+            sessions.open_session(p, settings, fix_targets(settings))
         except Exception as exc:  # noqa: BLE001 -- never break a generation
             log_once("setup", f"SDFix could not prepare this generation: {exc}", exc)
 
@@ -127,7 +128,7 @@ def apply_settings(p: Any, settings: SDFixSettings) -> Optional[GenerationSessio
         return None
     if session is None:
         try:
-            session = sessions.open_session(p, settings)
+            session = sessions.open_session(p, settings, fix_targets(settings))
         except Exception as exc:  # noqa: BLE001 -- never break a generation
             log_once("process", f"SDFix could not set up this generation: {exc}", exc)
             return None
@@ -221,6 +222,3 @@ def infotext_value(session: GenerationSession) -> str:
             text += f" {key}={value}"
     return text
 
-
-def parity_axis_labels() -> Callable[[], Set[str]]:
-    return _xyz_axis_labels

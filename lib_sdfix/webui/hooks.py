@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from lib_sdfix.failsafe import log_once
+from lib_sdfix.settings import FIXES, SDFixSettings
+from lib_sdfix.webui import refine
+from lib_sdfix.webui.hosts import current
+from lib_sdfix.webui.patches import Target
 from lib_sdfix.webui.session import GenerationSession, current_session
-from lib_sdfix.webui.host import current
 
-__all__ = ["FACTORIES", "vae_call", "last_decode_size", "watching_samplers"]
+__all__ = ["FACTORIES", "fix_targets", "hook_targets", "vae_call", "last_decode_size", "watching_samplers"]
 
 _LAST_DECODE: Dict[str, Any] = {}  # {"size": (width, height)} of the last guarded fp32 decode
 
@@ -258,7 +261,7 @@ def _watchers() -> List[Callable[[Any], Any]]:
 def watching_samplers(watch: Callable[[Any], Any]) -> Iterator[None]:
     """While the block runs, every sampler the host creates on this thread is handed to ``watch``
     (which returns it): the A/B runner records and replaces sampling this way.  Needs the "sampler"
-    patch held (``Host.patch_targets({"sampler"})``)."""
+    patch held (``hook_targets({"sampler"})``)."""
     stack = _watchers()
     stack.append(watch)
     try:
@@ -275,10 +278,8 @@ def create_sampler(original: Callable) -> Callable:
         sampler = original(*args, **kwargs)
         session = current_session()
         if session is not None and session.wants("late_refine"):
-            from lib_sdfix.webui.refine import watch
-
             try:
-                sampler = watch(sampler)
+                sampler = refine.watch(sampler)
             except Exception as exc:  # noqa: BLE001 -- never break a generation
                 session.report.mark_failed("late_refine", exc)
                 log_once(f"late_refine:{type(exc).__name__}", f"late_refine failed, generation goes on without it: {exc}", exc)
@@ -299,3 +300,15 @@ FACTORIES: Dict[str, Callable[[Callable], Callable]] = {
     "upscaler_upscale": upscaler_upscale,
     "create_sampler": create_sampler,
 }
+
+
+def hook_targets(hooks: Set[str]) -> List[Target]:
+    """The host functions to replace for ``hooks`` ("decode", "encode", "resize", "sampler"), each with
+    its replacement's factory: what :func:`lib_sdfix.webui.patches.hold` takes."""
+    return [(owner, attr, FACTORIES[kind]) for owner, attr, kind in current().patch_targets(hooks)]
+
+
+def fix_targets(settings: SDFixSettings) -> List[Target]:
+    """What a session with ``settings`` holds: the hooks of every fix it wants (lib_sdfix.settings.Fix.patches)."""
+    needs = {hook for fix in FIXES if settings.wants(fix.key) for hook in fix.patches}
+    return hook_targets(needs) if needs else []

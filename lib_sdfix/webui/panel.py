@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from lib_sdfix.settings import OPTION_PREFIX, OPTIONS, PANEL_OPTIONS, Option
+from lib_sdfix.webui.hosts import current
 
 __all__ = ["OptionSpec", "SETTINGS_SECTION", "settings_panel_options", "on_ui_settings", "component_of"]
 
@@ -43,8 +44,6 @@ def settings_panel_options() -> List[OptionSpec]:
 
 def on_ui_settings() -> None:
     import gradio as gr
-
-    from lib_sdfix.webui.host import current
 
     shared = current().shared
     components = {"checkbox": gr.Checkbox, "radio": gr.Radio, "slider": gr.Slider}

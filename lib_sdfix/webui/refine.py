@@ -3,7 +3,7 @@
 Where: the host creates one sampler per pass (``sd_samplers.create_sampler``, patched while a
 generation wants the refine).  :func:`watch` makes such a sampler record the schedule its pass computes
 (``get_sigmas`` for k-diffusion samplers, ``get_timesteps`` for DDIM/PLMS) and, when the pass is the
-generation's last (:meth:`lib_sdfix.webui.host.Host.final_pass`), refine the latent it returns --
+generation's last (:meth:`lib_sdfix.webui.hosts.Host.final_pass`), refine the latent it returns --
 inside the sampler call, before anything decodes it: the Hires pass decodes right after its sampler
 returns, img2img blends its mask right after.
 
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from lib_sdfix.refine import refine_seed, refine_steps, skip_reason
-from lib_sdfix.webui.host import Host, current
+from lib_sdfix.webui.hosts import Host, current
 from lib_sdfix.webui.session import GenerationSession, session_of
 
-__all__ = ["watch", "Watch", "FIX", "is_refining"]
+__all__ = ["watch", "Watch", "FIX", "is_refining", "sampling_stage"]
 
 FIX = "late_refine"
 _ATTR = "_sdfix_refine"
@@ -108,6 +108,14 @@ class _Pass:
 def is_refining(sampler: Any) -> bool:
     """Whether ``sampler`` is running the late refine's steps now (not its pass's own)."""
     return vars(sampler).get(_REFINING, False) is True if hasattr(sampler, "__dict__") else False
+
+
+def sampling_stage(sampler: Any, p: Any) -> str:
+    """What the steps ``sampler`` runs now for ``p`` are, by what they are: the late refine's steps
+    ("late refine"), the Hires pass's ("hires sampling"), or the first pass's ("sampling")."""
+    if is_refining(sampler):
+        return "late refine"
+    return "hires sampling" if getattr(p, "is_hr_pass", False) else "sampling"
 
 
 def _refining(sampler: Any, state: Watch, method: str) -> Callable[..., Any]:

@@ -10,7 +10,10 @@ from typing import Any, Dict, List
 
 from lib_sdfix import __version__
 from lib_sdfix.settings import SettingsError
-from lib_sdfix.webui.host import current
+from lib_sdfix.webui import patches
+from lib_sdfix.webui.apply import disabled_by_flag, settings_defaults
+from lib_sdfix.webui.hooks import last_decode_size
+from lib_sdfix.webui.hosts import current
 
 __all__ = ["on_app_started", "status", "auth_dependencies"]
 
@@ -40,8 +43,6 @@ def auth_dependencies() -> List[Any]:
 
 def status() -> Dict[str, Any]:
     from lib_sdfix.precision import flag_api, read_flags
-    from lib_sdfix.webui.apply import disabled_by_flag, settings_defaults
-    from lib_sdfix.webui.session import PATCHES
 
     import torch
 
@@ -59,7 +60,7 @@ def status() -> Dict[str, Any]:
         "vae_fp32_memory": vae_memory(host),
         "hires_sampler_selection_shown": bool(getattr(host.shared.opts, "hires_fix_show_sampler", False)),
         "sd_vae_decode_method": host.decode_method(), "sd_vae_encode_method": host.encode_method(),
-        "patched_now": PATCHES.active(),
+        "patched_now": patches.active(),
     }
     return {"version": __version__, "disabled": disabled_by_flag(), "settings": settings_defaults().as_dict(),
             "environment": environment}
@@ -85,7 +86,6 @@ def vae_memory(host: Any) -> Dict[str, Any]:
     """The fp32 decode's estimated peak at the current Hires size -- the last decode SDFix guarded,
     else twice the model's native size (the Hires default) -- and whether it would run tiled."""
     from lib_sdfix.vae.plan import memory_report
-    from lib_sdfix.webui.hooks import last_decode_size
 
     import torch
 
@@ -110,9 +110,12 @@ def on_app_started(demo: Any, app: Any) -> None:
         return
     from fastapi import Body, HTTPException
 
-    from lib_sdfix.webui.comparison import request_from_body, run_comparison
-    from lib_sdfix.webui.tab import api_response
     from modules import call_queue
+
+    # The runners load only where the host serves its API (not at every WebUI start).
+    from lib_sdfix.webui.ab.request import request_from_body
+    from lib_sdfix.webui.ab.runner import api_response, run_comparison
+    from lib_sdfix.webui.diagnose import runner as diagnose_runner
 
     def queued(name: str, job: str, validate: Any, runner: Any, respond: Any) -> Any:
         """A POST handler: the body validated before anything runs (422 naming the field), then the run
@@ -137,14 +140,9 @@ def on_app_started(demo: Any, app: Any) -> None:
         handler.__name__ = handler.__qualname__ = name  # FastAPI's operation id: one per route
         return handler
 
-    def diagnosis() -> Any:
-        from lib_sdfix.webui import diagnosis as module  # the diagnosis runner loads on first use, not at start
-
-        return module
-
     compare = queued("compare", "sdfix_ab", request_from_body, run_comparison, api_response)
-    diagnose = queued("diagnose", "sdfix_diagnose", lambda body: diagnosis().request_from_body(body),
-                      lambda request: diagnosis().run_diagnosis(request), lambda result: diagnosis().api_response(result))
+    diagnose = queued("diagnose", "sdfix_diagnose", diagnose_runner.request_from_body, diagnose_runner.run_diagnosis,
+                      diagnose_runner.api_response)
 
     dependencies = auth_dependencies()
     paths = {getattr(r, "path", None) for r in app.routes}

@@ -11,20 +11,21 @@ runs its upscaler) or, at the latest, in ``process``; it ends at ``postprocess``
 closed, and otherwise as soon as no frame of the thread holds ``p`` any more (a generation that
 raised where nothing closed it, e.g. an X/Y/Z cell whose exception the plot swallows): it is
 finished the next time anything looks for a session, so no fix of a dead job applies to later work.
-Patches are installed when the first session wanting them opens and removed when the last one ends.
+A session holds the host patches it is opened with (lib_sdfix.webui.patches) until it finishes; which
+patches its fixes need is the hooks' business (hooks.fix_targets), not this module's.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
 import threading
-from typing import Any, Callable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Set
 
 from lib_sdfix.failsafe import FixReport
-from lib_sdfix.patching import PatchSet
-from lib_sdfix.settings import FIXES, SDFixSettings
+from lib_sdfix.settings import SDFixSettings
+from lib_sdfix.webui import patches
 
-__all__ = ["PATCHES", "GenerationSession", "open_session", "session_of", "finish", "scoped_session", "current_session",
+__all__ = ["GenerationSession", "open_session", "session_of", "finish", "scoped_session", "current_session",
            "thread_sessions", "bound_session", "referenced_on_stack"]
 
 
@@ -35,7 +36,6 @@ class GenerationSession:
         self.settings = settings
         self.report = FixReport()
         self.owner: Any = owner  # the host's generation object (the WebUI's ``p``); None: a scoped session
-        self.patches: List[Tuple[Any, str, Any]] = []  # (owner, attribute, factory) the host installed
         self.finished = False
         self.on_finish: List[Callable[["GenerationSession"], None]] = []
         self.marks: Set[str] = set()  # what a fix did once for this generation (e.g. told the progress bar)
@@ -43,6 +43,11 @@ class GenerationSession:
     def wants(self, fix: str) -> bool:
         """Whether this generation wants fix ``fix`` (a key of lib_sdfix.settings.FIXES)."""
         return self.settings.wants(fix)
+
+    def hold(self, targets: Iterable[patches.Target]) -> None:
+        """Hold these host patches until the session finishes."""
+        release = patches.hold(targets)
+        self.on_finish.append(lambda _: release())
 
     def infotext_notes(self) -> Optional[str]:
         """The "SDFix notes" infotext value, or None when there is nothing to say."""
@@ -128,27 +133,10 @@ def pop_session(session: GenerationSession) -> bool:
     return False
 
 
-# --- the host side: patches, ownership of p -----------------------------------------------------------
+# --- ownership of p -------------------------------------------------------------------------------------
 
-PATCHES = PatchSet()
 _SESSION_ATTR = "_sdfix_session"
 _CLOSE_MARK = "__sdfix_close_of__"
-
-
-def _patch_targets(settings: SDFixSettings) -> list:
-    from lib_sdfix.webui import hooks
-    from lib_sdfix.webui.host import current
-
-    needs = {hook for fix in FIXES if settings.wants(fix.key) for hook in fix.patches}
-    targets = current().patch_targets(needs) if needs else []
-    return [(owner, attr, hooks.FACTORIES[kind]) for owner, attr, kind in targets]
-
-
-def _release(session: GenerationSession) -> None:
-    for owner, attr, _ in reversed(session.patches):
-        PATCHES.release(owner, attr)
-    session.patches = []
-    PATCHES.sweep()
 
 
 def session_of(p: Any) -> Optional[GenerationSession]:
@@ -159,14 +147,12 @@ def session_of(p: Any) -> Optional[GenerationSession]:
     return session
 
 
-def open_session(p: Any, settings: SDFixSettings) -> GenerationSession:
-    """Open ``p``'s session: install the patches it needs, bind it to this thread, finish it with ``p.close``."""
+def open_session(p: Any, settings: SDFixSettings, targets: Iterable[patches.Target] = ()) -> GenerationSession:
+    """Open ``p``'s session: hold the patches ``targets`` while it lives, bind it to this thread, finish it
+    with ``p.close``."""
     drop_stale_sessions()
     session = GenerationSession(settings, owner=p)
-    session.on_finish.append(_release)
-    for owner, attr, factory in _patch_targets(settings):
-        PATCHES.acquire(owner, attr, factory)
-        session.patches.append((owner, attr, factory))
+    session.hold(targets)
     push_session(session)
     setattr(p, _SESSION_ATTR, session)
     _close_with(p, session)
@@ -196,13 +182,10 @@ def finish(session: Optional[GenerationSession]) -> None:
 
 
 @contextlib.contextmanager
-def scoped_session(settings: SDFixSettings) -> Iterator[GenerationSession]:
-    """A session for work outside a generation (ends with the block)."""
+def scoped_session(settings: SDFixSettings, targets: Iterable[patches.Target] = ()) -> Iterator[GenerationSession]:
+    """A session for work outside a generation, holding the patches ``targets`` (ends with the block)."""
     session = GenerationSession(settings)
-    session.on_finish.append(_release)
-    for owner, attr, factory in _patch_targets(settings):
-        PATCHES.acquire(owner, attr, factory)
-        session.patches.append((owner, attr, factory))
+    session.hold(targets)
     push_session(session)
     try:
         yield session

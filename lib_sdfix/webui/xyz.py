@@ -6,6 +6,7 @@ from typing import Any, Callable, List, Tuple
 
 from lib_sdfix.failsafe import logger
 from lib_sdfix.settings import FIXES, OPTIONS, SettingsError, option as option_spec
+from lib_sdfix.webui.apply import AXIS_NOTES_ATTR, OVERRIDES_ATTR
 
 __all__ = ["XYZ_AXES", "SWITCHED_ON_BY", "parse_axis_value", "fit_axis_values", "add_xyz_axes"]
 # How far a number may sit past a bound and still be that bound: the plot's float ranges are
@@ -99,8 +100,6 @@ def fit_axis_values(option: str, values: List[Any]) -> List[str]:
 def add_xyz_axes() -> None:
     """Axes "SDFix: ..." in the X/Y/Z plot script (once, however often it is called)."""
     import modules.scripts as scripts
-
-    from lib_sdfix.webui.apply import AXIS_NOTES_ATTR, OVERRIDES_ATTR
 
     xyz = next((d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"), None)
     if xyz is None or any(getattr(o, "label", "").startswith("SDFix:") for o in xyz.axis_options):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from lib_sdfix.diagnose import nanwatch, output, roundtrip, steps
+from lib_sdfix.diagnose import nan_watch, output, roundtrip, steps
 from lib_sdfix.diagnose.chart import chart_image, chart_svg, panels_for
 from lib_sdfix.diagnose.plan import sweep_cells
 from lib_sdfix.settings import SDFixSettings
@@ -17,7 +17,7 @@ from ..html_check import parse_strictly
 
 
 def test_watch_finds_the_first_non_finite_step_and_later_stages():
-    watch = nanwatch.NanWatch()
+    watch = nan_watch.NanWatch()
     good = torch.zeros(1, 4, 8, 8)
     bad = good.clone()
     bad[0, 1, 2, 3] = float("nan")
@@ -37,12 +37,12 @@ def test_watch_finds_the_first_non_finite_step_and_later_stages():
 
 
 def test_watch_reports_inf_and_all_finite():
-    watch = nanwatch.NanWatch()
+    watch = nan_watch.NanWatch()
     watch.observe("sampling", (torch.ones(2, 2), None, "not a tensor"), step=1)
     assert watch.finite and watch.note() == "nan watch: all values finite (1 sampling check)"
     watch.observe("vae decode", (torch.tensor([1.0, -float("inf")]),))
     assert watch.resolve().describe() == "Inf at vae decode"
-    assert nanwatch.NanWatch().note() == "nan watch: all values finite (nothing checked)"
+    assert nan_watch.NanWatch().note() == "nan watch: all values finite (nothing checked)"
 
 
 def test_watch_keeps_the_flags_on_the_tensor_device_until_resolved(monkeypatch):
@@ -55,7 +55,7 @@ def test_watch_keeps_the_flags_on_the_tensor_device_until_resolved(monkeypatch):
         return original(self)
 
     monkeypatch.setattr(torch.Tensor, "tolist", spy)
-    watch = nanwatch.NanWatch()
+    watch = nan_watch.NanWatch()
     for step in range(10):
         watch.observe("sampling", (torch.zeros(4, 4),), step=step + 1)
     assert reads == []

@@ -4,7 +4,7 @@ import pytest
 
 from lib_sdfix.ab import MAX_LABEL_CHARS, ab_request_from_body, payload_from_infotext
 from lib_sdfix.settings import UI_ARG_ORDER, SDFixSettings, SettingsError
-from lib_sdfix.webui.tab import FORM_FIELDS, payload_from_form
+from lib_sdfix.webui.form import FORM_FIELDS, payload_from_form
 
 from .support import CHEAP
 

@@ -14,6 +14,6 @@ def host(request):
 def webui(monkeypatch, host):
     env = make_env(monkeypatch, host)
     yield env
-    from lib_sdfix.webui import unload
+    from lib_sdfix.webui.callbacks import unload
 
     unload()

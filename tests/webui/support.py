@@ -117,7 +117,7 @@ def recording_resize(monkeypatch):
 def plain(env, payload, settings, **alwayson):
     """The same payload through the WebUI's txt2img API, SDFix's args = ``settings``."""
     from lib_sdfix.settings import SDFixSettings
-    from lib_sdfix.webui.host import current
+    from lib_sdfix.webui.hosts import current
 
     env.shared.sd_model.unet_calls.clear()
     env.vae.seen.clear()
@@ -145,28 +145,31 @@ def _route_run(env, job, parse, run, body):
 
 def compare(env, payload, variants="ab", **body):
     """POST /sdfix/v1/ab as the route runs it."""
-    from lib_sdfix.webui import comparison
+    from lib_sdfix.webui.ab.request import request_from_body
+    from lib_sdfix.webui.ab.runner import run_comparison
 
-    return _route_run(env, "sdfix_ab", comparison.request_from_body, comparison.run_comparison,
+    return _route_run(env, "sdfix_ab", request_from_body, run_comparison,
                       {"payload": payload, "variants": variants, **body})
 
 
 def diagnose(env, **body):
     """POST /sdfix/v1/diagnose as the route runs it."""
-    from lib_sdfix.webui import diagnosis
+    from lib_sdfix.webui.diagnose import runner
 
-    return _route_run(env, "sdfix_diagnose", diagnosis.request_from_body, diagnosis.run_diagnosis, body)
+    return _route_run(env, "sdfix_diagnose", runner.request_from_body, runner.run_diagnosis, body)
 
 
 def assert_clean(env):
     """Nothing of a comparison or diagnosis outlives it: the functions, VAE, dtype attributes and flags
     (as ``make_env`` found them), no session, no patch, no run's thread state, no script hook failure."""
-    from lib_sdfix.webui import comparison, nan_watch
-    from lib_sdfix.webui.session import PATCHES, thread_sessions
+    from lib_sdfix.webui import patches
+    from lib_sdfix.webui.ab import sampling
+    from lib_sdfix.webui.diagnose import nan_watch
+    from lib_sdfix.webui.session import thread_sessions
 
     assert same(env, env.before)
-    assert thread_sessions() == [] and PATCHES.active() == []
-    assert getattr(comparison._LOCAL, "sampling", None) is None and getattr(nan_watch._LOCAL, "watch", None) is None
+    assert thread_sessions() == [] and patches.active() == []
+    assert not sampling.in_progress() and nan_watch.active_watch() is None
     assert env.runner.errors == []  # no script hook failed (the runner would only have reported it)
 
 

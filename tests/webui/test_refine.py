@@ -24,7 +24,7 @@ HIRES = dict(BASE, enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_s
 
 def txt2img(env, settings=None, **fields):
     """One txt2img through the fakes' WebUI API; its images, infotexts and every UNet call."""
-    from lib_sdfix.webui.host import current
+    from lib_sdfix.webui.hosts import current
 
     env.shared.sd_model.unet_calls.clear()
     env.shared.state.shown.clear()
@@ -317,7 +317,7 @@ def test_interrupt_during_the_pass_skips_the_refine(webui):
 
 
 def test_a_failing_refine_never_breaks_the_generation(webui, monkeypatch):
-    from lib_sdfix.webui.host import current
+    from lib_sdfix.webui.hosts import current
 
     plain = txt2img(webui, {})
 
@@ -334,7 +334,7 @@ def test_a_failing_refine_never_breaks_the_generation(webui, monkeypatch):
 
 @pytest.mark.parametrize("method", ["final_pass", "next_job"])
 def test_a_host_call_failing_around_the_pass_never_breaks_it(webui, monkeypatch, method):
-    from lib_sdfix.webui.host import current
+    from lib_sdfix.webui.hosts import current
 
     plain = txt2img(webui, {})
 

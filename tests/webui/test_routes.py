@@ -1,4 +1,4 @@
-"""The routes (only with the host's API, behind its auth) and the host detection."""
+"""The routes: only with the host's API, behind its auth; the status page."""
 from __future__ import annotations
 
 import pytest
@@ -33,12 +33,6 @@ def test_routes_exist_only_with_the_api_and_behind_its_auth(webui, api, auth):
     assert body["environment"]["host"] == webui.host
     bad = client.post("/sdfix/v1/ab", json={"payload": {"prompt": "x"}, "heatmap_gain": 0}, auth=creds)
     assert bad.status_code == 422 and "heatmap_gain" in bad.json()["detail"]
-
-
-def test_host_detection_by_what_the_host_has(webui):
-    from lib_sdfix.webui.host import current
-
-    assert current().name == webui.host
 
 
 def test_status_reports_the_fp32_vae_peak_at_the_hires_size_and_whether_it_tiles(monkeypatch):

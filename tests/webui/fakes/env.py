@@ -60,15 +60,16 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
 
 def install(monkeypatch, host: str = "a1111", dtype: torch.dtype = torch.float16, **options):
     """Put the fakes into sys.modules, pick the host, and import scripts/sdfix.py against them."""
-    from lib_sdfix.webui import comparison, host as host_module
+    from lib_sdfix.webui import hosts
+    from lib_sdfix.webui.ab import request as ab_request
 
     fakes = build(host, dtype, **options)
     for name in [n for n in sys.modules if n.split(".")[0] in ("modules", "backend", "ldm_patched", "modules_forge")]:
         monkeypatch.delitem(sys.modules, name)
     for name, mod in fakes.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    host_module.detect.cache_clear()
-    comparison._DEFAULTS.clear()
+    hosts.detect.cache_clear()
+    ab_request._DEFAULTS.clear()
     spec = importlib.util.spec_from_file_location("sdfix_script_under_test", ROOT / "scripts" / "sdfix.py")
     glue = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(glue)

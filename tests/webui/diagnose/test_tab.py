@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from lib_sdfix.webui.diagnose_tab import (
+from lib_sdfix.webui.ab.tab import TabCallbacks, build_ab_tab
+from lib_sdfix.webui.diagnose.tab import (
     AXIS_CHOICES,
     KIND_BUTTONS,
     VARIANT_CHOICES,
     DiagnoseCallbacks,
     body_from_form,
     build_diagnose_tab,
-    build_sdfix_tab,
 )
-from lib_sdfix.webui.tab import FORM_FIELDS, TabCallbacks, build_ab_tab
+from lib_sdfix.webui.form import FORM_FIELDS
+from lib_sdfix.webui.tabs import build_sdfix_tab
 
 pytest.importorskip("pydantic")
 
@@ -128,12 +129,12 @@ def test_sdfix_tab_has_both_sections_and_keeps_the_ab_ids():
 @pytest.fixture
 def callbacks(webui):
     pytest.importorskip("gradio")
-    from lib_sdfix.webui.diagnose_tab import diagnose_callbacks
+    from lib_sdfix.webui.diagnose.tab import host_callbacks
 
     ab = TabCallbacks(samplers=lambda: ["Euler"], schedulers=lambda: ["Automatic"], upscalers=lambda: ["Latent"],
                       last_generation=lambda: {"prompt": "from params.txt"}, payload_from_text=lambda text: {},
                       run=lambda *a: None, interrupt=lambda: None)
-    return diagnose_callbacks(ab)
+    return host_callbacks(ab)
 
 
 def test_run_button_renders_results_under_the_queue_and_refusals_as_a_message(webui, callbacks):
@@ -170,10 +171,10 @@ def test_the_hosts_callbacks_tick_the_devices_defaults(webui, callbacks, monkeyp
 
 
 def test_use_last_output_and_generation(webui, callbacks):
-    from lib_sdfix.webui import diagnosis
+    from lib_sdfix.webui.diagnose import last_output
 
     assert callbacks.last_generation() == {"prompt": "from params.txt"}
-    diagnosis._LAST.clear()
+    last_output._LAST.clear()
     with pytest.warns(UserWarning, match="no image generated"):
         assert callbacks.last_image() == __import__("gradio").update()  # the image field is left as it is
     generated = webui.api.api.text2imgapi({"prompt": "x", "steps": 2, "width": 64, "height": 64})

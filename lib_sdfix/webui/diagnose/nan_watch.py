@@ -9,20 +9,23 @@ AUTOMATIC1111's own check saw before its fp32 retry of a failed decode (``device
 
 Two users: a generation with the ``nan_watch`` option (its session holds the watch; the AlwaysOn
 script wraps the sampler before each sampling and writes the infotext note after the decode), and
-the diagnosis runner (a watch bound to its thread for one run).
+the diagnosis runner (a watch bound to its thread for one run).  Which functions are replaced is the
+host's to say (:meth:`lib_sdfix.webui.hosts.Host.nan_watch_targets`).
 """
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
-from lib_sdfix.diagnose.nanwatch import NanWatch
+from lib_sdfix.diagnose.nan_watch import NanWatch
 from lib_sdfix.failsafe import log_once
-from lib_sdfix.webui.refine import is_refining
-from lib_sdfix.webui.session import PATCHES, current_session, session_of
+from lib_sdfix.webui import patches
+from lib_sdfix.webui.hosts import current
+from lib_sdfix.webui.refine import sampling_stage
+from lib_sdfix.webui.session import current_session, session_of
 
-__all__ = ["watching", "attach", "before_sampling", "after_decode", "observe_step", "sampling_stage", "active_watch"]
+__all__ = ["watching", "attach", "before_sampling", "after_decode", "observe_step", "active_watch"]
 
 _LOCAL = threading.local()
 _WRAPPED = "_sdfix_nan_watch"
@@ -38,22 +41,12 @@ def active_watch() -> Optional[NanWatch]:
     return getattr(session, "nan_watch", None) if session is not None else None
 
 
-def sampling_stage(sampler: Any, p: Any) -> str:
-    """What the steps ``sampler`` runs now for ``p`` are, by what they are: the late refine's steps
-    ("late refine"), the Hires pass's ("hires sampling"), or the first pass's ("sampling")."""
-    if is_refining(sampler):
-        return "late refine"
-    return "hires sampling" if getattr(p, "is_hr_pass", False) else "sampling"
-
-
 def observe_step(watch: NanWatch, stage: str, d: Any) -> None:
     """One sampler step at ``stage`` (its callback dict): the state ``x`` and the prediction ``denoised``."""
     if not isinstance(d, dict):
         return
-    from lib_sdfix.webui.host import current
-
     step = d.get("i")
-    steps = getattr(current().shared.state, "sampling_steps", None) or None
+    steps = current().sampling_steps()
     watch.observe(stage, (d.get("x"), d.get("denoised")),
                   step=int(step) + 1 if isinstance(step, int) else None, steps=steps)
 
@@ -99,43 +92,23 @@ def _test_for_nans(original: Callable) -> Callable:
     return replacement
 
 
-_TARGETS = (("processing", "decode_latent_batch", _decode_latent_batch), ("devices", "test_for_nans", _test_for_nans))
+_FACTORIES = {"decode_latent_batch": _decode_latent_batch, "test_for_nans": _test_for_nans}
 
 
-def _acquire() -> Callable[[], None]:
-    """Install the watch's patches; returns their release."""
-    import importlib
-
-    held = []
-    try:
-        for module_name, attr, factory in _TARGETS:
-            owner = importlib.import_module(f"modules.{module_name}")
-            if hasattr(owner, attr):
-                PATCHES.acquire(owner, attr, factory)
-                held.append((owner, attr))
-    except BaseException:
-        for owner, attr in held:
-            PATCHES.release(owner, attr)
-        raise
-
-    def release() -> None:
-        for owner, attr in reversed(held):
-            PATCHES.release(owner, attr)
-
-    return release
+def _targets() -> List[patches.Target]:
+    return [(owner, attr, _FACTORIES[kind]) for owner, attr, kind in current().nan_watch_targets()]
 
 
 @contextlib.contextmanager
 def watching(watch: NanWatch) -> Iterator[NanWatch]:
     """Bind ``watch`` to this thread for the block (the diagnosis runner's runs)."""
-    release = _acquire()
-    previous = getattr(_LOCAL, "watch", None)
-    _LOCAL.watch = watch
-    try:
-        yield watch
-    finally:
-        _LOCAL.watch = previous
-        release()
+    with patches.held(_targets()):
+        previous = getattr(_LOCAL, "watch", None)
+        _LOCAL.watch = watch
+        try:
+            yield watch
+        finally:
+            _LOCAL.watch = previous
 
 
 # --- a generation with the option on (the AlwaysOn script's hooks) ----------------------------------
@@ -146,11 +119,10 @@ def attach(session: Any) -> None:
     if session is None or not getattr(session.settings, "nan_watch", False) or getattr(session, "nan_watch", None):
         return
     try:
-        release = _acquire()
+        session.hold(_targets())
     except Exception:  # noqa: BLE001 -- never break a generation; the watch just does not run
         return
     session.nan_watch = NanWatch()
-    session.on_finish.append(lambda _: release())
 
 
 def before_sampling(p: Any) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, List, Tuple
 
-from lib_sdfix.webui.host import Host
+from lib_sdfix.webui.hosts.base import Host
 
 __all__ = ["A1111Host"]
 

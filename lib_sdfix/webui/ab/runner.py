@@ -3,199 +3,37 @@
 Why real generations: a variant's image must be what the user would get from txt2img with those
 settings -- with face restoration, colour correction, ``override_settings`` (and their restore),
 other extensions' AlwaysOn scripts and the infotext the WebUI writes.  So each variant runs through
-``process_images`` with the whole script runner, SDFix's own slot set to the variant's settings.
-Sharing the sampling: variants whose sampling is equal reuse a captured latent.  The host creates a
-sampler for the first pass and one for the Hires pass; while a comparison run is on this thread,
-SDFix hands such a sampler a latent to return instead of sampling (``launch_sampling``), so
-everything around the sampling (schedule bookkeeping, infotext, the Hires upscale) runs as usual.
-A late refine samples once more on the last pass's sampler: a run's latents are every sampling it
-made, in order, so a variant with the refine gets the refined latent, and a variant without it the
-pass's own; a refine variant whose passes another group already sampled runs only its refine.
-The diagnosis runner (diagnosis.py) renders its sweeps with the same loop (:func:`render_groups`).
-(Over the usual ~400 lines: the payload check, the script args, the sampler injection and the loop
-that relies on it belong together; split, each half would reach into the other's private state.)
+``process_images`` with the whole script runner, SDFix's own slot set to the variant's settings
+(request.py builds the fields and script args).  Sharing the sampling: variants whose sampling is equal
+reuse a captured latent, handed to the host's own samplers instead of sampling (sampling.py).  A
+variant with the late refine gets the refined latent, a variant without it the pass's own; a refine
+variant whose passes another group already sampled runs only its refine.  The diagnosis runner
+(lib_sdfix.webui.diagnose.runner) renders its sweeps with the same loop (:func:`render_groups`).
 """
 from __future__ import annotations
 
 import contextlib
-import threading
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from lib_sdfix import ab, imaging, sampling_plan
 from lib_sdfix.failsafe import log_once
 from lib_sdfix.settings import SDFixSettings, SettingsError
-from lib_sdfix.webui.host import current
-from lib_sdfix.webui.nan_watch import sampling_stage
-from lib_sdfix.webui.session import PATCHES
+from lib_sdfix.webui.ab import sampling
+from lib_sdfix.webui.ab.request import prepare, sampler_already_equal, script_args_for
+from lib_sdfix.webui.apply import apply_settings
+from lib_sdfix.webui.hosts import current
 
-__all__ = ["run_comparison", "render_groups", "Rendered", "txt2img_fields", "script_args_for", "request_from_body"]
-
-_PAYLOAD_DROPPED = ("script_args", "alwayson_scripts", "infotext", "send_images", "save_images",
-                    "force_task_id", "sampler_index")
-_LOCAL = threading.local()
-
-
-# --- the payload ------------------------------------------------------------------------------------
-
-
-def request_from_body(body: Any) -> Any:
-    """A validated A/B request (lib_sdfix.ab), with the names this host knows for its name fields."""
-    from lib_sdfix import ab
-    from lib_sdfix.webui.apply import settings_defaults
-
-    host = current()
-    return ab.ab_request_from_body(body, settings_defaults(), choices=host.payload_names(),
-                                   extra_rules=host.txt2img_extra_fields())
-
-
-def txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
-    """The payload checked by the host's own txt2img API model; SettingsError naming bad fields."""
-    from pydantic import ValidationError
-
-    from modules import sd_samplers
-    from modules.api import models
-
-    defaults = current().txt2img_defaults()
-    # A null where this host's API needs a value (Forge's Hires modules) means its default, not a TypeError.
-    body = {**defaults, **{k: v for k, v in payload.items() if v is not None or k not in defaults}}
-    if body.get("script_name"):
-        raise SettingsError({"payload.script_name": "selectable scripts are not run in a comparison"})
-    try:
-        request = models.StableDiffusionTxt2ImgProcessingAPI(**body)
-    except ValidationError as err:
-        raise SettingsError({"payload." + ".".join(str(x) for x in e["loc"]): e["msg"] for e in err.errors()}) from None
-    except TypeError as err:
-        raise SettingsError({"payload": str(err)}) from None
-    requested = request.sampler_name or request.sampler_index
-    known = current().payload_names()["sampler_name"]
-    if requested and requested not in known:
-        # The host would silently run its first sampler instead: a typo must not compare something else.
-        field = "sampler_name" if request.sampler_name else "sampler_index"
-        raise SettingsError({f"payload.{field}": known.unknown(requested)})
-    sampler, scheduler = sd_samplers.get_sampler_and_scheduler(requested, request.scheduler)
-    fields = {k: v for k, v in vars(request).items() if k not in _PAYLOAD_DROPPED and not k.startswith("_")}
-    fields.pop("script_name", None)
-    fields["sampler_name"] = sampler
-    if not fields.get("scheduler") and scheduler != "Automatic":
-        fields["scheduler"] = scheduler
-    if fields.get("n_iter", 1) != 1 or fields.get("batch_size", 1) != 1:
-        raise SettingsError({"payload.batch_size": "A/B compares one image: batch_size and n_iter must be 1"})
-    fields["override_settings_restore_afterwards"] = True
-    return fields
-
-
-# --- script args ------------------------------------------------------------------------------------
-
-_DEFAULTS: Dict[int, List[Any]] = {}
-
-
-def _default_args(runner: Any) -> List[Any]:
-    """Every script's UI defaults in one list (what the WebUI's API starts from), cached per runner."""
-    key = id(runner)
-    if key not in _DEFAULTS:
-        size = max([1] + [s.args_to for s in runner.scripts])
-        args: List[Any] = [None] * size
-        args[0] = 0  # no selectable script
-        missing = [s for s in runner.scripts if s.args_to > s.args_from and getattr(s, "controls", None) is None]
-        if missing:  # --nowebui: no UI was built; build the controls once, as the API does
-            import gradio as gr
-
-            with gr.Blocks():
-                for script in missing:
-                    script.controls = script.ui(script.is_img2img)
-        for script in runner.scripts:
-            controls = getattr(script, "controls", None) or []
-            args[script.args_from:script.args_from + len(controls)] = [getattr(c, "value", None) for c in controls]
-        _DEFAULTS[key] = args
-    return list(_DEFAULTS[key])
-
-
-def script_args_for(runner: Any, alwayson: Dict[str, Any], settings: SDFixSettings) -> List[Any]:
-    """The runner's script args: defaults, the payload's ``alwayson_scripts``, SDFix's slot = ``settings``."""
-    args = _default_args(runner)
-    by_title = {s.title().lower(): s for s in runner.alwayson_scripts}
-    for name, spec in (alwayson or {}).items():
-        script = by_title.get(str(name).lower())
-        if script is None:
-            raise SettingsError({f"payload.alwayson_scripts.{name}": "no such AlwaysOn script"})
-        values = spec.get("args", []) if isinstance(spec, dict) else None
-        if not isinstance(values, list):
-            raise SettingsError({f"payload.alwayson_scripts.{name}.args": "expected a list"})
-        width = script.args_to - script.args_from
-        args[script.args_from:script.args_from + min(width, len(values))] = values[:width]
-    ours = by_title.get("sdfix")
-    if ours is None:
-        raise SettingsError({"sdfix": "SDFix's script is not in the txt2img script runner"})
-    args[ours.args_from] = settings.as_dict()
-    return args
-
-
-# --- sampling: record, and inject ---------------------------------------------------------------------
-
-
-class _Sampling:
-    """The latents the samplers of one run return, in order (first pass, Hires pass), and the latents
-    queued to hand them instead of sampling.
-
-    Only the run's own samplers count (the host sets ``sampler.p`` before launching): an extension that
-    runs a generation of its own from a hook on this thread (ADetailer, from ``postprocess_image``)
-    samples as usual, and its latent is neither recorded as the run's nor replaced."""
-
-    def __init__(self, inject: List[Any], owner: Any = None, observer: Optional[Callable[[str, Any], None]] = None) -> None:
-        self.inject = list(inject)
-        self.outputs: List[Any] = []
-        self.owner = owner
-        self.observer = observer  # observer(stage, the sampler's callback dict) at every step it samples
-
-    def wrap(self, sampler: Any) -> Any:
-        launch = sampler.launch_sampling
-        if self.observer is not None:
-            # The hosts look ``self.callback_state`` up when sampling starts: an instance attribute is seen.
-            callback = sampler.callback_state
-
-            def callback_state(d: Any) -> Any:
-                if self.owner is None or getattr(sampler, "p", self.owner) is self.owner:
-                    self.observer(sampling_stage(sampler, getattr(sampler, "p", self.owner)), d)
-                return callback(d)
-
-            sampler.callback_state = callback_state
-
-        def launch_sampling(steps: int, func: Callable[[], Any]) -> Any:
-            if self.owner is not None and getattr(sampler, "p", self.owner) is not self.owner:
-                return launch(steps, func)  # another generation's sampler
-            index = len(self.outputs)
-            latent = self.inject[index] if index < len(self.inject) else None
-            result = latent.clone() if latent is not None else launch(steps, func)
-            self.outputs.append(result.clone())
-            return result
-
-        sampler.launch_sampling = launch_sampling
-        return sampler
-
-
-@contextlib.contextmanager
-def _sampling(inject: List[Any], owner: Any = None, observer: Any = None) -> Iterator[_Sampling]:
-    """Every sampler the host creates on this thread during the block reports (and may skip) its sampling."""
-    from lib_sdfix.webui import hooks
-
-    targets = current().patch_targets({"sampler"})
-    for target, attr, kind in targets:
-        PATCHES.acquire(target, attr, hooks.FACTORIES[kind])
-    _LOCAL.sampling = sampling = _Sampling(inject, owner, observer)
-    try:
-        with hooks.watching_samplers(sampling.wrap):
-            yield sampling
-    finally:
-        _LOCAL.sampling = None
-        for target, attr, _ in reversed(targets):
-            PATCHES.release(target, attr)
+__all__ = ["run_comparison", "render_groups", "Rendered", "Run", "group_runs", "first_image", "save_comparison",
+           "api_response"]
 
 
 # --- one run ----------------------------------------------------------------------------------------
 
 
-class _Run:
+class Run:
     """One generation of the comparison; keeps every latent its samplers returned, in order (first pass,
     Hires pass, late refine)."""
 
@@ -224,8 +62,6 @@ class _Run:
             log_once("ab-scripts", f"SDFix A/B: other extensions' scripts cannot run in comparisons: {exc}", exc)
             self.scripts_note = f"other extensions' scripts did not run ({type(exc).__name__}: {exc})"
             p.scripts = None
-            from lib_sdfix.webui.apply import apply_settings
-
             apply_settings(p, self.settings)
             return p
         p.scripts = runner
@@ -236,13 +72,13 @@ class _Run:
         from modules import processing
 
         p = self._processing()
-        with contextlib.closing(p), _sampling(inject, owner=p, observer=observer) as sampling:
+        with contextlib.closing(p), sampling.recorded(inject, owner=p, observer=observer) as recorded:
             processed = processing.process_images(p)
-        self.outputs = [o for o in sampling.outputs if o is not None]
+        self.outputs = [o for o in recorded.outputs if o is not None]
         return processed
 
 
-def _first_image(processed: Any) -> Tuple[Any, str]:
+def first_image(processed: Any) -> Tuple[Any, str]:
     index = getattr(processed, "index_of_first_image", 0)
     return processed.images[index], processed.infotexts[index]
 
@@ -256,39 +92,17 @@ def _ran_scripts() -> List[str]:
             if s.title() != "SDFix" and not getattr(s, "setup_for_ui_only", False)]
 
 
-def sampler_already_equal(fields: Dict[str, Any]) -> bool:
-    """Whether the Hires pass already samples as the first pass does (then parity changes nothing)."""
-    from lib_sdfix.parity import resolve_hires_sampling
-
-    first = resolve_hires_sampling(fields.get("sampler_name") or "", fields.get("scheduler"), None, None, parity=False)
-    hires = resolve_hires_sampling(fields.get("sampler_name") or "", fields.get("scheduler"),
-                                   fields.get("hr_sampler_name"), fields.get("hr_scheduler"), parity=False)
-    return (first.sampler, first.scheduler) == (hires.sampler, hires.scheduler)
-
-
-def prepare(request: Any) -> Tuple[Any, Dict[str, Any], Dict[str, Any], bool, bool]:
-    """(the request with its seed resolved, its AlwaysOn scripts, its fields as the host checks them,
-    whether Hires runs, whether its upscaler is a latent one) -- what every run of a plan shares."""
-    request = request.with_resolved_seed()
-    fields = txt2img_fields(request.payload)
-    upscaler = fields.get("hr_upscaler")
-    return (request, dict(request.payload.get("alwayson_scripts") or {}), fields, bool(fields.get("enable_hr")),
-            upscaler is None or upscaler in current().shared.latent_upscale_modes)
-
-
 def run_comparison(request: Any) -> Dict[str, Any]:
     """Render every variant of an A/B request with the least sampling; images, infotexts, metrics, notes.
 
     Runs on the caller's thread; the caller holds the WebUI's queue lock and job state.
     """
-    from lib_sdfix import ab, imaging, sampling_plan
-
     shared = current().shared
     request, alwayson, fields, hires, latent_upscaler = prepare(request)
     upscaler = fields.get("hr_upscaler")
     groups = sampling_plan.sampling_groups(request.variants, hires=hires, latent_upscaler=latent_upscaler,
                                            parity_changes_sampler=hires and not sampler_already_equal(fields))
-    plan = [run for group in groups for run in _group_runs(group)]
+    plan = [run for group in groups for run in group_runs(group)]
     shared.state.job_count = len(plan)
 
     rendered = render_groups(fields, alwayson, groups, hires=hires)
@@ -352,10 +166,10 @@ def render_groups(fields: Dict[str, Any], alwayson: Dict[str, Any], groups: List
     for group in groups:
         sampled: Optional[List[Any]] = None  # every latent of the run that sampled this group
         sampled_by: Tuple[int, Any] = (0, None)  # the run that sampled this group, and its decode
-        for decode, members in _group_runs(group):
+        for decode, members in group_runs(group):
             if shared.state.interrupted:
                 break
-            run = _Run(fields, alwayson, members[0].settings)
+            run = Run(fields, alwayson, members[0].settings)
             if sampled is not None:
                 inject, kind = sampled, "decode only (shared sampling)"
             elif group.pass_key in pass_latents:
@@ -382,7 +196,7 @@ def render_groups(fields: Dict[str, Any], alwayson: Dict[str, Any], groups: List
                     pass_latents.setdefault(group.pass_key, run.outputs[:passes])
             if first_pass is None and hires and run.outputs:
                 first_pass = run.outputs[0]
-            image, infotext = _first_image(processed)
+            image, infotext = first_image(processed)
             for variant in members:
                 out.images[variant.name], out.infotexts[variant.name], out.times[variant.name] = image, infotext, elapsed
             out.runs.append({"variants": [v.name for v in members], "kind": kind, "time_s": elapsed, **extra})
@@ -390,7 +204,7 @@ def render_groups(fields: Dict[str, Any], alwayson: Dict[str, Any], groups: List
     return out
 
 
-def _group_runs(group: Any) -> List[Tuple[Any, Tuple[Any, ...]]]:
+def group_runs(group: Any) -> List[Tuple[Any, Tuple[Any, ...]]]:
     """(decode, variants) per run of a sampling group: one run per distinct settings.  Variants that
     decode alike share the sampling but not the run: each writes its own infotext (its SDFix entry)."""
     runs = []
@@ -420,9 +234,6 @@ def _run_note(number: int, run: Dict[str, Any], sampled_by: Tuple[int, Any], dec
 def save_comparison(fields: Dict[str, Any], variants: List[Any], images: Dict[str, Any],
                     infotexts: Dict[str, str], rows: List[Dict[str, Any]], notes: List[str]) -> Dict[str, Any]:
     """Under <outputs>/sdfix-ab, named with the WebUI's filename pattern and sequence number."""
-    import os
-
-    from lib_sdfix import ab
     from modules import images as webui_images
     from modules import paths_internal, processing
 
@@ -438,3 +249,12 @@ def save_comparison(fields: Dict[str, Any], variants: List[Any], images: Dict[st
                                ab.metrics_json(rows, reference_name=variants[0].name, notes=notes))
     return {"images": {k: str(v) for k, v in paths["images"].items()}, "grid": str(paths["grid"]),
             "metrics": str(paths["metrics"])}
+
+
+def api_response(result: Dict[str, Any]) -> Dict[str, Any]:
+    """A comparison result as JSON: images as base64 PNG, metrics as strict JSON."""
+    out = {k: v for k, v in result.items() if k not in ("images", "heatmap", "metrics")}
+    out["images"] = {name: imaging.png_base64(image) for name, image in result["images"].items()}
+    out["heatmap"] = imaging.png_base64(result["heatmap"]) if result["heatmap"] is not None else None
+    out["metrics"] = ab.metrics_json(result["metrics"], notes=result["notes"]) if result["metrics"] else None
+    return out

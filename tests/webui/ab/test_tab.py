@@ -1,7 +1,8 @@
 """The A/B tab's form mapping and layout (gradio 3.41, as the WebUI pins it)."""
 import pytest
 
-from lib_sdfix.webui.tab import FORM_FIELDS, MODE_CHOICES, TabCallbacks, build_ab_tab, form_from_payload, payload_from_form
+from lib_sdfix.webui.ab.tab import MODE_CHOICES, TabCallbacks, build_ab_tab
+from lib_sdfix.webui.form import FORM_FIELDS, form_from_payload, payload_from_form
 
 
 def _values(**overrides):

@@ -1,4 +1,4 @@
-"""The A/B runner (lib_sdfix.webui.comparison) in stand-ins of the hosts' generation (tests/webui/fakes/).
+"""The A/B runner (lib_sdfix.webui.ab) in stand-ins of the hosts' generation (tests/webui/fakes/).
 
 Every variant of a comparison must be the image, and the infotext, a plain txt2img API call with that
 variant's SDFix settings gives -- while the UNet runs only as often as the plan
@@ -16,8 +16,8 @@ import torch
 from lib_sdfix import sampling_plan
 from lib_sdfix.settings import SettingsError
 
-from .fakes import HOSTS, fake_gradio
-from .support import assert_clean, compare, decodes, make_env, pixels, plain
+from ..fakes import HOSTS, fake_gradio
+from ..support import assert_clean, compare, decodes, make_env, pixels, plain
 
 pytest.importorskip("pydantic")
 pytest.importorskip("fastapi")
@@ -32,7 +32,7 @@ FP16, FP32 = torch.float16, torch.float32
 def webui(monkeypatch):
     env = make_env(monkeypatch)
     yield env
-    from lib_sdfix.webui import unload
+    from lib_sdfix.webui.callbacks import unload
 
     unload()
 
@@ -41,7 +41,7 @@ def webui(monkeypatch):
 def any_host(monkeypatch, request):
     env = make_env(monkeypatch, request.param)
     yield env
-    from lib_sdfix.webui import unload
+    from lib_sdfix.webui.callbacks import unload
 
     unload()
 
@@ -291,7 +291,7 @@ def test_builtin_ui_only_scripts_do_not_run(webui):
 
 
 def test_an_unknown_alwayson_script_is_named(webui):
-    from lib_sdfix.webui import comparison
+    from lib_sdfix.webui.ab.request import request_from_body
 
     with pytest.raises(SettingsError) as err:
         compare(webui, dict(PAYLOAD, alwayson_scripts={"Nope": {"args": [1]}}))
@@ -304,7 +304,7 @@ def test_an_unknown_alwayson_script_is_named(webui):
 
     for name in ("sdfix", "SDFix"):
         with pytest.raises(SettingsError) as err:
-            comparison.request_from_body({"payload": dict(PAYLOAD, alwayson_scripts={name: {"args": [{}]}})})
+            request_from_body({"payload": dict(PAYLOAD, alwayson_scripts={name: {"args": [{}]}})})
         assert f"payload.alwayson_scripts.{name}" in err.value.problems
 
 
@@ -467,9 +467,9 @@ def test_a_random_seed_is_drawn_once_for_every_variant(webui, monkeypatch):
 
 
 def test_txt2img_fields_are_the_hosts_api_fields(any_host):
-    from lib_sdfix.webui import comparison
+    from lib_sdfix.webui.ab.request import txt2img_fields
 
-    fields = comparison.txt2img_fields(dict(HIRES, alwayson_scripts={"Marker": {"args": []}}, send_images=True))
+    fields = txt2img_fields(dict(HIRES, alwayson_scripts={"Marker": {"args": []}}, send_images=True))
     for dropped in ("alwayson_scripts", "script_args", "sampler_index", "send_images", "save_images", "infotext",
                     "script_name", "force_task_id"):
         assert dropped not in fields
@@ -479,15 +479,15 @@ def test_txt2img_fields_are_the_hosts_api_fields(any_host):
         assert fields["hr_additional_modules"] == ["Use same choices"]
     else:
         assert "hr_additional_modules" not in fields
-    legacy = comparison.txt2img_fields(dict(PAYLOAD, sampler_name="Euler Karras"))
+    legacy = txt2img_fields(dict(PAYLOAD, sampler_name="Euler Karras"))
     assert (legacy["sampler_name"], legacy["scheduler"]) == ("Euler", "Karras")
     with pytest.raises(SettingsError, match="payload.script_name"):
-        comparison.txt2img_fields(dict(PAYLOAD, script_name="X/Y/Z plot"))
+        txt2img_fields(dict(PAYLOAD, script_name="X/Y/Z plot"))
 
 
 def test_forge_needs_its_hires_module_default(monkeypatch):
     """Forge's Hires pass fails on hr_additional_modules=None: the host's default makes the comparison run."""
-    from lib_sdfix.webui.forge import ForgeHost
+    from lib_sdfix.webui.hosts.forge import ForgeHost
 
     env = make_env(monkeypatch, "forge")
     assert compare(env, HIRES).result["complete"]

@@ -1,6 +1,6 @@
 """Runs diagnosis plans (lib_sdfix.diagnose) inside the host, on the A/B runner.
 
-Sweeps and step strips are real generations exactly as A/B variants are (``comparison._Run``:
+Sweeps and step strips are real generations exactly as A/B variants are (``ab.runner.Run``:
 ``process_images`` with the whole script runner, SDFix's slot set), sharing samplings the same way:
 cells that differ only in SDFix's decode get the sampled latent injected.  The runner's per-step
 observer gives the step strip its denoised predictions and the NaN watch its checks.  The VAE round
@@ -15,32 +15,16 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from lib_sdfix.webui.comparison import _LOCAL as _COMPARISON
-from lib_sdfix.webui.comparison import (Rendered, _first_image, _group_runs, _Run, prepare, render_groups,
-                                        sampler_already_equal, txt2img_fields)
-from lib_sdfix.webui.host import current
+from lib_sdfix.diagnose.nan_watch import NanWatch
+from lib_sdfix.webui.ab.request import prepare, sampler_already_equal, txt2img_fields
+from lib_sdfix.webui.ab.runner import Rendered, Run, first_image, group_runs, render_groups
+from lib_sdfix.webui.apply import settings_defaults
+from lib_sdfix.webui.diagnose.nan_watch import observe_step, watching
+from lib_sdfix.webui.hooks import fix_targets
+from lib_sdfix.webui.hosts import current
+from lib_sdfix.webui.session import scoped_session
 
-__all__ = ["request_from_body", "run_diagnosis", "remember_output", "last_output", "save_result"]
-
-_LAST: Dict[str, Any] = {}
-
-
-# --- "the last output" -------------------------------------------------------------------------------
-
-
-def remember_output(processed: Any) -> None:
-    """The AlwaysOn script's ``postprocess``: keep (a reference to) the last generated image for the
-    round trip's "Use last output"; a comparison's or diagnosis's own runs are not the user's output."""
-    if getattr(_COMPARISON, "sampling", None) is not None:
-        return
-    images = getattr(processed, "images", None) or []
-    index = getattr(processed, "index_of_first_image", 0)
-    if len(images) > index:
-        _LAST["image"] = images[index]
-
-
-def last_output() -> Any:
-    return _LAST.get("image")
+__all__ = ["request_from_body", "run_diagnosis", "save_result", "api_response", "vae_device"]
 
 
 # --- the request --------------------------------------------------------------------------------------
@@ -56,7 +40,6 @@ def request_from_body(body: Any) -> Any:
     """A validated diagnosis request, with the names this host knows and the precisions its device runs."""
     from lib_sdfix import diagnose
     from lib_sdfix.names import sweep_names
-    from lib_sdfix.webui.apply import settings_defaults
 
     host = current()
     names = host.payload_names()
@@ -91,12 +74,9 @@ def _precision(name: str) -> Any:
     if name == "webui":
         yield
         return
-    from lib_sdfix.webui.apply import settings_defaults
-    from lib_sdfix.webui.session import scoped_session
-
     if name == "precision_guard":
         settings = settings_defaults().changed(enabled=True, precision_guard=True, guard_encode=True, vae_dtype="fp32")
-        with scoped_session(settings):
+        with scoped_session(settings, fix_targets(settings)):
             yield
         return
     from lib_sdfix.diagnose.roundtrip import vae_in_dtype
@@ -175,11 +155,8 @@ def _roundtrip_info(name: str, label: str) -> str:
 # --- generations: sweeps and step strips -----------------------------------------------------------------
 
 
-def _watched_run(run: _Run, inject: List[Any], on_step: Optional[Callable[[str, Any], None]] = None) -> Tuple[Any, Any, int]:
+def _watched_run(run: Run, inject: List[Any], on_step: Optional[Callable[[str, Any], None]] = None) -> Tuple[Any, Any, int]:
     """One generation with a NaN watch; (processed, watch summary, steps the samplers took)."""
-    from lib_sdfix.diagnose.nanwatch import NanWatch
-    from lib_sdfix.webui.nan_watch import observe_step, watching
-
     watch = NanWatch()
     counted = [0]
 
@@ -193,9 +170,7 @@ def _watched_run(run: _Run, inject: List[Any], on_step: Optional[Callable[[str, 
         with watching(watch):
             processed = run.run(inject, observer=observer)
     except Exception as exc:
-        from modules import devices
-
-        stopped = getattr(devices, "NansException", None)
+        stopped = current().nans_exception()
         if stopped is None or not isinstance(exc, stopped):
             raise
         # AUTOMATIC1111 stops a generation with NaNs (unless --disable-nan-check): the cell fails, the
@@ -205,7 +180,7 @@ def _watched_run(run: _Run, inject: List[Any], on_step: Optional[Callable[[str, 
 
 
 def _sweep(request: Any) -> Dict[str, Any]:
-    """Each distinct generation of the sweep rendered by the A/B runner (comparison.render_groups):
+    """Each distinct generation of the sweep rendered by the A/B runner (ab.runner.render_groups):
     cells that differ only in SDFix's decode share its sampling; every run has a NaN watch."""
     from lib_sdfix import diagnose
     from lib_sdfix.diagnose.plan import payload_groups
@@ -217,11 +192,11 @@ def _sweep(request: Any) -> Dict[str, Any]:
                                              parity_changes_sampler=hires and not sampler_already_equal(base)):
         fields = txt2img_fields({**request.payload, **dict(fields_key)})  # the host checks a swept sampler's name
         planned.append((fields, groups))
-    shared.state.job_count = sum(len(_group_runs(g)) for _, groups in planned for g in groups)
+    shared.state.job_count = sum(len(group_runs(g)) for _, groups in planned for g in groups)
     result = _result("sweep", seed=base.get("seed"), axis=request.axis, reference=request.reference_cell.name)
     failed: Dict[str, Any] = {}
 
-    def execute(run: _Run, inject: List[Any], members: Tuple[Any, ...]) -> Tuple[Any, Dict[str, Any]]:
+    def execute(run: Run, inject: List[Any], members: Tuple[Any, ...]) -> Tuple[Any, Dict[str, Any]]:
         processed, nan, steps = _watched_run(run, inject)
         if processed is None:  # the host stopped it (NaNs): its cells fail, the group has no latent to share
             failed.update({m.name: nan for m in members})
@@ -264,8 +239,6 @@ def _sweep(request: Any) -> Dict[str, Any]:
 def _steps(request: Any) -> Dict[str, Any]:
     from lib_sdfix import diagnose
     from lib_sdfix.diagnose.roundtrip import tensor_to_image
-    from lib_sdfix.webui.apply import settings_defaults
-    from lib_sdfix.webui.session import scoped_session
     from modules import processing
 
     shared = current().shared
@@ -285,7 +258,7 @@ def _steps(request: Any) -> Dict[str, Any]:
             capture(d["i"] + 1, d.get("denoised"))
 
     start = time.perf_counter()
-    processed, nan, counted = _watched_run(_Run(fields, dict(request.payload.get("alwayson_scripts") or {}), settings),
+    processed, nan, counted = _watched_run(Run(fields, dict(request.payload.get("alwayson_scripts") or {}), settings),
                                            [], on_step)
     result["timings"].update(samplings=1, unet_steps=counted, decodes=(nan or {}).get("checked", {}).get("vae decode", 0))
     result["timings"]["runs"].append({"cells": ["final"], "kind": "full sampling", "time_s": time.perf_counter() - start,
@@ -299,11 +272,11 @@ def _steps(request: Any) -> Dict[str, Any]:
     if shared.state.interrupted or not processed.images:
         result["notes"].append("interrupted: nothing to show")
         return result
-    final, infotext = _first_image(processed)
+    final, infotext = first_image(processed)
     shared.state.nextjob()
     step_images: Dict[int, Any] = {}
     guarded = settings.changed(enabled=True, precision_guard=True)
-    with scoped_session(guarded):
+    with scoped_session(guarded, fix_targets(guarded)):
         for step, latent in sorted(capture.latents.items()):
             if shared.state.interrupted:
                 break
@@ -360,7 +333,6 @@ def save_result(result: Dict[str, Any]) -> Dict[str, Any]:
 def _document_fields(result: Dict[str, Any]) -> Dict[str, Any]:
     keep = ("seed", "complete", "axis", "reference", "variants", "at", "steps", "notes", "timings")
     return {k: result[k] for k in keep if k in result}
-
 
 
 # --- answers ------------------------------------------------------------------------------------------

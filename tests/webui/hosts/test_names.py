@@ -1,5 +1,5 @@
 """Every name field of an A/B or diagnosis payload is checked against the host's own registries before
-anything runs (lib_sdfix.names, lib_sdfix.webui.names): a 422 naming the field, where the host would
+anything runs (lib_sdfix.names, lib_sdfix.webui.hosts.names): a 422 naming the field, where the host would
 fail inside the run (HTTP 500) or silently run something else -- and every spelling the host
 accepts passes.  The fakes model each host's registries, aliases and case rules (fakes/samplers.py,
 fakes/registries.py); the first test shows they fail or substitute as the hosts do.
@@ -12,7 +12,7 @@ import pytest
 
 from lib_sdfix.settings import SettingsError
 
-from .support import plain
+from ..support import plain
 
 pytest.importorskip("pydantic")
 pytest.importorskip("fastapi")
@@ -89,58 +89,58 @@ def test_a_misspelled_name_is_a_422_naming_the_field(webui, field, value, where)
 
 
 def test_the_422_suggests_the_hosts_spelling(webui):
-    from lib_sdfix.webui import comparison
+    from lib_sdfix.webui.ab import request as ab_request
 
     cases = {"hr_sampler_name": ("Eular a", "Euler a"), "scheduler": ("karras ", "Karras"),
              "hr_scheduler": ("SGMUniform", "SGM Uniform"), "sampler_name": ("euler a", "Euler a"),
              "hr_checkpoint_name": ("v1-5-pruned-emaonyl", "v1-5-pruned-emaonly.safetensors [6ce0161689]")}
     for field, (bad, suggested) in cases.items():
         with pytest.raises(SettingsError) as err:
-            comparison.request_from_body({"payload": dict(HIRES, **{field: bad})})
+            ab_request.request_from_body({"payload": dict(HIRES, **{field: bad})})
         assert f"did you mean {suggested}" in err.value.problems[f"payload.{field}"], err.value.problems
 
 
 def test_hires_names_are_not_looked_up_without_hires(webui):
-    from lib_sdfix.webui import comparison
+    from lib_sdfix.webui.ab import request as ab_request
 
     payload = dict(PAYLOAD, enable_hr=False, hr_sampler_name="Eular a", hr_scheduler="Karas", hr_upscaler="Fake 5x",
                    hr_checkpoint_name=NOWHERE)
-    assert comparison.request_from_body({"payload": payload}).payload["hr_sampler_name"] == "Eular a"
+    assert ab_request.request_from_body({"payload": payload}).payload["hr_sampler_name"] == "Eular a"
     with pytest.raises(SettingsError, match="payload.refiner_checkpoint"):  # looked up in every generation
-        comparison.request_from_body({"payload": dict(payload, refiner_checkpoint=NOWHERE)})
+        ab_request.request_from_body({"payload": dict(payload, refiner_checkpoint=NOWHERE)})
 
 
 def test_every_spelling_the_host_accepts_passes_and_runs(webui):
     """Names, labels, aliases where the host reads them, partial checkpoint titles, "unset" values."""
-    from lib_sdfix.webui import comparison
+    from lib_sdfix.webui.ab import request as ab_request
 
     client = _client(webui)
     accepted = dict(HIRES, sampler_name="Euler karras", scheduler="karras", hr_sampler_name="Euler a",
                     hr_scheduler="sgm_uniform", hr_checkpoint_name="v1-5-pruned-emaonly", refiner_checkpoint="None",
                     styles=["Cinematic"], override_settings={"sd_model_checkpoint": "realistic-v2"})
-    request = comparison.request_from_body({"payload": accepted})
+    request = ab_request.request_from_body({"payload": accepted})
     assert request.payload["scheduler"] == "Karras" and request.payload["hr_scheduler"] == "SGM Uniform"
     assert request.payload["sampler_name"] == "Euler karras"  # the host's API splits it
     answer = client.post("/sdfix/v1/ab", json={"payload": accepted, "variants": "ab"})
     assert answer.status_code == 200 and answer.json()["complete"], answer.text
     same = dict(HIRES, hr_sampler_name="Use same sampler", hr_scheduler="Use same scheduler",
                 hr_checkpoint_name="Use same checkpoint", refiner_checkpoint="", scheduler="")
-    request = comparison.request_from_body({"payload": same})
+    request = ab_request.request_from_body({"payload": same})
     assert request.payload["hr_sampler_name"] is None and request.payload["hr_scheduler"] is None
     answer = client.post("/sdfix/v1/ab", json={"payload": same, "variants": "ab"})  # the API would assert on it
     assert answer.status_code == 200 and answer.json()["complete"], answer.text
     for title in webui.sd_models.checkpoints_list:
-        comparison.request_from_body({"payload": dict(HIRES, hr_checkpoint_name=title, refiner_checkpoint=title)})
+        ab_request.request_from_body({"payload": dict(HIRES, hr_checkpoint_name=title, refiner_checkpoint=title)})
 
 
 def test_each_hosts_own_rules(webui):
     """reForge: schedule suffixes and its own samplers in any case; Forge: Hires modules by file name,
     sd_vae not read; AUTOMATIC1111 and reForge: sd_vae must name a VAE file."""
-    from lib_sdfix.webui import comparison
+    from lib_sdfix.webui.ab import request as ab_request
 
     def refused(**fields):
         try:
-            comparison.request_from_body({"payload": dict(HIRES, **fields)})
+            ab_request.request_from_body({"payload": dict(HIRES, **fields)})
         except SettingsError as err:
             return list(err.problems)
         return []
@@ -148,7 +148,7 @@ def test_each_hosts_own_rules(webui):
     reforge, forge = webui.host == "reforge", webui.host == "forge"
     assert refused(sampler_name="Euler KARRAS") == ([] if reforge else ["payload.sampler_name"])
     if reforge:
-        request = comparison.request_from_body({"payload": dict(HIRES, sampler_name="euler cfg++")})
+        request = ab_request.request_from_body({"payload": dict(HIRES, sampler_name="euler cfg++")})
         assert request.payload["sampler_name"] == "Euler CFG++"
         assert refused(hr_sampler_name="euler cfg++") == ["payload.hr_sampler_name"]  # create_sampler: exact
     vae = {"sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors"}
@@ -179,11 +179,11 @@ def test_a_sweep_over_two_spellings_of_one_schedule_is_refused(webui):
     body = dict(body, values=["Karas", "Karras"])
     answer = client.post("/sdfix/v1/diagnose", json=body)
     assert answer.status_code == 422 and "values[0]: unknown schedule type 'Karas'" in answer.json()["detail"]
-    from lib_sdfix.webui import diagnosis
+    from lib_sdfix.webui.diagnose import runner
 
-    request = diagnosis.request_from_body(dict(body, values=["karras", "uniform"], reference="uniform"))
+    request = runner.request_from_body(dict(body, values=["karras", "uniform"], reference="uniform"))
     assert request.values == ("Karras", "Uniform") and request.reference == "Uniform"
-    assert [c.name for c in request.cells] == [c.name for c in diagnosis.request_from_body(
+    assert [c.name for c in request.cells] == [c.name for c in runner.request_from_body(
         dict(body, values=["Karras", "Uniform"])).cells]
     with pytest.raises(SettingsError, match=r"values\[1\]"):
-        diagnosis.request_from_body(dict(body, axis="sampler_name", values=["Euler", "k_euler"]))
+        runner.request_from_body(dict(body, axis="sampler_name", values=["Euler", "k_euler"]))

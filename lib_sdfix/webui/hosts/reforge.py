@@ -8,15 +8,16 @@ AUTOMATIC1111's when the image already exceeds the target.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Set
+from typing import Any, Callable, Dict, Tuple
 
-from lib_sdfix.webui.forge import ForgeHost
-from lib_sdfix.webui.host import Host, PatchTarget, has_module
+from lib_sdfix.webui.hosts.base import has_module
+from lib_sdfix.webui.hosts.names import payload_names
+from lib_sdfix.webui.hosts.wrapper_vae import WrapperVaeHost
 
 __all__ = ["ReForgeHost"]
 
 
-class ReForgeHost(ForgeHost):
+class ReForgeHost(WrapperVaeHost):
     name = "reforge"
     label = "reForge"
 
@@ -24,18 +25,10 @@ class ReForgeHost(ForgeHost):
     def matches(cls) -> bool:
         return has_module("modules_forge") and has_module("ldm_patched.modules.sd")
 
-    def vae_source_files(self) -> List[str]:
-        return Host.vae_source_files(self)
-
-    def patch_targets(self, hooks: Set[str]) -> List[PatchTarget]:
+    def wrapper_methods(self) -> Tuple[Any, str, str]:
         from ldm_patched.modules import sd
 
-        targets = Host.patch_targets(self, hooks)
-        if "decode" in hooks:
-            targets.append((sd.VAE, "decode", "wrapper_decode"))
-        if "encode" in hooks:
-            targets.append((sd.VAE, "encode", "wrapper_encode"))
-        return targets
+        return sd.VAE, "decode", "encode"
 
     def upscale_stop(self, scale: float) -> Callable[[Any, int, int, int], bool]:
         # Before a pass: stop if already strictly larger (and scale != 1); after a pass: stop once big enough.
@@ -45,13 +38,5 @@ class ReForgeHost(ForgeHost):
         # reForge's get_sampler_and_scheduler: schedule suffixes in any case, its own samplers by name in any case.
         from modules_forge import forge_alter_samplers
 
-        from lib_sdfix.webui.names import payload_names
-
         return payload_names(suffix_any_case=True,
                              any_case_samplers=[s.name for s in forge_alter_samplers.samplers_data_alter])
-
-    def txt2img_defaults(self):
-        return {}
-
-    def txt2img_extra_fields(self):
-        return {}

@@ -1,7 +1,7 @@
 """The "Diagnose" section of SDFix's tab: layout (built from callbacks, tested without a WebUI), the
-result -> widget mapping, and the host callbacks behind it.
+result -> widget mapping, and the host callbacks behind it (:func:`host_callbacks`).
 
-One form for the generation (as the A/B section's, with its own element ids ``sdfix_dg_*``), one Run
+The generation form is the A/B section's (lib_sdfix.webui.form, with its own element ids ``sdfix_dg_*``), one Run
 button per kind; the WebUI's progress bar and Interrupt follow a run as they follow txt2img
 (``sdfixDiagnoseSubmit`` in ``javascript/sdfix_ab.js``).  The layout uses only what gradio 3.41 (AUTOMATIC1111, reForge)
 and 4.40 (Forge, with its ``_js`` shim) both have.
@@ -11,10 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from lib_sdfix.diagnose.plan import PRECISION_FIXES
+from lib_sdfix.diagnose.plan import DEFAULT_VALUES, PRECISION_FIXES
+from lib_sdfix.settings import SettingsError
+from lib_sdfix.webui.ab.tab import TabCallbacks
+from lib_sdfix.webui.diagnose import last_output, runner
+from lib_sdfix.webui.form import FORM_FIELDS, build_form, form_from_payload, payload_from_form
+from lib_sdfix.webui.hosts import current
 
 __all__ = ["DiagnoseCallbacks", "KIND_BUTTONS", "AXIS_CHOICES", "VARIANT_CHOICES", "build_diagnose_tab",
-           "build_sdfix_tab", "body_from_form", "tab_outputs", "diagnose_callbacks", "PREFIX"]
+           "body_from_form", "tab_outputs", "host_callbacks", "PREFIX"]
 
 PREFIX = "sdfix_dg"
 #: (kind, button label)
@@ -44,7 +49,6 @@ def body_from_form(kind: str, image: Any, dtypes: Sequence[str], axis: str, valu
                    gain: float, save: bool, form: Sequence[Any]) -> Dict[str, Any]:
     """The API body the form asks for (so the tab passes the route's own validation)."""
     from lib_sdfix.diagnose.request import parse_value_list
-    from lib_sdfix.webui.tab import payload_from_form
 
     body: Dict[str, Any] = {"kind": kind, "heatmap_gain": gain, "save": bool(save)}
     if kind == "vae_roundtrip":
@@ -74,7 +78,6 @@ def _image_base64(image: Any) -> str:
     and says so), else as 8-bit RGB (:func:`lib_sdfix.image_input.rgb8`); a refusal names the field."""
     from lib_sdfix.imaging import png_base64
     from lib_sdfix.image_input import ImageModeError, rgb8
-    from lib_sdfix.settings import SettingsError
 
     if image.mode not in _PNG_MODES:
         try:
@@ -87,9 +90,6 @@ def _image_base64(image: Any) -> str:
 def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
     """The Diagnose section's gr.Blocks.  Element ids start with ``sdfix_dg_``."""
     import gradio as gr
-
-    from lib_sdfix.diagnose.plan import DEFAULT_VALUES
-    from lib_sdfix.webui.tab import FORM_FIELDS, _form, form_from_payload
 
     runs = callbacks.variants()
     defaults = callbacks.default_variants() if callbacks.default_variants is not None else runs
@@ -126,7 +126,7 @@ def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
                                         lines=1, elem_id=f"{PREFIX}_at")
                 with gr.Accordion("Generation (sweep and step strip)", open=True):
                     use_last = gr.Button("Use last txt2img", elem_id=f"{PREFIX}_use_last")
-                    form = _form(gr, callbacks, prefix=PREFIX)
+                    form = build_form(gr, callbacks, PREFIX)
                 with gr.Row():
                     gain = gr.Slider(1, 64, value=4, step=1, label="Heatmap amplification", elem_id=f"{PREFIX}_gain")
                     save = gr.Checkbox(value=True, label="Save to outputs/sdfix-diagnose", elem_id=f"{PREFIX}_save")
@@ -151,20 +151,6 @@ def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
                          inputs=[id_task, kind_box, image, dtypes, axis, values, reference, at, gain, save, *form],
                          outputs=[seed, gallery, chart, metrics, findings, notes, info])
         interrupt.click(callbacks.interrupt, inputs=[], outputs=[])
-    return tab
-
-
-def build_sdfix_tab(ab_tab: Any, diagnose_tab: Any) -> Any:
-    """SDFix's one tab: the A/B comparison and the Diagnose section, each a sub-tab (the A/B part keeps
-    its element ids, so its script and tests find it as before)."""
-    import gradio as gr
-
-    with gr.Blocks(analytics_enabled=False) as tab:
-        with gr.Tabs(elem_id="sdfix_sections"):
-            with gr.Tab("A/B comparison", elem_id="sdfix_section_ab"):
-                ab_tab.render()
-            with gr.Tab("Diagnose", elem_id="sdfix_section_diagnose"):
-                diagnose_tab.render()
     return tab
 
 
@@ -226,20 +212,17 @@ def _no_change() -> Any:
 # --- host side -----------------------------------------------------------------------------------------
 
 
-def diagnose_callbacks(ab: Any) -> DiagnoseCallbacks:
+def host_callbacks(ab: TabCallbacks) -> DiagnoseCallbacks:
     """The host's callbacks (``ab``: the A/B section's, for its choices and last generation)."""
     import gradio as gr
 
     from lib_sdfix.diagnose.roundtrip import default_variants, supported_variants
-    from lib_sdfix.settings import SettingsError
-    from lib_sdfix.webui import diagnosis
-    from lib_sdfix.webui.host import current
     from modules import call_queue
 
     shared = current().shared
 
     def last_image() -> Any:
-        image = diagnosis.last_output()
+        image = last_output.image()
         if image is None:
             gr.Warning("SDFix: no image generated since the WebUI started")
             return gr.update()
@@ -249,16 +232,16 @@ def diagnose_callbacks(ab: Any) -> DiagnoseCallbacks:
             gain: float, save: bool, *form: Any) -> List[Any]:
         try:
             body = body_from_form(kind, image, dtypes, axis, values, reference, at, gain, save, form)
-            return tab_outputs(diagnosis.run_diagnosis(diagnosis.request_from_body(body)))
+            return tab_outputs(runner.run_diagnosis(runner.request_from_body(body)))
         except SettingsError as err:
             return [gr.update(), [], None, None, f"**SDFix:** {err}", "", ""]
 
     return DiagnoseCallbacks(
         samplers=ab.samplers, schedulers=ab.schedulers, upscalers=ab.upscalers,
-        variants=lambda: list(supported_variants(diagnosis.vae_device())),
+        variants=lambda: list(supported_variants(runner.vae_device())),
         last_generation=ab.last_generation, last_image=last_image,
         run=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[gr.update(), [], None, None, "", ""]),
         interrupt=lambda: shared.state.interrupt(),
-        default_variants=lambda: list(default_variants(diagnosis.vae_device())),
+        default_variants=lambda: list(default_variants(runner.vae_device())),
     )
 

@@ -1,4 +1,4 @@
-"""The diagnosis runner (lib_sdfix.webui.diagnosis) in stand-ins of the three hosts (tests/webui/fakes/).
+"""The diagnosis runner (lib_sdfix.webui.diagnose) in stand-ins of the three hosts (tests/webui/fakes/).
 
 Every sweep cell must be the image and infotext a plain txt2img API call with that cell's settings gives,
 while the UNet runs only as often as the plan says; the step strip decodes each step's denoised
@@ -18,7 +18,7 @@ from PIL import Image
 
 from lib_sdfix.settings import SDFixSettings
 
-from .support import assert_clean, decodes, diagnose, pixels, plain
+from ..support import assert_clean, decodes, diagnose, pixels, plain
 
 pytest.importorskip("pydantic")
 pytest.importorskip("fastapi")
@@ -153,7 +153,7 @@ def test_roundtrip_runs_each_precision_through_the_hosts_own_encode_and_decode(w
     assert 60 < rows["precision_guard"]["psnr_vs_fp32"] < float("inf") and rows["fp32"]["psnr_vs_fp32"] == float("inf")
     assert set(result["cells"][0]["heatmaps"]) == {"original", "fp32"}
     assert any("cropped from 100x96" in note for note in result["notes"])
-    json.dumps(__import__("lib_sdfix.webui.diagnosis", fromlist=["x"]).api_response(result), allow_nan=False)
+    json.dumps(__import__("lib_sdfix.webui.diagnose.runner", fromlist=["x"]).api_response(result), allow_nan=False)
 
 
 def test_roundtrip_of_a_16_bit_png_measures_the_image_not_white(webui):
@@ -231,10 +231,10 @@ def test_a_half_vae_that_overflows_is_found_at_the_decode(webui):
 
 
 def test_nan_watch_option_notes_the_first_step_in_the_infotext(webui):
-    from lib_sdfix.webui.session import PATCHES
+    from lib_sdfix.webui import patches
 
     active = []
-    webui.shared.sd_model.unet_hook = lambda count: active.append(PATCHES.active())
+    webui.shared.sd_model.unet_hook = lambda count: active.append(patches.active())
     clean = plain(webui, PAYLOAD, {"nan_watch": True})
     assert 'nan watch: all values finite (3 sampling checks, 1 latent check, 1 vae decode check)' in clean.infotext
     assert "nan=1" in clean.infotext and any("processing.decode_latent_batch" in a for a in active[0])
@@ -284,12 +284,12 @@ def test_nan_watch_names_the_late_refine_steps_as_such(webui):
 
 
 def test_last_output_is_the_users_generation_not_a_diagnosis(webui):
-    from lib_sdfix.webui import diagnosis
+    from lib_sdfix.webui.diagnose import last_output
 
     generated = plain(webui, PAYLOAD, {})
-    assert pixels(diagnosis.last_output()) == pixels(generated.image)
+    assert pixels(last_output.image()) == pixels(generated.image)
     diagnose(webui, kind="sweep", payload=dict(PAYLOAD, seed=99), axis="precision")
-    assert pixels(diagnosis.last_output()) == pixels(generated.image)
+    assert pixels(last_output.image()) == pixels(generated.image)
 
 
 def test_saving_under_outputs_sdfix_diagnose(webui, tmp_path, photo):

@@ -3,18 +3,22 @@
 ``sd_model.first_stage_model`` is None there; the wrapper (``backend.patcher.vae.VAE``) casts the
 latent to its own ``vae_dtype`` in ``decode_inner``/``encode_inner`` and runs its ``first_stage_model``.
 Forge builds that VAE in bf16 on recent NVIDIA cards and leaves cuDNN TF32 on (PyTorch's default).
+Its own: the VAE file comes from its extra modules, and its txt2img API has Hires modules and
+distilled CFG fields.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Tuple
 
-from lib_sdfix.webui.host import Host, PatchTarget, has_module
+from lib_sdfix.webui.hosts.base import has_module
+from lib_sdfix.webui.hosts.names import forge_modules, payload_names
+from lib_sdfix.webui.hosts.wrapper_vae import WrapperVaeHost
 
 __all__ = ["ForgeHost"]
 
 
-class ForgeHost(Host):
+class ForgeHost(WrapperVaeHost):
     name = "forge"
     label = "Forge"
 
@@ -22,22 +26,10 @@ class ForgeHost(Host):
     def matches(cls) -> bool:
         return has_module("modules_forge") and has_module("backend.patcher.vae")
 
-    def vae_wrapper(self, sd_model: Any = None) -> Any:
-        model = sd_model if sd_model is not None else self.sd_model()
-        return getattr(getattr(model, "forge_objects", None), "vae", None)
+    def wrapper_methods(self) -> Tuple[Any, str, str]:
+        from backend.patcher import vae
 
-    def vae_module(self, sd_model: Any = None, wrapper: Any = None) -> Any:
-        wrapper = wrapper if wrapper is not None else self.vae_wrapper(sd_model)
-        return getattr(wrapper, "first_stage_model", None)
-
-    def vae_dtype_attrs(self, wrapper: Any = None) -> List[Tuple[Any, str]]:
-        from modules import devices
-
-        wrapper = wrapper if wrapper is not None else self.vae_wrapper()
-        attrs = [(devices, "dtype_vae")]
-        if wrapper is not None and hasattr(wrapper, "vae_dtype"):
-            attrs.insert(0, (wrapper, "vae_dtype"))
-        return attrs
+        return vae.VAE, "decode_inner", "encode_inner"
 
     def vae_source_files(self) -> List[str]:
         # Extra modules (a VAE file chosen in the UI) override the checkpoint's VAE.
@@ -46,35 +38,12 @@ class ForgeHost(Host):
         info = getattr(self.sd_model(), "sd_checkpoint_info", None)
         return vae_like + ([info.filename] if getattr(info, "filename", None) else [])
 
-    def patch_targets(self, hooks: Set[str]) -> List[PatchTarget]:
-        from backend.patcher import vae
-
-        targets = super().patch_targets(hooks)
-        if "decode" in hooks:
-            targets.append((vae.VAE, "decode_inner", "wrapper_decode"))
-        if "encode" in hooks:
-            targets.append((vae.VAE, "encode_inner", "wrapper_encode"))
-        return targets
-
-    def no_grad(self) -> Any:
-        import torch
-
-        return torch.inference_mode()  # modules/processing.py: process_images runs under inference_mode
-
-    def resize_extra_keywords(self) -> Tuple[str, ...]:
-        return ("force_RGBA",)
-
-    def resize_converts_rgba(self) -> bool:
-        return True
-
     def txt2img_defaults(self) -> Dict[str, Any]:
         # Forge's API raises on enable_hr unless this is a list ("Use same choices": no module change).
         return {"hr_additional_modules": ["Use same choices"]}
 
     def payload_names(self) -> Dict[str, Any]:
         # Forge manages the VAE through its modules: sd_vae is not read; Hires modules are names too.
-        from lib_sdfix.webui.names import forge_modules, payload_names
-
         return {**payload_names(vae=False), "hr_additional_modules": forge_modules()}
 
     def txt2img_extra_fields(self) -> Dict[str, Any]:

@@ -1,28 +1,29 @@
-"""The one interface between SDFix and the WebUI it runs in, and the choice of implementation.
+"""The one interface between SDFix and the WebUI it runs in: :class:`Host`, with what every host shares.
 
 Why: AUTOMATIC1111, Forge and reForge share the ``modules.*`` layer (processing, scripts, images,
 upscalers) but keep the VAE in different places, decide its dtype through different attributes,
 resize after an upscaler in slightly different loops and need different API fields.  Everything
 that differs is a method here; everything else in ``lib_sdfix.webui`` is written once against it.
-The implementation is picked at import by what the host has (its packages), never by a version
-string.  This package is the only place that imports ``modules.*``, ``backend.*`` or ``ldm_patched.*``.
+``lib_sdfix.webui`` is the only package that imports ``modules.*``, ``backend.*`` or ``ldm_patched.*``.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-__all__ = ["Host", "current", "detect"]
+from lib_sdfix.webui.hosts.names import payload_names
 
-# What a patched function is: (owner, attribute, kind) -- kinds are the hook factories in hooks.py.
+__all__ = ["Host", "PatchTarget", "has_module"]
+
+# What a patched function is: (owner, attribute, kind) -- the kind names the replacement's factory
+# (hooks.FACTORIES for patch_targets, diagnose.nan_watch's for nan_watch_targets).
 PatchTarget = Tuple[Any, str, str]
 
 
 class Host:
     """What every supported host shares (the ``modules.*`` layer of AUTOMATIC1111 v1.10, which Forge
-    and reForge keep); the VAE methods are each host's own (a1111.py, forge.py, reforge.py)."""
+    and reForge keep); the VAE methods are each host's own (a1111.py; wrapper_vae.py for Forge and reForge)."""
 
     name = ""
     label = ""
@@ -117,6 +118,28 @@ class Host:
         if "resize" in hooks:
             targets += [(images, "resize_image", "resize_image"), (upscaler.Upscaler, "upscale", "upscaler_upscale")]
         return targets
+
+    # -- the NaN watch ------------------------------------------------------------------------------
+
+    def nan_watch_targets(self) -> List[PatchTarget]:
+        """The host functions the NaN watch replaces (lib_sdfix.webui.diagnose.nan_watch): the hosts' one
+        decode entry point after sampling (``processing.decode_latent_batch``) and, where the host has it,
+        its own NaN check (``devices.test_for_nans``: AUTOMATIC1111 checks there before its fp32 retry)."""
+        from modules import devices, processing
+
+        wanted = ((processing, "decode_latent_batch"), (devices, "test_for_nans"))
+        return [(owner, attr, attr) for owner, attr in wanted if hasattr(owner, attr)]
+
+    def nans_exception(self) -> Optional[type]:
+        """The exception the host stops a generation with when it finds NaNs (AUTOMATIC1111's
+        ``devices.NansException``, unless --disable-nan-check); None where it has none."""
+        from modules import devices
+
+        return getattr(devices, "NansException", None)
+
+    def sampling_steps(self) -> Optional[int]:
+        """The steps of the sampling running now, as the progress bar counts them; None if unknown."""
+        return getattr(self.shared.state, "sampling_steps", None) or None
 
     # -- sampling -----------------------------------------------------------------------------------
 
@@ -219,9 +242,7 @@ class Host:
 
     def payload_names(self) -> Dict[str, Any]:
         """The names this host accepts in each name field of a txt2img payload ({field:
-        lib_sdfix.names.Names}), read from its registries now (lib_sdfix.webui.names)."""
-        from lib_sdfix.webui.names import payload_names
-
+        lib_sdfix.names.Names}), read from its registries now (hosts/names.py)."""
         return payload_names()
 
     def audit(self) -> Dict[str, Any]:
@@ -254,23 +275,6 @@ class Host:
             if self.cmd_opt(f"vae_in_{dtype}", False):
                 return dtype
         return None
-
-
-@functools.lru_cache(maxsize=None)
-def detect() -> Host:
-    """The host implementation for the WebUI this process runs."""
-    from lib_sdfix.webui.a1111 import A1111Host
-    from lib_sdfix.webui.forge import ForgeHost
-    from lib_sdfix.webui.reforge import ReForgeHost
-
-    for host in (ForgeHost, ReForgeHost):
-        if host.matches():
-            return host()
-    return A1111Host()
-
-
-def current() -> Host:
-    return detect()
 
 
 def has_module(name: str) -> bool:
