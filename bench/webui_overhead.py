@@ -79,7 +79,9 @@ _ISOLATED = """
 import time, sys, logging, dataclasses, typing, threading, importlib, inspect, functools, contextlib  # the WebUI has these
 sys.path.insert(0, {root!r})
 start = time.perf_counter()
-import lib_sdfix.webui.apply, lib_sdfix.webui.callbacks, lib_sdfix.webui.controls, lib_sdfix.webui.diagnose.last_output, lib_sdfix.webui.diagnose.nan_watch  # what scripts/sdfix.py imports at WebUI start (callbacks: what register() needs)
+# what scripts/sdfix.py imports at WebUI start (callbacks: what register() needs)
+import lib_sdfix.webui.apply, lib_sdfix.webui.callbacks, lib_sdfix.webui.controls  # noqa: E401
+import lib_sdfix.webui.diagnose.last_output, lib_sdfix.webui.diagnose.nan_watch  # noqa: E401
 print(time.perf_counter() - start)
 """
 

@@ -5,8 +5,8 @@ import functools
 import sys
 from typing import Any, Optional, Sequence, Set
 
-from lib_sdfix.parity import latent_upscale_note
 from lib_sdfix.failsafe import log_once
+from lib_sdfix.parity import latent_upscale_note
 from lib_sdfix.settings import (
     INFOTEXT_KEY,
     NOTES_INFOTEXT_KEY,

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping
 
-from lib_sdfix.settings import (FIXES, INFOTEXT_KEY, OPTIONS, REFINE_INFOTEXT_KEY, UI_ARG_ORDER, Option, SDFixSettings,
-                                SettingsError)
+from lib_sdfix.settings import FIXES, INFOTEXT_KEY, OPTIONS, REFINE_INFOTEXT_KEY, UI_ARG_ORDER, Option, SDFixSettings, SettingsError
 
 __all__ = ["build_script_controls", "infotext_paste_value"]
 

@@ -166,8 +166,9 @@ def wrapper_encode(original: Callable) -> Callable:
 
 
 def _is_base_upscale(fn: Any) -> bool:
-    from lib_sdfix.patching import is_replacement
     from modules import upscaler as upscaler_module
+
+    from lib_sdfix.patching import is_replacement
 
     return fn is upscaler_module.Upscaler.upscale or is_replacement(fn)
 

@@ -42,9 +42,9 @@ def auth_dependencies() -> List[Any]:
 
 
 def status() -> Dict[str, Any]:
-    from lib_sdfix.precision import flag_api, read_flags
-
     import torch
+
+    from lib_sdfix.precision import flag_api, read_flags
 
     host = current()
     gpu = None
@@ -85,9 +85,9 @@ def _weights_mode(host: Any) -> Dict[str, Any]:
 def vae_memory(host: Any) -> Dict[str, Any]:
     """The fp32 decode's estimated peak at the current Hires size -- the last decode SDFix guarded,
     else twice the model's native size (the Hires default) -- and whether it would run tiled."""
-    from lib_sdfix.vae.plan import memory_report
-
     import torch
+
+    from lib_sdfix.vae.plan import memory_report
 
     try:
         module = host.vae_module()
@@ -109,7 +109,6 @@ def on_app_started(demo: Any, app: Any) -> None:
     if not host.api_enabled():
         return
     from fastapi import Body, HTTPException
-
     from modules import call_queue
 
     # The runners load only where the host serves its API (not at every WebUI start).

@@ -21,7 +21,7 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Set
 
-from lib_sdfix.failsafe import FixReport
+from lib_sdfix.failsafe import FixReport, log_once
 from lib_sdfix.settings import SDFixSettings
 from lib_sdfix.webui import patches
 
@@ -169,8 +169,12 @@ def _close_with(p: Any, session: GenerationSession) -> None:
     def close(*args: Any, **kwargs: Any) -> Any:
         try:
             session.finish()
-        finally:
-            return original(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 -- the host's own close must run whatever SDFix's finish did
+            log_once("session-close", f"SDFix could not finish its session: {exc}", exc)
+        except BaseException:
+            original(*args, **kwargs)
+            raise
+        return original(*args, **kwargs)
 
     setattr(close, _CLOSE_MARK, id(p))
     p.close = close

@@ -5,7 +5,8 @@ import math
 from typing import Any, Callable, List, Tuple
 
 from lib_sdfix.failsafe import logger
-from lib_sdfix.settings import FIXES, OPTIONS, SettingsError, option as option_spec
+from lib_sdfix.settings import FIXES, OPTIONS, SettingsError
+from lib_sdfix.settings import option as option_spec
 from lib_sdfix.webui.apply import AXIS_NOTES_ATTR, OVERRIDES_ATTR
 
 __all__ = ["XYZ_AXES", "SWITCHED_ON_BY", "parse_axis_value", "fit_axis_values", "add_xyz_axes"]

@@ -88,7 +88,8 @@ def test_previews_are_left_alone_but_the_save_before_hires_decode_is_guarded(web
     run(webui, p)
     seen = []
     thread = threading.Thread(target=lambda: seen.append(webui.sd_samplers_common.samples_to_images_tensor(torch.randn(1, 4, 4, 4))))
-    thread.start(); thread.join()
+    thread.start()
+    thread.join()
     assert all(s["thread"] != thread.name or s["cudnn_tf32"] for s in webui.vae.seen)
     webui.shared.opts.sd_vae_decode_method = "TAESD"
     with grad_mode(webui):

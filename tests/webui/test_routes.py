@@ -6,6 +6,7 @@ import torch
 
 from lib_sdfix.settings import SDFixSettings
 
+
 @pytest.mark.parametrize("api,auth", [(True, None), (True, "sdfix:secret"), (False, None)])
 def test_routes_exist_only_with_the_api_and_behind_its_auth(webui, api, auth):
     fastapi = pytest.importorskip("fastapi")

@@ -1,11 +1,11 @@
-"""Sessions and patches never outlive their job: dead X/Y/Z cells, nested generations, copies of p, another extension's patches, script reloads."""
+"""Sessions and patches never outlive their job: dead X/Y/Z cells, nested generations, copies of p,
+another extension's patches, script reloads."""
 from __future__ import annotations
 
 import gc
 import threading
 
 import pytest
-
 from PIL import Image
 
 from lib_sdfix.settings import SDFixSettings
@@ -100,7 +100,8 @@ def test_sessions_are_bound_to_their_thread():
     with bound_session(session):
         assert current_session() is session
         t = threading.Thread(target=lambda: seen.append(current_session()))
-        t.start(); t.join()
+        t.start()
+        t.join()
     assert seen == [None] and current_session() is None
 
 

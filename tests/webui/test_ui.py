@@ -1,11 +1,11 @@
 """The UI pieces registered in the host: X/Y/Z axes and the Settings panel."""
 from __future__ import annotations
 
-from lib_sdfix.settings import SDFixSettings
-
 import sys
 
 import pytest
+
+from lib_sdfix.settings import SDFixSettings
 
 from .fakes import FakeP
 from .support import install_xyz_script, run
@@ -50,7 +50,7 @@ def test_settings_panel_registers_every_option(webui, monkeypatch):
 
 def test_ui_controls_build_with_the_webui_gradio():
     gr = pytest.importorskip("gradio")
-    from lib_sdfix.settings import SDFixSettings, UI_ARG_ORDER
+    from lib_sdfix.settings import UI_ARG_ORDER, SDFixSettings
     from lib_sdfix.webui.controls import build_script_controls
 
     with gr.Blocks():

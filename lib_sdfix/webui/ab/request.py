@@ -30,10 +30,9 @@ def request_from_body(body: Any) -> Any:
 
 def txt2img_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
     """The payload checked by the host's own txt2img API model; SettingsError naming bad fields."""
-    from pydantic import ValidationError
-
     from modules import sd_samplers
     from modules.api import models
+    from pydantic import ValidationError
 
     defaults = current().txt2img_defaults()
     # A null where this host's API needs a value (Forge's Hires modules) means its default, not a TypeError.

@@ -154,7 +154,8 @@ def render_groups(fields: Dict[str, Any], alwayson: Dict[str, Any], groups: List
                   into: Optional[Rendered] = None) -> Rendered:
     """Render the sampling groups (lib_sdfix.sampling_plan) of one generation's ``fields``: the first
     run of a group samples, the others get its latents injected (decode only), a Hires pass shares the
-    first pass, a late refine group whose passes another group sampled runs only its refine.  ``execute(run, inject, members) -> (processed, extra)`` runs one generation (default:
+    first pass, a late refine group whose passes another group sampled runs only its refine.
+    ``execute(run, inject, members) -> (processed, extra)`` runs one generation (default:
     ``run.run(inject)``); a None ``processed`` means the host stopped it: the group goes no further.
     ``into``: add to an earlier call's result (a diagnosis sweep renders several generations).
     Stops at an Interrupt; after "Skip" goes on with the next run."""

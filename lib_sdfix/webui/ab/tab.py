@@ -107,9 +107,9 @@ def host_callbacks() -> TabCallbacks:
     """The host's callbacks behind the A/B section (the Diagnose section shares its choices and its
     last generation)."""
     import gradio as gr
+    from modules import call_queue, infotext_utils, paths, sd_samplers, sd_schedulers
 
     from lib_sdfix import ab
-    from modules import call_queue, infotext_utils, paths, sd_samplers, sd_schedulers
 
     shared = current().shared
 

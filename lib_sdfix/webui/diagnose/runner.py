@@ -102,10 +102,11 @@ def _seeded() -> Any:
 
 def _roundtrip(request: Any) -> Dict[str, Any]:
 
+    from modules import sd_samplers_common
+
     from lib_sdfix import diagnose
     from lib_sdfix.diagnose.roundtrip import crop_for_vae, image_to_tensor, skipped_note, tensor_to_image, variant_label
     from lib_sdfix.image_input import to_rgb8
-    from modules import sd_samplers_common
 
     shared = current().shared
     model = shared.sd_model
@@ -237,9 +238,10 @@ def _sweep(request: Any) -> Dict[str, Any]:
 
 
 def _steps(request: Any) -> Dict[str, Any]:
+    from modules import processing
+
     from lib_sdfix import diagnose
     from lib_sdfix.diagnose.roundtrip import tensor_to_image
-    from modules import processing
 
     shared = current().shared
     request = request.with_resolved_seed()
@@ -305,9 +307,10 @@ def _steps(request: Any) -> Dict[str, Any]:
 def save_result(result: Dict[str, Any]) -> Dict[str, Any]:
     """Under <outputs>/sdfix-diagnose, named with the host's sequence number (and its filename pattern
     for generations): every cell with its infotext, the grid, the chart, the strip, the metrics JSON."""
-    from lib_sdfix import diagnose
     from modules import images as webui_images
     from modules import paths_internal
+
+    from lib_sdfix import diagnose
 
     shared = current().shared
     out_dir = os.path.join(shared.opts.outdir_samples or paths_internal.default_output_dir, "sdfix-diagnose")

@@ -26,7 +26,8 @@ PREFIX = "sdfix_dg"
 KIND_BUTTONS = (("vae_roundtrip", "Run VAE round-trip"), ("sweep", "Run sweep"), ("steps", "Run step strip"))
 AXIS_CHOICES = {"CFG scale": "cfg_scale", "Steps": "steps", "Sampler": "sampler_name", "Schedule type": "scheduler",
                 f"SDFix {' + '.join(PRECISION_FIXES)} (off / on)": "precision"}
-VARIANT_CHOICES = {"WebUI as it runs": "webui", "SDFix (precision_guard + guard_encode)": "precision_guard", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+VARIANT_CHOICES = {"WebUI as it runs": "webui", "SDFix (precision_guard + guard_encode)": "precision_guard",
+                   "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,8 @@ _PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
 def _image_base64(image: Any) -> str:
     """The uploaded image as base64 PNG, in its own mode where a PNG holds it (the route scales 16-bit
     and says so), else as 8-bit RGB (:func:`lib_sdfix.image_input.rgb8`); a refusal names the field."""
-    from lib_sdfix.imaging import png_base64
     from lib_sdfix.image_input import ImageModeError, rgb8
+    from lib_sdfix.imaging import png_base64
 
     if image.mode not in _PNG_MODES:
         try:
@@ -215,9 +216,9 @@ def _no_change() -> Any:
 def host_callbacks(ab: TabCallbacks) -> DiagnoseCallbacks:
     """The host's callbacks (``ab``: the A/B section's, for its choices and last generation)."""
     import gradio as gr
+    from modules import call_queue
 
     from lib_sdfix.diagnose.roundtrip import default_variants, supported_variants
-    from modules import call_queue
 
     shared = current().shared
 

@@ -34,7 +34,7 @@ class ForgeHost(WrapperVaeHost):
     def vae_source_files(self) -> List[str]:
         # Extra modules (a VAE file chosen in the UI) override the checkpoint's VAE.
         extra = [f for f in getattr(self.shared.opts, "forge_additional_modules", None) or [] if isinstance(f, str)]
-        vae_like = [f for f in extra if "vae" in os.path.basename(f).lower()] + [f for f in extra if "vae" not in os.path.basename(f).lower()]
+        vae_like = sorted(extra, key=lambda f: "vae" not in os.path.basename(f).lower())  # VAE files first, stable
         info = getattr(self.sd_model(), "sd_checkpoint_info", None)
         return vae_like + ([info.filename] if getattr(info, "filename", None) else [])
 

@@ -21,8 +21,9 @@ def payload_names(*, suffix_any_case: bool = False, any_case_samplers: Iterable[
     schedule types (``sd_schedulers.schedulers``), latent modes and upscalers, checkpoints (titles,
     ``sd_models.get_closet_checkpoint_match``, ``checkpoint_aliases``), saved styles and, with ``vae``,
     VAE files (``sd_vae.vae_dict``)."""
-    from lib_sdfix import names  # with difflib: loaded by the first request that checks names, not at start
     from modules import sd_models, sd_samplers, sd_schedulers, shared
+
+    from lib_sdfix import names  # with difflib: loaded by the first request that checks names, not at start
 
     styles = getattr(getattr(shared, "prompt_styles", None), "styles", None)
     vae_files = None
@@ -44,8 +45,9 @@ def payload_names(*, suffix_any_case: bool = False, any_case_samplers: Iterable[
 def forge_modules() -> names.Names:
     """Forge's ``hr_additional_modules`` items: "Use same choices", or a VAE / text encoder file that
     ``main_entry.modules_change`` finds by its file name (it drops unknown ones silently)."""
-    from lib_sdfix import names
     from modules_forge import main_entry
+
+    from lib_sdfix import names
 
     known = main_entry.module_list
     return names.Names("module", ["Use same choices", *known],

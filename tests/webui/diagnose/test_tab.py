@@ -138,7 +138,8 @@ def callbacks(webui):
 
 
 def test_run_button_renders_results_under_the_queue_and_refusals_as_a_message(webui, callbacks):
-    outputs = callbacks.run("task(abc)", "sweep", None, [], "SDFix precision_guard + guard_encode (off / on)", "", "", "", 4, False, *form())
+    outputs = callbacks.run("task(abc)", "sweep", None, [], "SDFix precision_guard + guard_encode (off / on)", "", "", "", 4, False,
+                            *form())
     seed, gallery, chart, metrics, findings, notes, info = outputs
     assert seed == 4321 and [label for _, label in gallery][:2] == ["precision_guard+guard_encode off", "precision_guard+guard_encode on"]
     assert isinstance(chart, Image.Image) and metrics["headers"][0] == "cell" and len(metrics["data"]) == 2

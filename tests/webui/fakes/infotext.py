@@ -67,7 +67,7 @@ def make_create_infotext(shared: Any, processing: Any) -> Callable[..., str]:
                     generation_params[key] = value[index]
                 elif callable(value):
                     generation_params[key] = value(**locals())
-            except Exception as exc:  # errors.report
+            except Exception as exc:  # noqa: BLE001 -- the WebUI's errors.report
                 processing.infotext_errors.append((key, exc))
                 generation_params[key] = None
         text = ", ".join(k if k == v else f"{k}: {quote(v)}" for k, v in generation_params.items() if v is not None)

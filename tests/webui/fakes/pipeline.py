@@ -118,7 +118,7 @@ def install_pipeline(module: Callable[..., types.ModuleType], host: str, shared:
         elif isinstance(seed, str):
             try:
                 seed = int(seed)
-            except Exception:
+            except Exception:  # noqa: BLE001 -- as the WebUI's get_fixed_seed
                 seed = -1
         if seed == -1:
             return int(random.randrange(4294967294))
@@ -212,7 +212,8 @@ def install_pipeline(module: Callable[..., types.ModuleType], host: str, shared:
                     devices.test_for_nans(samples_ddim, "unet")
                     if opts.sd_vae_decode_method != "Full":
                         p.extra_generation_params["VAE Decoder"] = opts.sd_vae_decode_method
-                    x_samples_ddim = processing.decode_latent_batch(p.sd_model, samples_ddim, target_device=devices.cpu, check_for_nans=True)
+                    x_samples_ddim = processing.decode_latent_batch(p.sd_model, samples_ddim, target_device=devices.cpu,
+                                                                    check_for_nans=True)
                 x_samples_ddim = torch.stack(x_samples_ddim).float()
                 x_samples_ddim = torch.clamp((x_samples_ddim + 1.0) / 2.0, min=0.0, max=1.0)
                 state.nextjob()
