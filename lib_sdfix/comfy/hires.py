@@ -31,11 +31,11 @@ MAX_SIDE = 16384
 def target_size(size: Tuple[int, int], scale_by: float, width: int, height: int) -> Tuple[int, int]:
     """(width, height) of the Hires pass for a first pass of ``size``: ``width``/``height`` when both are
     set; one of them set: the other follows at the same scale; neither: ``scale_by``.  Sides are
-    multiples of 8 (the VAE's scale), at least 64."""
+    multiples of 8 (the VAE's scale), at least 8."""
     w0, h0 = size
 
     def snap(value: float) -> int:
-        return max(64, int(round(value / 8.0)) * 8)
+        return max(8, int(value / 8.0 + 0.5) * 8)
 
     if width and height:
         target = (snap(width), snap(height))
