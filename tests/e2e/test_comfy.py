@@ -139,6 +139,8 @@ def assert_guarded(vae_records: List[Dict[str, Any]], parts=("decoder",)) -> Non
         assert flags["cudnn.allow_tf32"] is False and flags["cuda.matmul.allow_tf32"] is False, flags
         assert flags["cudnn.benchmark"] is False and r["autocast"] is False, r
         assert flags.get("float32_matmul_precision", "highest") == "highest", flags
+        assert not flags.get("cuda.matmul.allow_fp16_reduced_precision_reduction", False), flags
+        assert not flags.get("cuda.matmul.allow_bf16_reduced_precision_reduction", False), flags
 
 
 def assert_restored(node_records: List[Dict[str, Any]]) -> None:
