@@ -320,11 +320,12 @@ def _upload_small_image() -> str:
     from PIL import Image
 
     image = Image.new("RGB", (64, 64))
-    image.putdata([(x * 4, y * 4, (x * y) % 256) for y in range(64) for x in range(64)])
+    salt = uuid.uuid4().int % 256  # new content and name each run: ComfyUI would reuse its cached outputs
+    image.putdata([(x * 4, y * 4, (x * y + salt) % 256) for y in range(64) for x in range(64)])
     buf = io.BytesIO()
     image.save(buf, "PNG")
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"sdfix-e2e.png\"\r\n"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"sdfix-e2e-{salt}.png\"\r\n"
             f"Content-Type: image/png\r\n\r\n").encode() + buf.getvalue() + \
         f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n--{boundary}--\r\n".encode()
     req = urllib.request.Request(URL + "/upload/image", data=body, method="POST",
@@ -343,6 +344,14 @@ def test_vae_round_trip_in_each_precision():
         assert label in text, text
     assert "finding vae_capacity" in text  # random weights reproduce nothing
     records = entry["records"]
-    guarded = [r for r in of(records["vae"], "SDFixVAERoundTrip") if r["vae_dtype"] == "torch.float32"]
-    assert guarded and all(not r["flags"]["cudnn.allow_tf32"] and not r["flags"]["cudnn.benchmark"] for r in guarded)
-    assert_restored(of(records["nodes"], "SDFixVAERoundTrip"))
+    runs = of(records["vae"], "SDFixVAERoundTrip")
+    assert [r["part"] for r in runs] == ["encoder", "decoder"] * 4
+    [node] = of(records["nodes"], "SDFixVAERoundTrip")
+    host, guard, fp32, bf16 = runs[0:2], runs[2:4], runs[4:6], runs[6:8]
+    native = host_vae_dtype()
+    assert all(r["input_dtype"] == r["weight_dtype"] == native and r["flags"] == node["before_flags"] for r in host)
+    assert_guarded(guard, parts=("encoder", "decoder"))
+    assert_guarded(fp32, parts=("encoder", "decoder"))
+    assert all(r["input_dtype"] == r["weight_dtype"] == "torch.bfloat16" and not r["flags"]["cudnn.allow_tf32"]
+               and not r["flags"]["cudnn.benchmark"] for r in bf16)
+    assert_restored([node])
