@@ -61,7 +61,7 @@ def is_interrupt(exc: BaseException) -> bool:
 def upscale_with_model(upscale_model: Any, image: Any) -> Any:
     """The upscale model's native output (IMAGE, float), run by ComfyUI's own ImageUpscaleWithModel node."""
     node = module("comfy_extras.nodes_upscale_model").ImageUpscaleWithModel
-    run = getattr(node, "execute", None) or getattr(node, "upscale")
+    run = getattr(node, "execute", None) or node.upscale
     out = run(upscale_model, image)
     result = getattr(out, "result", out)  # io.NodeOutput (v0.3.4x and later) or the V1 tuple
     return result[0]

@@ -113,7 +113,7 @@ class FakeVAE:
                     pixel_samples = torch.empty((samples_in.shape[0],) + tuple(out.shape[1:]), dtype=torch.float32)
                 pixel_samples[x:x + batch].copy_(out)
                 self.process_output(pixel_samples[x:x + batch])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- as ComfyUI's decode/encode: anything but out-of-memory re-raised
             mm.raise_non_oom(exc)
             do_tile = True
         if do_tile:
@@ -144,7 +144,7 @@ class FakeVAE:
                 if samples is None:
                     samples = torch.empty((pixel_samples.shape[0],) + tuple(out.shape[1:]), dtype=torch.float32)
                 samples[x:x + batch] = out
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- as ComfyUI's decode/encode: anything but out-of-memory re-raised
             mm.raise_non_oom(exc)
             do_tile = True
         if do_tile:

@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 from lib_sdfix.comfy.vae import guarded_decode, guarded_encode
 from lib_sdfix.precision import read_flags
 
+from ..ldm_vae import LdmVAE
 from . import fakes
 from .fakes import FakeVAE
-from ..ldm_vae import LdmVAE
 
 LATENT = (2, 4, 8, 8)
 

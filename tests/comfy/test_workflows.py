@@ -55,7 +55,7 @@ def test_ui_format_links_are_consistent(name):
     ui = json.loads((ROOT / "workflows" / "ui" / f"{name}.json").read_text())
     nodes = {n["id"]: n for n in ui["nodes"]}
     assert set(nodes) == {int(k) for k in api}
-    for link_id, src, src_slot, dst, dst_slot, kind in ui["links"]:
+    for link_id, src, src_slot, dst, _dst_slot, _kind in ui["links"]:
         assert link_id in nodes[src]["outputs"][src_slot]["links"]
         target = nodes[dst]["inputs"]
         assert any(i["link"] == link_id for i in target)

@@ -268,7 +268,7 @@ def test_a_small_memory_budget_decodes_tiled_in_fp32():
         _request("/sdfix-observer/vae-memory-budget", {"gb": None})
     report = texts(entry, "8")
     assert "VAE decode 128x128: tiled in fp32" in report, report
-    line = [l for l in texts(entry, "22").splitlines() if l.startswith("tiled")][0]
+    line = [row for row in texts(entry, "22").splitlines() if row.startswith("tiled")][0]
     cell = line.split()[1]
     assert cell == "∞" or float(cell) > 60, line  # the untiled image up to float rounding
     assert_restored(of(entry["records"]["nodes"], "SDFixVAEDecode"))

@@ -30,14 +30,13 @@ import sys
 import threading
 import weakref
 
-import torch
-from PIL import Image
-
 import comfy.samplers
 import comfy.sd
 import comfy.utils
 import execution
 import folder_paths
+import torch
+from PIL import Image
 
 if os.environ.get("SDFIX_OBSERVER_TF32") == "1":
     torch.backends.cuda.matmul.allow_tf32 = True
