@@ -78,7 +78,8 @@ def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def ab_compare(image_a: Any, image_b: Any, heatmap_gain: float, label_a: str = "A", label_b: str = "B"
                ) -> Tuple[Any, Any, str]:
     """(heatmaps IMAGE, table IMAGE, text) for each pair of the two batches (A is the reference)."""
-    from lib_sdfix.ab.output import heatmap, metrics_display, metrics_json, metrics_table
+    from lib_sdfix.ab.output import metrics_display, metrics_json
+    from lib_sdfix.imaging import heatmap, metrics_table
 
     a, b = image_batch(image_a, "image_a"), image_batch(image_b, "image_b")
     if a.shape[1:3] != b.shape[1:3]:
@@ -200,7 +201,7 @@ def vae_roundtrip(image: Any, vae: Any, precisions: str, heatmap_gain: float) ->
     lines += [f"note: {n}" for n in notes]
     heat = [m for name in images for m in analysis["heatmaps"][name].values()]
     heat_labels = [f"{labels[name]} vs {against}" for name in images for against in analysis["heatmaps"][name]]
-    from lib_sdfix.ab.output import compose_grid
+    from lib_sdfix.imaging import compose_grid
 
     return {
         "grid": to_image([analysis["grid"]]),
