@@ -11,7 +11,6 @@ files stay the same.
 """
 from __future__ import annotations
 
-import os
 import weakref
 from typing import Any, List, Optional, Tuple
 
@@ -30,17 +29,6 @@ _CACHE: "weakref.WeakKeyDictionary[Any, Tuple[Tuple[Any, ...], Optional[str]]]" 
 
 def _files() -> List[str]:
     return [path for _, path in host.model_files() if path.endswith(".safetensors")]
-
-
-def _stat(paths: List[str]) -> Tuple[Any, ...]:
-    out = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-            out.append((path, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((path, None, None))
-    return tuple(out)
 
 
 def _probe(module: Any) -> Optional[Tuple[str, Any]]:
@@ -78,15 +66,15 @@ def _holds(path: str, name: str, tensor: Any, bits: int) -> bool:
 def find_source(module: Any) -> Optional[str]:
     """The ``.safetensors`` file in ComfyUI's vae/checkpoints folders that holds ``module``'s weights in
     higher precision than they run in; None when none does (or the VAE already runs in fp32)."""
-    import torch
+    from lib_sdfix.vae.exact import MANTISSA_BITS, file_stats
 
     probe = _probe(module)
     if probe is None:
         return None
     name, tensor = probe
-    bits = {torch.float16: 10, torch.bfloat16: 7}.get(tensor.dtype, 23)
+    bits = MANTISSA_BITS.get(tensor.dtype, 23)
     files = _files()
-    signature = (name, tensor.dtype, _stat(files), tuple(p.data_ptr() for p in module.parameters()))
+    signature = (name, tensor.dtype, file_stats(files), tuple(p.data_ptr() for p in module.parameters()))
     cached = _CACHE.get(module)
     if cached is not None and cached[0] == signature:
         return cached[1]

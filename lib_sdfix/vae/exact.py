@@ -18,9 +18,11 @@ import torch
 
 from lib_sdfix.vae.fp32 import low_precision_tensors
 
-__all__ = ["ExactWeights", "exact_weights"]
+__all__ = ["ExactWeights", "exact_weights", "MANTISSA_BITS", "file_stats"]
 
-_PRECISION_BITS = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
+#: Mantissa bits of each floating dtype a VAE's weights come in: a file holds a weight "exactly" only
+#: in more bits than the weight runs in.
+MANTISSA_BITS = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
 _VAE_PREFIXES = ("first_stage_model.", "vae.")
 
 
@@ -54,16 +56,22 @@ def _version(tensor: torch.Tensor) -> Any:
         return None
 
 
-def _signature(module: torch.nn.Module, files: Sequence[str]) -> Tuple[Any, ...]:
-    params = tuple((name, t.data_ptr(), t.dtype, tuple(t.shape), _version(t)) for name, t in low_precision_tensors(module))
+def file_stats(paths: Sequence[str]) -> Tuple[Tuple[str, Any, Any], ...]:
+    """(path, size, mtime) of each file, (path, None, None) where it cannot be read: what a cache keyed on
+    files compares to see that none of them changed."""
     stats = []
-    for path in files:
+    for path in paths:
         try:
             st = os.stat(path)
             stats.append((path, st.st_size, st.st_mtime_ns))
         except OSError:
             stats.append((path, None, None))
-    return params, tuple(stats)
+    return tuple(stats)
+
+
+def _signature(module: torch.nn.Module, files: Sequence[str]) -> Tuple[Any, ...]:
+    params = tuple((name, t.data_ptr(), t.dtype, tuple(t.shape), _version(t)) for name, t in low_precision_tensors(module))
+    return params, file_stats(files)
 
 
 def _digest(tensor: torch.Tensor) -> str:
@@ -134,7 +142,7 @@ def _match_file(low: List[Tuple[str, torch.Tensor]], path: str) -> ExactWeights:
                 names = wanted.get((dtype, numel, _digest(tensor.to(dtype))))
                 if not names:
                     continue
-                if _PRECISION_BITS.get(tensor.dtype, 0) <= _PRECISION_BITS[dtype]:
+                if MANTISSA_BITS.get(tensor.dtype, 0) <= MANTISSA_BITS[dtype]:
                     lower = True
                     continue
                 for name in names:
