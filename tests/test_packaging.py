@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .source_imports import imported_modules
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,19 +18,11 @@ def test_webui_extension_layout():
 HOST_PACKAGES = ("modules", "backend", "ldm_patched", "modules_forge")
 
 
-def _imports(path: Path):
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            yield from (a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            yield node.module or ""
-
-
 def test_only_lib_sdfix_webui_imports_the_host():
     """The core (and the diffusers front) import no host module and nothing of lib_sdfix.webui."""
     for path in (ROOT / "lib_sdfix").rglob("*.py"):
         in_webui = (ROOT / "lib_sdfix" / "webui") in path.parents
-        for name in _imports(path):
+        for name in imported_modules(path):
             root = name.split(".")[0]
             if not in_webui:
                 assert root not in HOST_PACKAGES, (path, name)
@@ -89,7 +83,7 @@ def test_webui_modules_import_each_other_at_module_level_without_cycles():
 def test_scripts_only_define_the_script_and_register():
     source = (ROOT / "scripts" / "sdfix.py").read_text()
     assert len(source.splitlines()) <= 200
-    roots = {name.split(".")[0] for name in _imports(ROOT / "scripts" / "sdfix.py")}
+    roots = {name.split(".")[0] for name in imported_modules(ROOT / "scripts" / "sdfix.py")}
     assert roots <= {"__future__", "typing", "modules", "lib_sdfix"}
 
 

@@ -2,7 +2,6 @@
 compatibility with VAEDecode/VAEEncode, and the repository root's entry (__init__.py)."""
 from __future__ import annotations
 
-import ast
 import inspect
 import json
 import subprocess
@@ -14,6 +13,7 @@ import torch
 
 from lib_sdfix.comfy.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
+from ..source_imports import imported_modules
 from .fakes import FakeVAE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,21 +62,13 @@ def test_decode_and_encode_are_drop_ins(comfy):
         SDFixVAEEncode().encode(vae, torch.randn(1, 3, 8, 8))
 
 
-def _imports(path: Path):
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            yield from (a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            yield node.module or ""
-
-
 def test_only_the_comfy_front_reaches_comfyui_and_only_through_host():
     for path in (ROOT / "lib_sdfix").rglob("*.py"):
-        roots = {name.split(".")[0] for name in _imports(path)}
+        roots = {name.split(".")[0] for name in imported_modules(path)}
         in_front = (ROOT / "lib_sdfix" / "comfy") in path.parents
         assert not roots & set(COMFY_MODULES), path
         if not in_front:
-            assert not any(n.startswith("lib_sdfix.comfy") for n in _imports(path)), path
+            assert not any(n.startswith("lib_sdfix.comfy") for n in imported_modules(path)), path
     host = (ROOT / "lib_sdfix" / "comfy" / "host.py").read_text()
     assert "importlib.import_module(name)" in host
 
