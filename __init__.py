@@ -41,4 +41,4 @@ def _load_core():
 
 if _in_comfyui():
     _load_core()
-    from lib_sdfix.comfy.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402,F811
+    from lib_sdfix.comfy.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS

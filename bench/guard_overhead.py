@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from lib_sdfix.precision import precision_guard  # noqa: E402
-from lib_sdfix.vae.call import guarded_call  # noqa: E402
+from lib_sdfix.precision import precision_guard
+from lib_sdfix.vae.call import guarded_call
 
 
 def sd15_vae():

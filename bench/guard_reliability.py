@@ -26,9 +26,9 @@ from typing import Any, Callable, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from lib_sdfix.precision import effective_tf32, guard_depth, precision_guard  # noqa: E402
+from lib_sdfix.precision import effective_tf32, guard_depth, precision_guard
 
 warnings.simplefilter("ignore")  # deprecation and "no Intel GPU" notes from torch's setters
 

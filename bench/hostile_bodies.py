@@ -39,9 +39,9 @@ from typing import Any, Iterable, List, Set, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib_sdfix import ab, diagnose, names  # noqa: E402
-from lib_sdfix.limits.overrides import OVERRIDE_REFUSED  # noqa: E402
-from lib_sdfix.settings import UI_ARG_ORDER, SDFixSettings, SettingsError  # noqa: E402
+from lib_sdfix import ab, diagnose, names
+from lib_sdfix.limits.overrides import OVERRIDE_REFUSED
+from lib_sdfix.settings import UI_ARG_ORDER, SDFixSettings, SettingsError
 
 CHEAP = {"prompt": "hostile body", "steps": 1, "width": 64, "height": 64, "seed": 1, "sampler_name": "Euler"}
 NAN, INF = float("nan"), float("inf")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont
 
-from lib_sdfix.imaging.grid import fit_label  # noqa: E402
+from lib_sdfix.imaging.grid import fit_label
 
 LENGTHS = (125, 250, 500, 1000, 2000, 4000, 8000, 16000)
 CELL = 512 - 2 * 4  # a 512-pixel cell less its padding, as compose_grid lays it out

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib_sdfix.refine import refine_steps  # noqa: E402
+from lib_sdfix.refine import refine_steps
 
 
 def side_by_side(runs: Dict[str, Callable[[], None]], rounds: int) -> Dict[str, List[float]]:

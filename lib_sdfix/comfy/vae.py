@@ -133,7 +133,7 @@ def _run(vae: Any, kind: str, tensor: Any) -> VaeRun:
         run.weights = weights[-1] if weights else ""
         report.mark_applied(run.fix)
         return run
-    except Exception as exc:  # noqa: BLE001 -- never fail the graph: ComfyUI's own path runs
+    except Exception as exc:
         if host.is_interrupt(exc):
             raise
         report.mark_failed(run.fix, exc)

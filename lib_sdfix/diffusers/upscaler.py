@@ -153,7 +153,7 @@ def _load_with_realesrgan(path: str, device: Any, half: bool) -> Upscaler:
     try:
         from basicsr.archs.rrdbnet_arch import RRDBNet
         from realesrgan import RealESRGANer
-    except Exception as exc:  # noqa: BLE001 -- basicsr fails with current torchvision (functional_tensor)
+    except Exception as exc:
         raise UpscalerUnavailable(f"the realesrgan backend does not import here: {type(exc).__name__}: {exc}") from exc
     if path.lower().endswith(".safetensors"):
         raise UpscalerUnavailable("the realesrgan backend reads .pth files only (RealESRGANer loads the file itself)")

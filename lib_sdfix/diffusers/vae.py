@@ -88,7 +88,7 @@ class VaeGuard(Hardening):
         in_dtype = first_floating_dtype(args, kwargs)
         try:
             out = self._invoke(kind, original, vae, upcast, args, kwargs)
-        except Exception as exc:  # noqa: BLE001 -- only out of memory is handled here
+        except Exception as exc:
             if not is_oom(exc):
                 raise
             exc.__traceback__ = None  # its frames hold the activations

@@ -184,7 +184,7 @@ class _Call:
                     out = self._untiled(net, original, args, kwargs)
                 self.tell(Run(kind, tuple(out.shape[-2:]), chosen.how, chosen))
                 return out
-            except Exception as exc:  # noqa: BLE001 -- only out of memory is handled
+            except Exception as exc:
                 if not is_oom(exc):
                     raise
                 exc.__traceback__ = None  # its frames hold the untiled activations
@@ -210,7 +210,7 @@ class _Call:
             try:
                 store = torch.device("cpu") if offload else None
                 return run_network(graph, x, strip_bytes=strip, store=store, source=self.source)
-            except Exception as exc:  # noqa: BLE001 -- only out of memory is retried
+            except Exception as exc:
                 if not is_oom(exc) or i == len(attempts) - 1:
                     raise
                 exc.__traceback__ = None
@@ -336,7 +336,7 @@ def _fp32_call(call: Callable[[], Any], module: Any, dtype_attrs: Sequence[Tuple
             with fp32_vae(module, dtype_attrs, exact, parts=parts) as weights, \
                     _planned(_Call(module, names, exact, budget_gb, forced, record), nets):
                 return call(), weights
-        except Exception as exc:  # noqa: BLE001 -- only out of memory is retried
+        except Exception as exc:
             if not is_oom(exc):
                 raise
             exc.__traceback__ = None

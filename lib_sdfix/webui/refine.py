@@ -36,11 +36,11 @@ _SCHEDULES = {"sigmas": "get_sigmas", "timesteps": "get_timesteps"}
 _MISSING = object()
 
 
-def _layout(p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):  # noqa: ANN001
+def _layout(p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
     """The hosts' ``sample(p, x, conditioning, ...)``: what every host's samplers take, in this order."""
 
 
-def _layout_img2img(p, x, noise, conditioning, unconditional_conditioning, steps=None,  # noqa: ANN001
+def _layout_img2img(p, x, noise, conditioning, unconditional_conditioning, steps=None,
                     image_conditioning=None):
     """The hosts' ``sample_img2img(p, x, noise, conditioning, ...)``."""
 

@@ -127,7 +127,7 @@ def add_xyz_axes() -> None:
             # SettingsError (naming the option) aborts the plot.
             notes = fit_axis_values(option, xs)
             if notes:
-                for note in notes:  # the plot's float range goes one step past its end: say so once
+                for note in notes:  # in the log with the reason, in every cell's infotext via AXIS_NOTES_ATTR
                     logger.warning("SDFix: %s; the WebUI's float ranges (e.g. '0.2-0.6 (+0.2)') can end one "
                                    "step past their end", note)
                 setattr(p, AXIS_NOTES_ATTR, [*(getattr(p, AXIS_NOTES_ATTR, None) or []), *notes])

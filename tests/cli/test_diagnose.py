@@ -10,9 +10,9 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from ..diffusers.tiny_pipelines import one_thread  # noqa: E402,F401 -- autouse fixture
-from ..html_check import parse_strictly  # noqa: E402
-from .support import exit_code  # noqa: E402
+from ..diffusers.tiny_pipelines import one_thread  # noqa: F401 -- autouse fixture
+from ..html_check import parse_strictly
+from .support import exit_code
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,12 +7,12 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import torch
+from PIL import Image
 
-from lib_sdfix.diffusers import audit, fix_report, harden  # noqa: E402
+from lib_sdfix.diffusers import audit, fix_report, harden
 
-from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
+from .tiny_pipelines import (  # noqa: F401 -- one_thread and service_flags are autouse fixtures
     HALF,
     STEPS,
     one_thread,

@@ -8,13 +8,13 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
-import torch  # noqa: E402
+import torch
 
-from lib_sdfix.diffusers import CAUSES, audit, fix_report, harden, hires_fix, unharden  # noqa: E402
-from lib_sdfix.patching import is_replacement  # noqa: E402
-from lib_sdfix.settings import SDFixSettings  # noqa: E402
+from lib_sdfix.diffusers import CAUSES, audit, fix_report, harden, hires_fix, unharden
+from lib_sdfix.patching import is_replacement
+from lib_sdfix.settings import SDFixSettings
 
-from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
+from .tiny_pipelines import (  # noqa: F401 -- one_thread and service_flags are autouse fixtures
     HALF,
     STEPS,
     one_thread,

@@ -7,11 +7,11 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
-import torch  # noqa: E402
+import torch
 
-from lib_sdfix.diffusers import audit, harden  # noqa: E402
+from lib_sdfix.diffusers import audit, harden
 
-from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
+from .tiny_pipelines import (  # noqa: F401 -- one_thread and service_flags are autouse fixtures
     HALF,
     STEPS,
     enable_offload_like_diffusers_0_27,

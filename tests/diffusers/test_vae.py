@@ -10,13 +10,13 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
-import torch  # noqa: E402
+import torch
 
-from lib_sdfix.diffusers import audit, fix_report, harden  # noqa: E402
-from lib_sdfix.precision import read_flags  # noqa: E402
-from lib_sdfix.settings import SDFixSettings  # noqa: E402
+from lib_sdfix.diffusers import audit, fix_report, harden
+from lib_sdfix.precision import read_flags
+from lib_sdfix.settings import SDFixSettings
 
-from .tiny_pipelines import (  # noqa: E402,F401 -- one_thread and service_flags are autouse fixtures
+from .tiny_pipelines import (  # noqa: F401 -- one_thread and service_flags are autouse fixtures
     HALF,
     enable_sequential_offload,
     one_thread,

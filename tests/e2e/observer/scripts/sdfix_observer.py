@@ -316,7 +316,7 @@ def inject_failure(target):
         _NAN_HOOKS.append(vae.decoder.register_forward_hook(_nan_when_half))
     vae_call = sys.modules.get("lib_sdfix.vae.call")  # the guarded call enters the fp32 context by this name
     if vae_call is None:
-        import lib_sdfix.vae.call as vae_call  # noqa: F401 -- SDFix's own core, loaded by SDFix
+        import lib_sdfix.vae.call as vae_call
     if "fp32_vae" in _INJECTED:
         vae_call.fp32_vae = _INJECTED.pop("fp32_vae")
     if target == "decode":
