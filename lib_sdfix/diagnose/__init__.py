@@ -3,7 +3,9 @@
 One step of that work per module: ``roundtrip`` (the VAE on the user's own image under several
 precisions), ``plan`` (one-variable sweeps at a fixed seed, and which cells share a sampling),
 ``steps`` (the denoised prediction of chosen steps), ``nan_watch`` (the first step or stage with NaN/Inf),
-``findings`` (measurements -> likely causes), ``chart`` and ``output`` (metrics, grid, chart, JSON,
+``findings`` (measurements -> likely causes), ``speed_options`` / ``optimizations`` / ``cost`` (the user's
+speed and memory options: which there are, the generations that measure them, their measured cost),
+``peak_memory`` (a run's peak, GPU or process), ``chart`` and ``output`` (metrics, grid, chart, JSON,
 saving; the pictures and tables themselves: :mod:`lib_sdfix.imaging`); ``request`` validates the API body.  The hosts run the plans
 (lib_sdfix.webui.diagnose, lib_sdfix.cli.diagnose_run) and hand the images back to ``output``.
 """
@@ -26,6 +28,9 @@ _EXPORTS = {
     "diagnose_request_from_body": "request", "parse_value_list": "request",
     "VARIANTS": "roundtrip", "supported_variants": "roundtrip", "default_variants": "roundtrip",
     "StepCapture": "steps",
+    "OptimizationsRequest": "request", "SPEED_OPTIONS": "speed_options", "options_for": "speed_options",
+    "FoundOption": "optimizations", "plan_cost": "optimizations", "analyse_cost": "cost", "Timed": "cost",
+    "measure_peak": "peak_memory",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -12,8 +12,10 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from lib_sdfix.diagnose.optimizations import MAX_OPTIONS, MAX_REPEATS, UNSET
 from lib_sdfix.diagnose.plan import AXES, DEFAULT_VALUES, Cell, sweep_cells, value_text
 from lib_sdfix.diagnose.roundtrip import VARIANTS
+from lib_sdfix.diagnose.speed_options import check_option_value, known_option
 from lib_sdfix.image_input import ImageModeError, to_rgb8
 from lib_sdfix.imaging.difference import valid_heatmap_gain
 from lib_sdfix.limits.images import decode_image_field
@@ -24,10 +26,11 @@ from lib_sdfix.seeds import resolve_payload_seeds
 from lib_sdfix.settings import SDFixSettings, SettingsError, describe
 
 __all__ = ["KINDS", "MAX_SWEEP_VALUES", "MAX_STRIP_STEPS", "RoundTripRequest", "SweepRequest", "StepsRequest",
+           "OptimizationsRequest", "check_options", "check_repeats",
            "diagnose_request_from_body", "default_strip_steps", "parse_value_list", "check_value", "check_values",
            "check_at", "check_variants", "default_values", "default_reference"]
 
-KINDS = ("vae_roundtrip", "sweep", "steps")
+KINDS = ("vae_roundtrip", "sweep", "steps", "optimizations")
 #: Cells of one sweep: each may be a full sampling of up to 150 steps under the queue lock.
 MAX_SWEEP_VALUES = 12
 #: Intermediate decodes in one strip: each is a full VAE decode.
@@ -37,7 +40,7 @@ API_DEFAULT_STEPS = 50
 
 _COMMON = ("kind", "heatmap_gain", "save")
 _FIELDS = {"vae_roundtrip": _COMMON + ("image", "dtypes"), "sweep": _COMMON + ("payload", "axis", "values", "reference"),
-           "steps": _COMMON + ("payload", "at")}
+           "steps": _COMMON + ("payload", "at"), "optimizations": _COMMON + ("payload", "options", "repeats")}
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,76 @@ class StepsRequest:
 
     def with_resolved_seed(self, rng: Optional[random.Random] = None) -> "StepsRequest":
         return replace(self, payload=resolve_payload_seeds(self.payload, rng))
+
+
+@dataclass(frozen=True)
+class OptimizationsRequest:
+    """The user's generation measured with their speed and memory options off, each on alone, and all on
+    (lib_sdfix.diagnose.optimizations); ``options`` None: every switchable one that is on; else (name,
+    value or UNSET for the user's own value)."""
+
+    payload: Dict[str, Any]
+    options: Optional[Tuple[Tuple[str, Any], ...]]
+    repeats: int = 1
+    heatmap_gain: float = 4.0
+    save: bool = False
+    kind: str = "optimizations"
+
+    def with_resolved_seed(self, rng: Optional[random.Random] = None) -> "OptimizationsRequest":
+        return replace(self, payload=resolve_payload_seeds(self.payload, rng))
+
+
+def check_options(value: Any) -> Optional[Tuple[Tuple[str, Any], ...]]:
+    """``options``: a list of names (each measured at the user's value) or an object name -> value to try;
+    every name must be in lib_sdfix.diagnose.speed_options (a 422 names an unknown one)."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        items = [(f"options[{i}]", name, UNSET) for i, name in enumerate(value)]
+    elif isinstance(value, Mapping):
+        items = [(f"options.{str(name)[:64]}", name, item) for name, item in value.items()]
+    else:
+        raise SettingsError({"options": f"expected a list of option names or an object name -> value, got "
+                                        f"{type(value).__name__} {describe(value)}"})
+    if not items:
+        raise SettingsError({"options": "expected at least one option (leave the field out to measure every option on)"})
+    if len(items) > MAX_OPTIONS:
+        raise SettingsError({"options": f"at most {MAX_OPTIONS} options per request, got {len(items)}"})
+    problems: Dict[str, str] = {}
+    out: List[Tuple[str, Any]] = []
+    for path, name, item in items:
+        option = known_option(name)
+        if option is None:
+            problems[path] = f"unknown option {describe(name)}" + _closest(name)
+            continue
+        if any(name == key for key, _ in out):
+            problems[path] = f"duplicate option {name!r}"
+            continue
+        if item is not UNSET:
+            try:
+                item = check_option_value(option, item)
+            except ValueError as err:
+                problems[path] = str(err)
+                continue
+        out.append((name, item))
+    if problems:
+        raise SettingsError(problems)
+    return tuple(out)
+
+
+def _closest(name: Any) -> str:
+    import difflib
+
+    from lib_sdfix.diagnose.speed_options import SPEED_OPTIONS
+
+    near = difflib.get_close_matches(str(name)[:64], sorted({o.key for o in SPEED_OPTIONS}), n=3, cutoff=0.5)
+    return f"; did you mean {near}?" if near else ""
+
+
+def check_repeats(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REPEATS:
+        raise SettingsError({"repeats": f"expected a whole number 1-{MAX_REPEATS}, got {describe(value)}"})
+    return value
 
 
 def default_strip_steps(steps: int, count: int = 6) -> Tuple[int, ...]:
@@ -285,6 +358,12 @@ def diagnose_request_from_body(body: Any, base: SDFixSettings, *, choices: Optio
         problems["payload"] = "required: the txt2img fields (prompt, seed, steps, ...)"
     else:
         fields = attempt(lambda: check_txt2img_payload(body["payload"], "payload", choices=choices, extra_rules=extra_rules))
+    if kind == "optimizations":
+        options = attempt(check_options, body.get("options"))
+        repeats = attempt(check_repeats, body.get("repeats", 1))
+        if problems:
+            raise SettingsError(problems)
+        return OptimizationsRequest(fields, options, repeats, float(gain), save)
     if kind == "steps":
         at = attempt(check_at, body.get("at"), (fields or {}).get("steps", API_DEFAULT_STEPS)) if fields is not None else ()
         if problems:

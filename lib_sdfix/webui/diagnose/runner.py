@@ -43,16 +43,23 @@ def request_from_body(body: Any) -> Any:
 
     host = current()
     names = host.payload_names()
-    return diagnose.diagnose_request_from_body(
+    request = diagnose.diagnose_request_from_body(
         body, settings_defaults(), choices=names, extra_rules=host.txt2img_extra_fields(), names=sweep_names(names),
         supported_variants=diagnose.supported_variants(vae_device()),
         default_variants=diagnose.default_variants(vae_device()))
+    if request.kind == "optimizations":
+        from lib_sdfix.webui.diagnose.cost_runner import check_against_host
+
+        return check_against_host(request)
+    return request
 
 
 def run_diagnosis(request: Any) -> Dict[str, Any]:
     """Run a validated request on the caller's thread (the caller holds the queue lock and job state)."""
     start = time.perf_counter()
-    runner = {"vae_roundtrip": _roundtrip, "sweep": _sweep, "steps": _steps}[request.kind]
+    from lib_sdfix.webui.diagnose.cost_runner import run_optimizations
+
+    runner = {"vae_roundtrip": _roundtrip, "sweep": _sweep, "steps": _steps, "optimizations": run_optimizations}[request.kind]
     result = runner(request)
     result["timings"]["total_s"] = time.perf_counter() - start
     if request.save and result["cells"]:
@@ -334,7 +341,8 @@ def save_result(result: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _document_fields(result: Dict[str, Any]) -> Dict[str, Any]:
-    keep = ("seed", "complete", "axis", "reference", "variants", "at", "steps", "notes", "timings")
+    keep = ("seed", "complete", "axis", "reference", "variants", "at", "steps", "notes", "timings", "options",
+            "repeats", "memory", "warm_up")
     return {k: result[k] for k in keep if k in result}
 
 

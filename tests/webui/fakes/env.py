@@ -17,6 +17,7 @@ from .pipeline import install_pipeline
 from .registries import install_registries
 from .scripts import other_scripts
 from .shared import install_call_queue, install_callbacks, install_devices_and_shared
+from .speed import install_speed_options
 from .ui import gradio_for_ui
 
 
@@ -34,6 +35,7 @@ def build(host: str = "a1111", dtype: torch.dtype = torch.float16, *, upcast: bo
     pkg = module("modules", package=True)
 
     devices, shared = install_devices_and_shared(module, host, dtype, upcast, dtype_vae)
+    install_speed_options(module, host, shared)
 
     sd_vae = module("modules.sd_vae")
     sd_vae.loaded_vae_file = None

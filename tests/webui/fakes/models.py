@@ -130,6 +130,11 @@ def install_unet(model: Any) -> None:
         if model.unet_hook is not None:
             model.unet_hook(len(model.unet_calls))
         out = torch.tanh(x / (float(sigma) ** 2 + 1) ** 0.5 + cond) * 0.9
+        ratio = getattr(model, "tome_ratio", 0.0)
+        if ratio:  # token merging: merged tokens share a value, fine detail flattens
+            out = out * (1 - ratio) + out.mean(dim=(2, 3), keepdim=True) * ratio
+        if getattr(model, "attention", None) == "V1":  # another attention kernel: the same math, other rounding
+            out = out * (1 + 1e-3)
         return out if model.unet_output is None else model.unet_output(len(model.unet_calls), out)
 
     model.apply_model = apply_model

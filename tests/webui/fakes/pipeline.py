@@ -41,6 +41,7 @@ from .models import install_unet
 from .processing import OPT_F, processing_classes
 from .samplers import install_samplers
 from .scripts import install_scripts
+from .speed import token_merging_ratio
 
 
 def install_pipeline(module: Callable[..., types.ModuleType], host: str, shared: Any, devices: Any, ssc: Any,
@@ -151,14 +152,20 @@ def install_pipeline(module: Callable[..., types.ModuleType], host: str, shared:
         try:
             if sd_models.checkpoint_aliases.get(p.override_settings.get("sd_model_checkpoint")) is None:
                 p.override_settings.pop("sd_model_checkpoint", None)  # silently: the loaded model runs
-            for k, v in p.override_settings.items():
-                setattr(opts, k, v)
+            for k, v in p.override_settings.items():  # A1111/reForge: opts.set; Forge: set_config -> opts.set
+                opts.set(k, v, is_api=True, run_callbacks=False)
+            # A1111: sd_models.apply_token_merging here; Forge/reForge patch the U-Net in sample()
+            p.sd_model.tome_ratio = token_merging_ratio(p, opts)
             sd_samplers.fix_p_invalid_sampler_and_scheduler(p)
             res = processing.process_images_inner(p)
         finally:
+            p.sd_model.tome_ratio = 0.0
             if p.override_settings_restore_afterwards:
                 for k, v in stored_opts.items():
-                    setattr(opts, k, v)
+                    if host == "forge":  # set_config(stored_opts): with the onchange callbacks
+                        opts.set(k, v)
+                    else:
+                        setattr(opts, k, v)
         return res
 
     def process_images_inner(p):
@@ -171,6 +178,8 @@ def install_pipeline(module: Callable[..., types.ModuleType], host: str, shared:
         if p.refiner_checkpoint not in (None, "", "None", "none"):
             if sd_models.get_closet_checkpoint_match(p.refiner_checkpoint) is None:
                 raise Exception(f"Could not find checkpoint with name {p.refiner_checkpoint}")
+        if host != "reforge":  # fill_fields_from_opts: the field, else the option (after the overrides)
+            p.s_min_uncond = p.s_min_uncond if p.s_min_uncond is not None else opts.s_min_uncond
         p.setup_prompts()
         p.all_seeds = [int(seed) + (x if p.subseed_strength == 0 else 0) for x in range(len(p.all_prompts))]
         p.all_subseeds = [int(subseed) + x for x in range(len(p.all_prompts))]

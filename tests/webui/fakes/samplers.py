@@ -20,6 +20,7 @@ from .sampling import (
     sigmas_karras,
     sigmas_uniform,
 )
+from .speed import skips_uncond
 
 
 def install_samplers(module: Callable[..., types.ModuleType], host: str, shared: Any, ssc: Any) -> types.ModuleType:
@@ -48,6 +49,13 @@ def install_samplers(module: Callable[..., types.ModuleType], host: str, shared:
         def __call__(self, x, sigma, cond, uncond, cond_scale):
             if state.interrupted or state.skipped:
                 raise InterruptedException
+            if self.p is not None and skips_uncond(host, self.p, shared.opts, float(sigma), self.step):
+                # NGMS: no negative prompt on this late step; the cond half alone (a real speedup)
+                denoised = shared.sd_model.apply_model(x, sigma, cond)
+                shared.sd_model.unet_calls[-1].update(step=self.step, total_steps=self.total_steps, uncond=False)
+                self.step += 1
+                self.sampler.last_latent = denoised
+                return denoised
             out = shared.sd_model.apply_model(torch.cat([x, x]), sigma, torch.cat([cond, uncond]))
             shared.sd_model.unet_calls[-1].update(step=self.step, total_steps=self.total_steps)
             self.step += 1

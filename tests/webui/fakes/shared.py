@@ -81,7 +81,8 @@ def install_devices_and_shared(module: Callable[..., types.ModuleType], host: st
     shared = module("modules.shared")
     shared.cmd_opts = Namespace(sdfix_disable=False, sdfix_vae_dtype=None, api=True, nowebui=False, api_auth=None,
                                 no_half_vae=False, no_half=False, upcast_sampling=upcast, precision="half",
-                                disable_nan_check=False)
+                                disable_nan_check=False, medvram=False, medvram_sdxl=False, lowvram=False,
+                                opt_channelslast=False, xformers=False)
     shared.opts = Namespace(sd_vae_decode_method="Full", sd_vae_encode_method="Full", show_progress_type="Full",
                             live_preview_fast_interrupt=False, live_preview_allow_lowvram_full=False,
                             upscaler_for_img2img=None, hires_fix_show_sampler=False, auto_vae_precision=True,
