@@ -111,7 +111,8 @@ class OptimizationsRequest:
 
 
 def check_options(value: Any) -> Optional[Tuple[Tuple[str, Any], ...]]:
-    """``options``: a list of names (each measured at the user's value) or an object name -> value to try;
+    """``options``: a list of names (each measured at the user's value) or an object name -> value to try
+    (null: the user's value);
     every name must be in lib_sdfix.diagnose.speed_options (a 422 names an unknown one)."""
     if value is None:
         return None
@@ -136,6 +137,8 @@ def check_options(value: Any) -> Optional[Tuple[Tuple[str, Any], ...]]:
         if any(name == key for key, _ in out):
             problems[path] = f"duplicate option {name!r}"
             continue
+        if item is None:  # {"name": null}: the user's own value
+            item = UNSET
         if item is not UNSET:
             try:
                 item = check_option_value(option, item)

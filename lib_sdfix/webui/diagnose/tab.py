@@ -19,11 +19,12 @@ from lib_sdfix.webui.form import FORM_FIELDS, build_form, form_from_payload, pay
 from lib_sdfix.webui.hosts import current
 
 __all__ = ["DiagnoseCallbacks", "KIND_BUTTONS", "AXIS_CHOICES", "VARIANT_CHOICES", "build_diagnose_tab",
-           "body_from_form", "tab_outputs", "host_callbacks", "PREFIX"]
+           "body_from_form", "options_from_text", "options_table", "tab_outputs", "host_callbacks", "PREFIX"]
 
 PREFIX = "sdfix_dg"
 #: (kind, button label)
-KIND_BUTTONS = (("vae_roundtrip", "Run VAE round-trip"), ("sweep", "Run sweep"), ("steps", "Run step strip"))
+KIND_BUTTONS = (("vae_roundtrip", "Run VAE round-trip"), ("sweep", "Run sweep"), ("steps", "Run step strip"),
+                ("optimizations", "Run cost of speed"))
 AXIS_CHOICES = {"CFG scale": "cfg_scale", "Steps": "steps", "Sampler": "sampler_name", "Schedule type": "scheduler",
                 f"SDFix {' + '.join(PRECISION_FIXES)} (off / on)": "precision"}
 VARIANT_CHOICES = {"WebUI as it runs": "webui", "SDFix (precision_guard + guard_encode)": "precision_guard",
@@ -40,18 +41,52 @@ class DiagnoseCallbacks:
     variants: Callable[[], List[str]]  # round-trip variants this device runs (VARIANT_CHOICES values)
     last_generation: Callable[[], Dict[str, Any]]
     last_image: Callable[[], Any]
-    run: Callable[..., Any]  # wrapped for the WebUI queue: (id_task, kind, image, dtypes, axis, values, reference, at, gain, save, *form)
+    run: Callable[..., Any]  # wrapped for the WebUI queue: (id_task, kind, image, dtypes, axis, values, reference, at,
+    #                          gain, save, options, repeats, *form)
     interrupt: Callable[[], None]
     #: the variants a round trip runs when none are named (ticked at start); None: all of ``variants``
     default_variants: Optional[Callable[[], List[str]]] = None
+    #: the speed and memory options this WebUI has, as a Markdown table (the "Cost of speed" tab's list)
+    speed_options: Optional[Callable[[], str]] = None
+
+
+def options_from_text(text: str) -> Any:
+    """"token_merging_ratio, sd_vae_decode_method=TAESD" -> the API's ``options``: a list of names, or (where
+    a value is given) an object name -> value (null: the user's own value); None for an empty field."""
+    from lib_sdfix.diagnose.request import parse_value_list
+
+    items = [part.strip() for part in str(text or "").replace(";", ",").split(",") if part.strip()]
+    if not items:
+        return None
+    if not any("=" in item for item in items):
+        return items
+    out: Dict[str, Any] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        value = value.strip()
+        if not value:
+            out[name.strip()] = None
+        elif value.lower() in ("true", "on", "false", "off"):
+            out[name.strip()] = value.lower() in ("true", "on")
+        else:
+            parsed = parse_value_list(value)
+            out[name.strip()] = float(parsed[0]) if parsed and isinstance(parsed[0], (int, float)) else value
+    return out
 
 
 def body_from_form(kind: str, image: Any, dtypes: Sequence[str], axis: str, values: str, reference: str, at: str,
-                   gain: float, save: bool, form: Sequence[Any]) -> Dict[str, Any]:
+                   gain: float, save: bool, form: Sequence[Any], options: str = "", repeats: float = 1) -> Dict[str, Any]:
     """The API body the form asks for (so the tab passes the route's own validation)."""
     from lib_sdfix.diagnose.request import parse_value_list
 
     body: Dict[str, Any] = {"kind": kind, "heatmap_gain": gain, "save": bool(save)}
+    if kind == "optimizations":
+        body["payload"] = payload_from_form(form)
+        body["repeats"] = int(repeats) if isinstance(repeats, (int, float)) and float(repeats).is_integer() else repeats
+        chosen = options_from_text(options)
+        if chosen is not None:
+            body["options"] = chosen
+        return body
     if kind == "vae_roundtrip":
         body["image"] = _image_base64(image) if image is not None else None
         body["dtypes"] = [VARIANT_CHOICES.get(d, d) for d in dtypes or []] or None
@@ -125,7 +160,17 @@ def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
                     with gr.Tab("Step strip", elem_id=f"{PREFIX}_tab_steps"):
                         at = gr.Textbox(label="Steps to show (comma-separated; empty: six spread over the run)",
                                         lines=1, elem_id=f"{PREFIX}_at")
-                with gr.Accordion("Generation (sweep and step strip)", open=True):
+                    with gr.Tab("Cost of speed", elem_id=f"{PREFIX}_tab_optimizations"):
+                        gr.Markdown("Your generation with your speed and memory options at their quality settings, "
+                                    "each turned back on alone, and all on: time, peak memory and detail lost.")
+                        options = gr.Textbox(label="Options to measure (empty: every one that is on; name=value to "
+                                             "try a value)", lines=1, placeholder="token_merging_ratio=0.5, s_min_uncond",
+                                             elem_id=f"{PREFIX}_options")
+                        repeats = gr.Slider(1, 5, value=1, step=1, label="Timed repeats per cell (median; a warm-up "
+                                            "run is never timed)", elem_id=f"{PREFIX}_repeats")
+                        listed = gr.Markdown(elem_id=f"{PREFIX}_speed_options")
+                        list_button = gr.Button("List my speed options", elem_id=f"{PREFIX}_list_options")
+                with gr.Accordion("Generation (sweep, step strip, cost of speed)", open=True):
                     use_last = gr.Button("Use last txt2img", elem_id=f"{PREFIX}_use_last")
                     form = build_form(gr, callbacks, PREFIX)
                 with gr.Row():
@@ -149,9 +194,12 @@ def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
         for (kind, _), button in zip(KIND_BUTTONS, buttons):
             kind_box = gr.Textbox(value=kind, visible=False, elem_id=f"{PREFIX}_kind_{kind}")
             button.click(callbacks.run, _js="sdfixDiagnoseSubmit",
-                         inputs=[id_task, kind_box, image, dtypes, axis, values, reference, at, gain, save, *form],
+                         inputs=[id_task, kind_box, image, dtypes, axis, values, reference, at, gain, save, options,
+                                 repeats, *form],
                          outputs=[seed, gallery, chart, metrics, findings, notes, info])
         interrupt.click(callbacks.interrupt, inputs=[], outputs=[])
+        if callbacks.speed_options is not None:
+            list_button.click(callbacks.speed_options, inputs=[], outputs=[listed])
     return tab
 
 
@@ -198,10 +246,34 @@ def tab_outputs(result: Dict[str, Any]) -> List[Any]:
         notes.append("- interrupted: only the cells shown were rendered")
     if result.get("saved"):
         notes.append(f"- saved: `{result['saved']['metrics']}`")
+    if result.get("memory"):
+        notes.append(f"- memory: {result['memory']['measures']}; times: median of {result.get('repeats', 1)} timed "
+                     f"run(s) per cell" + (f", after an untimed warm-up ({result['warm_up']['time_s']:.1f} s)"
+                                           if result.get("warm_up") else ""))
     seed = result.get("seed")
+    info = options_table(result["options"]) if result.get("options") else ""
     return [seed if seed is not None else _no_change(), gallery, analysis.get("chart"),
             {"headers": headers, "data": rows} if rows else None, _findings_markdown(analysis.get("findings", [])),
-            "\n".join(notes), ""]
+            "\n".join(notes), info]
+
+
+def options_table(listed: Sequence[Dict[str, Any]]) -> str:
+    """The speed and memory options this WebUI has, as an HTML table: value, quality setting, status."""
+    from html import escape
+
+    from lib_sdfix.diagnose.speed_options import option_value_text
+
+    def text(value: Any) -> str:
+        return "–" if value is None else escape(option_value_text(value))
+
+    rows = "".join(
+        f"<tr><td>{escape(item['label'])}<br><code>{escape(item['key'])}</code></td><td>{text(item['value'])}</td>"
+        f"<td>{text(item['quality_value'])}</td><td>{'<b>on</b>' if item['on'] else ''}</td>"
+        f"<td>{escape(item['status'])}</td><td>{escape(item['trades'])}"
+        f"{'<br><i>' + escape(item['note']) + '</i>' if item.get('note') else ''}</td></tr>"
+        for item in listed)
+    return ("<table class='sdfix-options'><thead><tr><th>option</th><th>your value</th><th>quality setting</th>"
+            f"<th></th><th>status</th><th>trades</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 def _no_change() -> Any:
@@ -230,9 +302,9 @@ def host_callbacks(ab: TabCallbacks) -> DiagnoseCallbacks:
         return image
 
     def run(id_task: str, kind: str, image: Any, dtypes: Any, axis: str, values: str, reference: str, at: str,
-            gain: float, save: bool, *form: Any) -> List[Any]:
+            gain: float, save: bool, options: str, repeats: float, *form: Any) -> List[Any]:
         try:
-            body = body_from_form(kind, image, dtypes, axis, values, reference, at, gain, save, form)
+            body = body_from_form(kind, image, dtypes, axis, values, reference, at, gain, save, form, options, repeats)
             return tab_outputs(runner.run_diagnosis(runner.request_from_body(body)))
         except SettingsError as err:
             return [gr.update(), [], None, None, f"**SDFix:** {err}", "", ""]
@@ -244,5 +316,14 @@ def host_callbacks(ab: TabCallbacks) -> DiagnoseCallbacks:
         run=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[gr.update(), [], None, None, "", ""]),
         interrupt=lambda: shared.state.interrupt(),
         default_variants=lambda: list(default_variants(runner.vae_device())),
+        speed_options=speed_options_markdown,
     )
+
+
+def speed_options_markdown() -> str:
+    """The "List my speed options" answer: what this WebUI has, with the user's values."""
+    from lib_sdfix.diagnose.optimizations import listing
+    from lib_sdfix.webui.diagnose.speed_options import found_options
+
+    return options_table([listing(f) for f in found_options({})])
 

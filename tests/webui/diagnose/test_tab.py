@@ -118,6 +118,7 @@ def test_sdfix_tab_has_both_sections_and_keeps_the_ab_ids():
                    "sdfix_dg_use_last", "sdfix_dg_use_last_image", "sdfix_dg_image", "sdfix_dg_dtypes", "sdfix_dg_axis",
                    "sdfix_dg_values", "sdfix_dg_reference", "sdfix_dg_at", "sdfix_dg_chart", "sdfix_dg_findings",
                    "sdfix_dg_metrics", "sdfix_dg_interrupt", *[f"sdfix_dg_run_{k}" for k, _ in KIND_BUTTONS],
+                   "sdfix_dg_tab_optimizations", "sdfix_dg_options", "sdfix_dg_repeats", "sdfix_dg_list_options",
                    *[f"sdfix_dg_{k}" for k, _, _ in FORM_FIELDS]):
         assert needed in ids, needed
     dtypes = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sdfix_dg_dtypes")
@@ -139,6 +140,7 @@ def callbacks(webui):
 
 def test_run_button_renders_results_under_the_queue_and_refusals_as_a_message(webui, callbacks):
     outputs = callbacks.run("task(abc)", "sweep", None, [], "SDFix precision_guard + guard_encode (off / on)", "", "", "", 4, False,
+                            "", 1,
                             *form())
     seed, gallery, chart, metrics, findings, notes, info = outputs
     assert seed == 4321 and [label for _, label in gallery][:2] == ["precision_guard+guard_encode off", "precision_guard+guard_encode on"]
@@ -146,16 +148,44 @@ def test_run_button_renders_results_under_the_queue_and_refusals_as_a_message(we
     assert "| likelihood |" in findings and "numerical precision" in findings
     assert "1 sampling(s)" in notes and "NaN watch: all values finite" in notes
     assert webui.shared.state.job == ""
-    refused = callbacks.run("task(x)", "sweep", None, [], "CFG scale", "1, 99", "", "", 4, False, *form())
+    refused = callbacks.run("task(x)", "sweep", None, [], "CFG scale", "1, 99", "", "", 4, False, "", 1, *form())
     assert "**SDFix:**" in refused[4] and "values[1]" in refused[4] and refused[1] == []
 
 
+def test_cost_of_speed_button_and_the_list_of_options(webui, callbacks):
+    webui.shared.opts.token_merging_ratio = 0.5
+    listed = callbacks.speed_options()
+    assert "<code>token_merging_ratio</code></td><td>0.5</td><td>0</td><td><b>on</b></td><td>switchable" in listed
+    outputs = callbacks.run("task(o)", "optimizations", None, [], "", "", "", "", 4, False, "s_min_uncond=14, "
+                            "token_merging_ratio", 2, *form())
+    seed, gallery, chart, metrics, findings, notes, info = outputs
+    labels = [label for _, label in gallery]
+    assert labels[:4] == ["reference (quality settings)", "negative guidance minimum sigma 14", "token merging ratio 0.5",
+                          "all measured options on"]
+    assert metrics["headers"][:3] == ["option", "value", "time Δ %"] and len(metrics["data"]) == 4
+    assert "largest detail loss" in findings and "median of 2 timed run(s)" in notes
+    assert "process peak RSS" in notes and "<b>on</b>" in info and webui.shared.opts.token_merging_ratio == 0.5
+    refused = callbacks.run("task(x)", "optimizations", None, [], "", "", "", "", 4, False, "tome", 1, *form())
+    assert "options[0]" in refused[4] and "unknown option 'tome'" in refused[4]
+
+
+def test_options_text_becomes_the_api_field():
+    from lib_sdfix.webui.diagnose.tab import options_from_text
+
+    assert options_from_text(" ") is None
+    assert options_from_text("token_merging_ratio, s_min_uncond") == ["token_merging_ratio", "s_min_uncond"]
+    assert options_from_text("token_merging_ratio=0.5; sd_vae_decode_method=TAESD, pad_cond_uncond=on, s_min_uncond") == {
+        "token_merging_ratio": 0.5, "sd_vae_decode_method": "TAESD", "pad_cond_uncond": True, "s_min_uncond": None}
+    body = body_from_form("optimizations", None, [], "", "", "", "", 4, True, form(), "token_merging_ratio=1", 3.0)
+    assert body["options"] == {"token_merging_ratio": 1.0} and body["repeats"] == 3 and body["payload"]["seed"] == 4321
+
+
 def test_step_strip_and_roundtrip_buttons(webui, callbacks):
-    steps = callbacks.run("task(s)", "steps", None, [], "", "", "", "1,3", 4, False, *form())
+    steps = callbacks.run("task(s)", "steps", None, [], "", "", "", "1,3", 4, False, "", 1, *form())
     labels = [label for _, label in steps[1]]
     assert labels == ["step 1/3", "step 3/3", "final image", "step strip"] and steps[3]["headers"][0] == "step"
     image = Image.new("RGB", (64, 64), (200, 100, 50))
-    roundtrip = callbacks.run("task(r)", "vae_roundtrip", image, ["fp32", "fp16"], "", "", "", "", 4, False, *form())
+    roundtrip = callbacks.run("task(r)", "vae_roundtrip", image, ["fp32", "fp16"], "", "", "", "", 4, False, "", 1, *form())
     labels = [label for _, label in roundtrip[1]]
     assert labels[:3] == ["original", "fp32", "fp16"] and "fp16: difference vs fp32" in labels
     assert roundtrip[0] is not None  # no seed: the form's seed is left as it is (an update)
