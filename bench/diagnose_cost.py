@@ -12,6 +12,14 @@ grid, chart and heatmaps); the precision sweep has two cells and one sampling.
     python bench/diagnose_cost.py [--rounds 5] [--steps 8] [--size 128] [--model DIR] [--device cpu]
 
 Needs the ``[diffusers]`` extra.
+
+The cost of speed (kind "optimizations") in a running WebUI, ``--url``: the diagnosis as the route runs it
+(an untimed warm-up, the reference, each option alone, all on; TAESD sharing the reference's sampling)
+against each of its rows generated alone through ``/sdapi/v1/txt2img`` with that row's options, rounds
+alternating.  The user's options are set for the run (token merging 0.5, NGMS 2, TAESD where the WebUI
+has its decoder) and set back after.  Target: diagnosis / rows alone <= 1.0.
+
+    python bench/diagnose_cost.py --url http://127.0.0.1:7860 [--rounds 3] [--steps 8] [--size 128] [--auth u:p]
 """
 from __future__ import annotations
 
@@ -65,6 +73,72 @@ def _parts(pipe, config) -> float:
     return total
 
 
+def _call(args: argparse.Namespace, method: str, path: str, body=None):
+    import base64
+    import json
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if args.auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(args.auth.encode()).decode()
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(args.url.rstrip("/") + path, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=3600) as response:
+        return json.loads(response.read())
+
+
+def _webui_cost(args: argparse.Namespace) -> None:
+    """The cost of speed in a running WebUI against its rows generated alone (see the module docstring)."""
+    payload = {"prompt": "a portrait, detailed skin", "negative_prompt": "blurry", "seed": 4321, "steps": args.steps,
+               "width": args.size, "height": args.size, "cfg_scale": 5, "sampler_name": "Euler"}
+    body = {"kind": "optimizations", "payload": payload}
+    before = _call(args, "GET", "/sdapi/v1/options")
+    mine = {"token_merging_ratio": 0.5, "s_min_uncond": 2.0}
+    listed = {o["key"]: o for o in _call(args, "POST", "/sdfix/v1/diagnose", {
+        **body, "payload": {**payload, "steps": 1}, "options": ["token_merging_ratio"]})["options"]}
+    taesd = listed.get("sd_vae_decode_method")
+    if taesd and "is not there" not in taesd.get("note", ""):
+        mine["sd_vae_decode_method"] = "TAESD"
+    _call(args, "POST", "/sdapi/v1/options", mine)
+    try:
+        answer = _call(args, "POST", "/sdfix/v1/diagnose", body)  # warm-up of both sides (loads TAESD, ...)
+        cells = [(c["name"], c["changes"]) for c in answer["cells"]]
+
+        def diagnosis() -> float:
+            start = time.perf_counter()
+            _call(args, "POST", "/sdfix/v1/diagnose", body)
+            return time.perf_counter() - start
+
+        def alone() -> float:
+            total = 0.0
+            for _, changes in cells:
+                start = time.perf_counter()
+                _call(args, "POST", "/sdapi/v1/txt2img", {**payload, "override_settings": changes, "save_images": False})
+                total += time.perf_counter() - start
+            return total
+
+        runs = [r["kind"] for r in answer["timings"]["runs"]]
+        print(f"WebUI {args.url}: {args.size}x{args.size}, {args.steps} steps, options {mine}, {args.rounds} rounds; "
+              f"target: diagnosis / rows alone <= 1.0")
+        print(f"diagnosis: {len(cells)} rows = {runs.count('full generation')} full generations + "
+              f"{sum(k.startswith('decode only') for k in runs)} decode-only runs + a {answer['warm_up']['steps']}-step "
+              f"warm-up; rows alone: {len(cells)} full generations")
+        ratios, diag, parts = [], [], []
+        for i in range(args.rounds):
+            if i % 2 == 0:
+                d, p = diagnosis(), alone()
+            else:
+                p, d = alone(), diagnosis()
+            diag.append(d)
+            parts.append(p)
+            ratios.append(d / p)
+        print(f"diagnosis {statistics.median(diag):7.2f} s, rows alone {statistics.median(parts):7.2f} s   ratio "
+              f"{statistics.median(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}; fastest/fastest "
+              f"{min(diag) / min(parts):.3f}]")
+    finally:
+        _call(args, "POST", "/sdapi/v1/options", {k: before[k] for k in mine if k in before})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -72,7 +146,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--url", default=None, help="a running WebUI with --api and SDFix: measure the cost of speed "
+                        "kind there instead of the diffusers front's sweeps")
+    parser.add_argument("--auth", default="", help="user:password of the WebUI's --api-auth")
     args = parser.parse_args()
+    if args.url:
+        _webui_cost(args)
+        return
 
     import torch
 

@@ -162,7 +162,7 @@ def plan_cost(found: Sequence[FoundOption], requested: Optional[Sequence[Tuple[s
     for item in found:
         if item.available and item.option.switchable and item.option.quality is not None and item.value != item.option.quality:
             reference[item.key] = item.option.quality
-    cells = [CostCell("reference", "reference (quality settings)", (), tuple(sorted(reference.items())), "reference")]
+    cells = [CostCell("reference", "quality settings", (), tuple(sorted(reference.items())), "reference")]
     used = {"reference"}
     for item, value in measure:
         changes = {**reference, item.key: value}

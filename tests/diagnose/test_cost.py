@@ -236,7 +236,7 @@ def test_flags_that_are_on_are_a_finding_and_the_analysis_has_chart_grid_heatmap
 
     headers, table = display_table("optimizations", analysis["rows"])
     assert headers[:4] == ["option", "value", "time Δ %", "memory Δ %"]
-    assert table[0][0] == "reference (quality settings) (reference)" and table[1][2] == "-50.0"
+    assert table[0][0] == "quality settings (reference)" and table[1][2] == "-50.0"
 
 
 def test_an_unrendered_reference_gives_no_rows():

@@ -6,7 +6,9 @@ The WebUI downloads ``models/VAE-taesd/taesd_decoder.pth`` (``taesdxl_decoder.pt
 TAESD decode; the test hosts have no network.  The architecture is the WebUI's own
 (``modules.sd_vae_taesd.decoder``), its weights random (seed 0) like the test checkpoints: the images are
 noise, the mechanics (a second, small decoder instead of the VAE) real.  Run from the WebUI's folder with
-its Python; an existing file is left alone.
+its Python; an existing file is left alone.  Forge and reForge keep the same ``decoder(latent_channels=4)``
+for SD1.x and load the same file from their own ``models/VAE-taesd``: copy it there (their modules do not
+import outside a launch).
 """
 import os
 import sys

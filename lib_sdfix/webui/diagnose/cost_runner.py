@@ -136,7 +136,7 @@ def run_optimizations(request: Any) -> Dict[str, Any]:
     analysis = analyse_cost(plan, images, timed, gain=request.heatmap_gain)
     rows = {r["name"]: r for r in analysis["rows"]}
     order = [c for c in plan.cells if c.name in images]
-    result["cells"] = [{"name": c.name, "label": c.label, "value": rows.get(c.name, {}).get("value"),
+    result["cells"] = [{"name": c.name, "label": c.label, "value": rows.get(c.name, {}).get("value"), "changes": dict(c.changes),
                         "image": images[c.name], "infotext": infotexts[c.name],
                         "time_s": rows.get(c.name, {}).get("time_s"), "metrics": rows.get(c.name), "nan": None,
                         "heatmap": analysis["heatmaps"].get(c.name)} for c in order]

@@ -19,6 +19,7 @@ from lib_sdfix.diagnose.nan_watch import NanWatch
 from lib_sdfix.webui.ab.request import prepare, sampler_already_equal, txt2img_fields
 from lib_sdfix.webui.ab.runner import Rendered, Run, first_image, group_runs, render_groups
 from lib_sdfix.webui.apply import settings_defaults
+from lib_sdfix.webui.diagnose.cost_runner import check_against_host, run_optimizations
 from lib_sdfix.webui.diagnose.nan_watch import observe_step, watching
 from lib_sdfix.webui.hooks import fix_targets
 from lib_sdfix.webui.hosts import current
@@ -48,8 +49,6 @@ def request_from_body(body: Any) -> Any:
         supported_variants=diagnose.supported_variants(vae_device()),
         default_variants=diagnose.default_variants(vae_device()))
     if request.kind == "optimizations":
-        from lib_sdfix.webui.diagnose.cost_runner import check_against_host
-
         return check_against_host(request)
     return request
 
@@ -57,8 +56,6 @@ def request_from_body(body: Any) -> Any:
 def run_diagnosis(request: Any) -> Dict[str, Any]:
     """Run a validated request on the caller's thread (the caller holds the queue lock and job state)."""
     start = time.perf_counter()
-    from lib_sdfix.webui.diagnose.cost_runner import run_optimizations
-
     runner = {"vae_roundtrip": _roundtrip, "sweep": _sweep, "steps": _steps, "optimizations": run_optimizations}[request.kind]
     result = runner(request)
     result["timings"]["total_s"] = time.perf_counter() - start

@@ -15,6 +15,7 @@ from lib_sdfix.diagnose.plan import DEFAULT_VALUES, PRECISION_FIXES
 from lib_sdfix.settings import SettingsError
 from lib_sdfix.webui.ab.tab import TabCallbacks
 from lib_sdfix.webui.diagnose import last_output, runner
+from lib_sdfix.webui.diagnose.speed_options import found_options
 from lib_sdfix.webui.form import FORM_FIELDS, build_form, form_from_payload, payload_from_form
 from lib_sdfix.webui.hosts import current
 
@@ -323,7 +324,6 @@ def host_callbacks(ab: TabCallbacks) -> DiagnoseCallbacks:
 def speed_options_markdown() -> str:
     """The "List my speed options" answer: what this WebUI has, with the user's values."""
     from lib_sdfix.diagnose.optimizations import listing
-    from lib_sdfix.webui.diagnose.speed_options import found_options
 
     return options_table([listing(f) for f in found_options({})])
 

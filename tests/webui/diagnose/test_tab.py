@@ -160,7 +160,7 @@ def test_cost_of_speed_button_and_the_list_of_options(webui, callbacks):
                             "token_merging_ratio", 2, *form())
     seed, gallery, chart, metrics, findings, notes, info = outputs
     labels = [label for _, label in gallery]
-    assert labels[:4] == ["reference (quality settings)", "negative guidance minimum sigma 14", "token merging ratio 0.5",
+    assert labels[:4] == ["quality settings", "negative guidance minimum sigma 14", "token merging ratio 0.5",
                           "all measured options on"]
     assert metrics["headers"][:3] == ["option", "value", "time Δ %"] and len(metrics["data"]) == 4
     assert "largest detail loss" in findings and "median of 2 timed run(s)" in notes
