@@ -1,13 +1,15 @@
-"""``python -m lib_sdfix diagnose {vae-roundtrip,sweep,steps}``: arguments, their limits, and the run.
+"""``python -m lib_sdfix diagnose {vae-roundtrip,sweep,steps,optimizations}``: arguments, their limits, and the run.
 
 The same rules as ``ab`` (lib_sdfix.cli.ab_command): every argument is checked before anything loads and a
 bad one is a usage error naming it (exit 2); a non-empty ``--out`` needs ``--force``; a missing
 ``[diffusers]`` extra is one line naming the module.  The limits of a sweep or a strip are the API's
-(lib_sdfix.diagnose.request): at most 12 values, 16 steps shown, 150 sampling steps.
+(lib_sdfix.diagnose.request): at most 12 values, 16 steps shown, 150 sampling steps; at most 12 options
+(each one the diffusers front knows) and 5 repeats.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 from pathlib import Path
 from typing import Any, List
 
@@ -33,17 +35,21 @@ from lib_sdfix.cli.command import (
     out_folder,
     whole,
 )
+from lib_sdfix.cli.diagnose_cost import DEFAULT_REPEATS, CostConfig, run_optimizations
 from lib_sdfix.cli.diagnose_run import SAMPLERS, SCHEDULES, DiagnoseConfig, resolve, run_diagnose, schedule_problem
 from lib_sdfix.diagnose import request as checks
+from lib_sdfix.diagnose.optimizations import MAX_OPTIONS, MAX_REPEATS, UNSET
+from lib_sdfix.diagnose.output import display_table
 from lib_sdfix.diagnose.plan import AXES
 from lib_sdfix.diagnose.roundtrip import VARIANTS
+from lib_sdfix.diagnose.speed_options import DIFFUSERS, check_option_value, known_option, options_for
 from lib_sdfix.image_input import ImageModeError, to_rgb8
 from lib_sdfix.settings import SettingsError
 
 __all__ = ["add_parser", "run", "config_from_args", "KIND_NAMES"]
 
 #: Command-line kind -> the API's kind.
-KIND_NAMES = {"vae-roundtrip": "vae_roundtrip", "sweep": "sweep", "steps": "steps"}
+KIND_NAMES = {"vae-roundtrip": "vae_roundtrip", "sweep": "sweep", "steps": "steps", "optimizations": "optimizations"}
 _MODULES = tuple(m for m in DIFFUSERS_MODULES if m != "tqdm")
 
 
@@ -54,15 +60,33 @@ def _list(text: str) -> List[Any]:
     return values
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def vae_path(text: str) -> str:
+    """argparse type: a diffusers VAE folder (``config.json``, or a model folder's ``vae/``) or a single file."""
+    path = Path(text)
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not (path / "vae" / "config.json").is_file():
+            raise argparse.ArgumentTypeError(f"{text} is a folder without config.json (or vae/config.json), not a "
+                                             "diffusers VAE")
+    elif not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
+    return text
+
+
+def _common(parser: argparse.ArgumentParser, dtypes: bool = True) -> None:
     parser.add_argument("--model", type=model_path,
                         help="diffusers model folder (SD1.x/2.x or SDXL), or an SD1.x/2.x single file whose config is in "
                         "the local Hugging Face cache (nothing is downloaded); default: the embedded tiny random-weight SD1.5")
     parser.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    _output(parser)
+    if not dtypes:
+        return
     parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                         help="UNet and text encoder dtype (default: fp16 on a GPU, fp32 on a CPU)")
     parser.add_argument("--vae-dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                         help="the dtype the VAE is loaded in, as a service keeps it (default: fp16 on a GPU, bf16 on a CPU)")
+
+
+def _output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heatmap-gain", type=number(1.0, 64.0), default=4.0, help="heatmap amplification, 1-64 (default 4)")
     parser.add_argument("--out", type=out_folder, default="sdfix-diagnose",
                         help="output folder (default: sdfix-diagnose); must be missing or empty unless --force")
@@ -92,7 +116,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "diagnose", help="find where an artifact comes from: VAE round-trip, one-variable sweeps, step strips",
         description="Find where an artifact comes from on a diffusers pipeline, with an HTML report (report.html, the PNGs, "
         "report.json). Without --model an embedded tiny random-weight SD1.5 runs on any CPU.")
-    kinds = diagnose.add_subparsers(dest="kind", required=True, metavar="{vae-roundtrip,sweep,steps}")
+    kinds = diagnose.add_subparsers(dest="kind", required=True, metavar="{vae-roundtrip,sweep,steps,optimizations}")
     roundtrip = kinds.add_parser("vae-roundtrip", help="encode + decode your image through the VAE in several precisions")
     _common(roundtrip)
     roundtrip.add_argument("--image", type=existing_file, help="PNG/JPEG/WebP to test (default: scikit-image's astronaut photograph)")
@@ -111,15 +135,32 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     _common(steps)
     _generation(steps)
     steps.add_argument("--at", type=_list, help="comma-separated steps to show (default: six spread over the run)")
-    diagnose.kinds = {"vae-roundtrip": roundtrip, "sweep": sweep, "steps": steps}  # type: ignore[attr-defined]
+    cost = kinds.add_parser("optimizations", help="the cost of speed: each speed/memory option against quality settings")
+    _common(cost, dtypes=False)
+    _generation(cost)
+    names = ",".join(o.key for o in options_for(DIFFUSERS))
+    cost.add_argument("--options", help=f"comma-separated options, each NAME or NAME=VALUE, at most {MAX_OPTIONS}, of: "
+                      f"{names} (default: all that apply here; steps: 3/5 of --steps)")
+    cost.add_argument("--repeats", type=whole(1, MAX_REPEATS), default=DEFAULT_REPEATS,
+                      help=f"timed runs per cell, 1-{MAX_REPEATS}; the median counts (default {DEFAULT_REPEATS})")
+    cost.add_argument("--vae", type=vae_path, help="another VAE to measure (decode only): a diffusers AutoencoderKL or "
+                      "AutoencoderTiny (TAESD) folder, or an AutoencoderKL file (e.g. the fp16-fix VAE)")
+    cost.add_argument("--compile", action="store_true", help="also measure torch.compile on the UNet (compiling is slow)")
+    diagnose.kinds = {"vae-roundtrip": roundtrip, "sweep": sweep, "steps": steps,  # type: ignore[attr-defined]
+                      "optimizations": cost}
     return diagnose
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`lib_sdfix.cli.diagnose_run.DiagnoseConfig` the parsed (and checked) arguments ask for."""
     kind = KIND_NAMES[args.kind]
-    config = DiagnoseConfig(kind=kind, out=Path(args.out), model=args.model, device=args.device, dtype=args.dtype,
-                            vae_dtype=args.vae_dtype, heatmap_gain=args.heatmap_gain, progress=not args.quiet)
+    if kind == "optimizations":
+        config: Any = CostConfig(kind=kind, out=Path(args.out), model=args.model, device=args.device,
+                                 heatmap_gain=args.heatmap_gain, progress=not args.quiet, repeats=args.repeats,
+                                 vae=args.vae, compile=args.compile, options=tuple(args.options or ()))
+    else:
+        config = DiagnoseConfig(kind=kind, out=Path(args.out), model=args.model, device=args.device, dtype=args.dtype,
+                                vae_dtype=args.vae_dtype, heatmap_gain=args.heatmap_gain, progress=not args.quiet)
     if kind == "vae_roundtrip":
         config.image, config.size, config.dtypes = args.image, args.size, tuple(args.dtypes or ())
         return config
@@ -132,7 +173,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         config.negative_prompt = args.negative_prompt
     if kind == "sweep":
         config.axis, config.values, config.reference = args.axis, tuple(args.values or ()), args.reference
-    else:
+    elif kind == "steps":
         config.at = tuple(args.at or ())
     return config
 
@@ -172,6 +213,13 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 error("--dtypes", err.problems)
         return
     steps = resolve(config_from_args(args)).steps
+    if args.kind == "optimizations":
+        if args.options is not None:
+            try:
+                args.options = parse_options(args.options, steps, vae=args.vae, compile_ok=args.compile)
+            except ValueError as err:
+                error("--options", str(err))
+        return
     if args.kind == "steps":
         if args.at is not None:
             try:
@@ -199,6 +247,65 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.reference = checks.default_reference(args.axis, args.values, {k: v for k, v in own.items() if v is not None})
 
 
+_TRUE, _FALSE = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+
+
+def _option_value(option: Any, text: str) -> Any:
+    kind = option.values[0]
+    if kind == "bool":
+        if text.lower() not in _TRUE + _FALSE:
+            raise ValueError(f"expected on or off, got {text!r}")
+        return text.lower() in _TRUE
+    if kind in ("int", "float"):
+        try:
+            return float(text) if kind == "float" else int(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+    return text
+
+
+def parse_options(text: str, steps: int, *, vae: Any = None, compile_ok: bool = False) -> List[Any]:
+    """``--options``: comma-separated ``NAME`` or ``NAME=VALUE``, each an option of the diffusers front; a bare
+    name is tried at its default (``steps``: 3/5 of the run's).  ValueError names the first problem."""
+    from lib_sdfix.cli.pipeline_options import fewer_steps
+
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"expected comma-separated option names, got {text!r}")
+    if len(items) > MAX_OPTIONS:
+        raise ValueError(f"at most {MAX_OPTIONS} options, got {len(items)}")
+    known = [o.key for o in options_for(DIFFUSERS)]
+    out: List[Any] = []
+    for index, item in enumerate(items):
+        name, _, raw = item.partition("=")
+        name, where = name.strip(), f"options[{index}]"
+        option = known_option(name, DIFFUSERS)
+        if option is None or DIFFUSERS not in option.hosts:
+            near = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+            other = " (a WebUI option; this front has its own)" if option is not None else ""
+            raise ValueError(f"{where}: unknown option {name!r}{other}" + (f"; did you mean {', '.join(near)}?" if near else "")
+                             + f" -- known: {', '.join(known)}")
+        if any(name == key for key, _ in out):
+            raise ValueError(f"{where}: duplicate option {name!r}")
+        if name == "torch_compile" and not compile_ok:
+            raise ValueError(f"{where}: torch_compile needs --compile (compiling is slow: opt in)")
+        if name == "vae":
+            if raw or not vae:
+                raise ValueError(f"{where}: give the VAE to try with --vae PATH, and name vae without a value")
+            out.append((name, vae))
+            continue
+        value: Any = UNSET
+        if raw:
+            try:
+                value = check_option_value(option, _option_value(option, raw.strip()))
+            except ValueError as err:
+                raise ValueError(f"{where}: {name}: {err}") from None
+        elif name == "steps":
+            value = fewer_steps(steps)
+        out.append((name, value))
+    return out
+
+
 def _schedules_apply(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every sampler/schedule pair the run uses must exist in this diffusers (needs diffusers: after the module check)."""
     if args.kind == "vae-roundtrip":
@@ -213,7 +320,18 @@ def _schedules_apply(parser: argparse.ArgumentParser, args: argparse.Namespace) 
                 parser.error(f"argument {option}: {problem}")
 
 
+def _print_table(result: Any) -> None:
+    headers, rows = display_table("optimizations", result["analysis"].get("rows", []))
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    for line in (headers, *rows):
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+    for note in result["notes"]:
+        print(f"  note: {note}")
+
+
 def _print(result: Any) -> None:
+    if result.get("kind") == "optimizations":
+        _print_table(result)
     for finding in result["analysis"].get("findings", []):
         print(f"  [{finding.likelihood}] {finding.cause}: {finding.text}")
     if not result["analysis"].get("findings"):
@@ -236,7 +354,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         _schedules_apply(kind_parser, args)
         check_device(kind_parser, args.device)
         print(f"SDFix diagnose {args.kind}:")
-        _print(run_diagnose(config_from_args(args)))
+        config = config_from_args(args)
+        _print(run_optimizations(config) if args.kind == "optimizations" else run_diagnose(config))
         return 0
     except (ImportError, RuntimeError) as exc:
         module = missing_module_in(exc)

@@ -17,7 +17,8 @@ from lib_sdfix.imaging.table import json_safe
 
 __all__ = ["write_report", "TITLES"]
 
-TITLES = {"vae_roundtrip": "VAE round-trip", "sweep": "sweep", "steps": "intermediate steps"}
+TITLES = {"vae_roundtrip": "VAE round-trip", "sweep": "sweep", "steps": "intermediate steps",
+          "optimizations": "the cost of speed"}
 _EXTRA_CSS = """
 .findings td:first-child{font-weight:600;white-space:nowrap}.likely{color:#b00020}.possible{color:#8a5a00}
 .gallery figure.wide{width:auto}.strip img,.grid img{max-width:100%;height:auto;image-rendering:pixelated}
@@ -79,6 +80,8 @@ def write_report(out: Path, kind: str, result: Dict[str, Any]) -> Path:
                 body.append(_figure(_save(heat, out, f"heatmap-{_slug(cell.name)}.png", files),
                                     f"{cell.label}: difference vs reference"))
         body.append("</div>")
+    elif kind == "optimizations":
+        body += _cost_body(result, out, files)
     else:
         body.append("<h2>Steps</h2>")
         strip = _save(analysis.get("strip"), out, "strip.png", files)
@@ -89,12 +92,42 @@ def write_report(out: Path, kind: str, result: Dict[str, Any]) -> Path:
         body.append(_figure(_save(result["final"], out, "final.png", files), "final image"))
         body.append("</div>")
 
+    extra = {k: result[k] for k in ("options", "memory", "warm_up", "repeats") if k in result}
     document = diagnosis_json(kind, analysis, config=result["config"], environment=result["environment"],
-                              timings=result["timings"], notes=result["notes"], files=files)
+                              timings=result["timings"], notes=result["notes"], files=files, **extra)
     (out / JSON_NAME).write_text(json.dumps(json_safe(document), indent=2, allow_nan=False), encoding="utf-8")
     page = out / REPORT_NAME
     page.write_text(_render(kind, result, body), encoding="utf-8")
     return page
+
+
+def _cost_body(result: Dict[str, Any], out: Path, files: Dict[str, str]) -> List[str]:
+    """The cells of an "optimizations" diagnosis with their heatmaps, and every option with its status."""
+    analysis = result["analysis"]
+    body = ["<h2>Cells</h2>"]
+    grid = _save(analysis.get("grid"), out, "grid.png", files)
+    if grid:
+        body.append(f'<div class="grid">{_figure(grid, "every cell, same seed and noise")}</div>')
+    body.append('<div class="gallery">')
+    for cell in result["plan"].cells:
+        if cell.name not in result["images"]:
+            continue
+        body.append(_figure(_save(result["images"][cell.name], out, f"{_slug(cell.name)}.png", files), cell.label))
+        heat = analysis["heatmaps"].get(cell.name)
+        if heat is not None:
+            body.append(_figure(_save(heat, out, f"heatmap-{_slug(cell.name)}.png", files),
+                                f"{cell.label}: difference vs reference"))
+    body.append("</div>")
+    _save(analysis.get("chart"), out, "chart.png", files)
+    memory = result.get("memory", {}).get("measures", "")
+    body += ["<h2>Options</h2>", f'<p class="note">Peak memory measures {escape(memory)}. Times are medians of '
+             f'{escape(result.get("repeats"))} timed run(s) per cell, after an untimed warm-up.</p>', "<table>",
+             "<tr><th>option</th><th>status</th><th>tried</th><th>quality setting</th><th>trades</th><th>note</th></tr>"]
+    for item in result.get("options", []):
+        body.append("<tr>" + "".join(f"<td>{escape(item.get(k))}</td>" for k in
+                                     ("key", "status", "value", "quality_value", "trades", "note")) + "</tr>")
+    body.append("</table>")
+    return body
 
 
 def _render(kind: str, result: Dict[str, Any], body: List[str]) -> str:
@@ -125,7 +158,8 @@ def _render(kind: str, result: Dict[str, Any], body: List[str]) -> str:
     parts += body
     panels = analysis.get("panels") or []
     if panels:
-        heading = "Metrics per precision" if kind == "vae_roundtrip" else "Metrics against the varied value"
+        heading = {"vae_roundtrip": "Metrics per precision", "optimizations": "Metrics per option"}.get(
+            kind, "Metrics against the varied value")
         parts += [f"<h2>{heading}</h2>", f'<div class="chart">{chart_svg(panels, _x_title(kind, config))}</div>']
     headers, rows = display_table(kind, analysis.get("rows", []))
     parts += ["<h2>Metrics</h2>", "<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>"]
@@ -155,9 +189,12 @@ _RUN_KEYS = {
     "sweep": ("prompt", "negative_prompt", "seed", "steps", "width", "height", "cfg_scale", "sampler", "schedule",
               "axis", "values", "reference"),
     "steps": ("prompt", "negative_prompt", "seed", "steps", "width", "height", "cfg_scale", "sampler", "schedule", "at"),
+    "optimizations": ("prompt", "negative_prompt", "seed", "steps", "width", "height", "cfg_scale", "sampler",
+                      "schedule", "options", "repeats", "vae", "compile"),
 }
 
 
 def _x_title(kind: str, config: Dict[str, Any]) -> str:
-    return {"vae_roundtrip": "variant", "steps": "sampling step"}.get(kind) or AXIS_LABELS[config["axis"]]
+    return {"vae_roundtrip": "variant", "steps": "sampling step", "optimizations": "option"}.get(kind) or \
+        AXIS_LABELS[config["axis"]]
 
