@@ -333,7 +333,9 @@ def _print(result: Any) -> None:
     if result.get("kind") == "optimizations":
         _print_table(result)
     for finding in result["analysis"].get("findings", []):
-        print(f"  [{finding.likelihood}] {finding.cause}: {finding.text}")
+        # a cost-of-speed finding's text starts with the option it is about
+        cause = "" if result.get("kind") == "optimizations" else f"{finding.cause}: "
+        print(f"  [{finding.likelihood}] {cause}{finding.text}")
     if not result["analysis"].get("findings"):
         print("  no rule fired: nothing measured here points to one cause on its own")
     t = result["timings"]

@@ -184,7 +184,8 @@ def cost_findings(rows: Sequence[Mapping[str, Any]], listed: Sequence[Mapping[st
     if unmeasured:
         findings.append(LikelyCause(
             "cost_unmeasured", "options on that a diagnosis cannot switch", "start-up flags or model reloads", POSSIBLE,
-            "on but not measured: " + ", ".join(f"{i['label']} ({option_value_text(i['value'])})" for i in unmeasured),
+            "away from their quality setting, not measurable per generation: "
+            + ", ".join(f"{i['label']} ({option_value_text(i['value'])})" for i in unmeasured),
             {"options": [i["key"] for i in unmeasured]},
             "restart without the flag (or change the setting) and run the diagnosis again to compare"))
     return findings

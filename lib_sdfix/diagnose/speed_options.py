@@ -132,7 +132,7 @@ SPEED_OPTIONS: Tuple[SpeedOption, ...] = (
     _o("always_no_vram", "--always-no-vram", (FORGE, REFORGE), "start", False, _BOOL, "memory for much speed: all offloaded"),
     _o("use_sage_attention", "--use-sage-attention", (REFORGE,), "start", False, _BOOL,
        "speed: quantized (lossy) attention"),
-    _o("fast", "--fast", (REFORGE,), "start", None, ("text",), "speed: fp16 accumulation / fp8 matmul; may lose quality"),
+    _o("fast", "--fast", (REFORGE,), "start", False, _BOOL, "speed: fp16 accumulation / fp8 matmul; may lose quality"),
     _o("force_channels_last", "--force-channels-last", (REFORGE,), "start", False, _BOOL, "speed on some GPUs; same math"),
     # --- the diffusers front: set on the pipeline for the cell, undone after (the SDXL optimisation guide's list)
     _o("unet_dtype", "UNet dtype", (DIFFUSERS,), "pipeline", "fp32", ("choice", ("fp32", "fp16", "bf16")),

@@ -72,7 +72,7 @@ def test_a_run_on_the_tiny_pipeline_prints_the_table_and_writes_the_report(tmp_p
     assert exit_code(["diagnose", "optimizations", "--out", str(out), "--options",
                       "unet_dtype,attention_slicing,channels_last,freeu,steps=1", *FAST]) == 0
     printed = capsys.readouterr().out
-    for label in ("reference (quality settings)", "UNet dtype bf16", "attention slicing on", "FreeU on",
+    for label in ("quality settings (reference)", "UNet dtype bf16", "attention slicing on", "FreeU on",
                   "sampling steps 1", "all measured options on", "time Δ %", "memory Δ %", "verdict"):
         assert label in printed, printed
     assert "random weights" in printed and f"report: {out / 'report.html'}" in printed

@@ -79,7 +79,6 @@ def run_optimizations(request: Any) -> Dict[str, Any]:
         if processed is not None and not shared.state.interrupted:
             result["timings"]["samplings"] += 0 if inject else 1
             result["timings"]["decodes"] += 1
-        shared.state.nextjob()
         return processed, run, elapsed, peak.peak_bytes
 
     # The warm-up: the plan's last cell (every measured option on), short, untimed.

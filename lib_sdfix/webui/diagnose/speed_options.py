@@ -79,7 +79,13 @@ def found_options(payload: Mapping[str, Any]) -> List[FoundOption]:
         key = option.key
         if option.how == "start":
             present = hasattr(host.shared.cmd_opts, key)
-            found.append(FoundOption(option, bool(host.cmd_opt(key)) if present else None, present))
+            value = host.cmd_opt(key) if present else None
+            value = bool(value) if option.values[0] == "bool" and present else value
+            if key == "no_half_vae" and not value and host.cmd_opt("no_half"):
+                # --no-half runs every model in fp32, the VAE included: nothing to trade here
+                found.append(FoundOption(option, True, present, "implied by --no-half"))
+                continue
+            found.append(FoundOption(option, value, present))
             continue
         if key not in opts.data_labels:
             found.append(FoundOption(option, None, False))
