@@ -61,12 +61,16 @@ def run_optimizations(request: Any) -> Dict[str, Any]:
 
     def generate(cell: CostCell, inject: List[Any], what: str, steps: Optional[Dict[str, Any]] = None) -> Tuple[Any, Run, float, Any]:
         changes = dict(cell.changes)
+        steps_before = result["timings"]["unet_steps"]
+
+        def count_step(stage: str, d: Any) -> None:
+            result["timings"]["unet_steps"] += 1
         run = Run({**cell_fields(fields, changes, by_key), **(steps or {})}, alwayson, settings)
         with measure_peak(device) as peak:
             start = time.perf_counter()
             try:
                 with switched_settings(changes, by_key):
-                    processed = run.run(inject)
+                    processed = run.run(inject, observer=count_step)
             except SwitchError as err:
                 failed[cell.name] = str(err)
                 processed = None
@@ -75,7 +79,8 @@ def run_optimizations(request: Any) -> Dict[str, Any]:
                 failed[cell.name] = f"the generation failed ({type(exc).__name__}: {exc})"
                 processed = None
             elapsed = time.perf_counter() - start
-        result["timings"]["runs"].append({"cells": [cell.name], "kind": what, "time_s": elapsed})
+        result["timings"]["runs"].append({"cells": [cell.name], "kind": what, "time_s": elapsed,
+                                          "steps": result["timings"]["unet_steps"] - steps_before})
         if processed is not None and not shared.state.interrupted:
             result["timings"]["samplings"] += 0 if inject else 1
             result["timings"]["decodes"] += 1

@@ -169,7 +169,7 @@ def build_diagnose_tab(callbacks: DiagnoseCallbacks) -> Any:
                                              elem_id=f"{PREFIX}_options")
                         repeats = gr.Slider(1, 5, value=1, step=1, label="Timed repeats per cell (median; a warm-up "
                                             "run is never timed)", elem_id=f"{PREFIX}_repeats")
-                        listed = gr.Markdown(elem_id=f"{PREFIX}_speed_options")
+                        listed = gr.HTML(elem_id=f"{PREFIX}_speed_options")
                         list_button = gr.Button("List my speed options", elem_id=f"{PREFIX}_list_options")
                 with gr.Accordion("Generation (sweep, step strip, cost of speed)", open=True):
                     use_last = gr.Button("Use last txt2img", elem_id=f"{PREFIX}_use_last")
@@ -258,8 +258,9 @@ def tab_outputs(result: Dict[str, Any]) -> List[Any]:
             "\n".join(notes), info]
 
 
-def options_table(listed: Sequence[Dict[str, Any]]) -> str:
-    """The speed and memory options this WebUI has, as an HTML table: value, quality setting, status."""
+def options_table(listed: Sequence[Dict[str, Any]], compact: bool = False) -> str:
+    """The speed and memory options this WebUI has, as an HTML table: value, quality setting, status (and
+    what each trades; ``compact``, for the form's narrow column: as the row's tooltip)."""
     from html import escape
 
     from lib_sdfix.diagnose.speed_options import option_value_text
@@ -267,14 +268,20 @@ def options_table(listed: Sequence[Dict[str, Any]]) -> str:
     def text(value: Any) -> str:
         return "–" if value is None else escape(option_value_text(value))
 
-    rows = "".join(
-        f"<tr><td>{escape(item['label'])}<br><code>{escape(item['key'])}</code></td><td>{text(item['value'])}</td>"
-        f"<td>{text(item['quality_value'])}</td><td>{'<b>on</b>' if item['on'] else ''}</td>"
-        f"<td>{escape(item['status'])}</td><td>{escape(item['trades'])}"
-        f"{'<br><i>' + escape(item['note']) + '</i>' if item.get('note') else ''}</td></tr>"
-        for item in listed)
-    return ("<table class='sdfix-options'><thead><tr><th>option</th><th>your value</th><th>quality setting</th>"
-            f"<th></th><th>status</th><th>trades</th></tr></thead><tbody>{rows}</tbody></table>")
+    def row(item: Dict[str, Any]) -> str:
+        trades = escape(item["trades"]) + (f" ({escape(item['note'])})" if item.get("note") else "")
+        status = ("<b>on</b>, " if item["on"] else "") + escape(item["status"])
+        name = f"{escape(item['label'])}<br><code>{escape(item['key'])}</code>"
+        if compact:
+            return (f"<tr title='{trades}'><td>{name}</td><td>{text(item['value'])}</td>"
+                    f"<td>{text(item['quality_value'])}</td><td>{status}</td></tr>")
+        return (f"<tr><td>{name}</td><td>{text(item['value'])}</td><td>{text(item['quality_value'])}</td>"
+                f"<td>{status}</td><td>{trades}</td></tr>")
+
+    head = "<th>option</th><th>yours</th><th>quality</th><th>status</th>" + ("" if compact else "<th>trades</th>")
+    style = "width:100%;table-layout:fixed;word-break:break-word;font-size:0.85em"
+    return (f"<table class='sdfix-options' style='{style}'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(row(i) for i in listed)}</tbody></table>")
 
 
 def _no_change() -> Any:
@@ -325,5 +332,5 @@ def speed_options_markdown() -> str:
     """The "List my speed options" answer: what this WebUI has, with the user's values."""
     from lib_sdfix.diagnose.optimizations import listing
 
-    return options_table([listing(f) for f in found_options({})])
+    return options_table([listing(f) for f in found_options({})], compact=True)
 

@@ -34,6 +34,7 @@ def test_each_cell_is_a_plain_generation_and_decode_only_cells_share_a_sampling(
     assert kinds[0] == "warm-up (not timed)" and kinds.count("full generation") == 2
     assert sum(k.startswith("decode only") for k in kinds) == 4  # both donors' decodes and both sharers'
     assert result["warm_up"]["steps"] == 2 and result["warm_up"]["cell"] == "all-on"
+    assert result["timings"]["unet_steps"] == 2 + 2 * PAYLOAD["steps"]  # the sampler steps taken, decode-only runs none
     for key, value in mine.items():  # the user's options are back
         assert getattr(webui.shared.opts, key) == value
     assert_clean(webui)

@@ -155,7 +155,8 @@ def test_run_button_renders_results_under_the_queue_and_refusals_as_a_message(we
 def test_cost_of_speed_button_and_the_list_of_options(webui, callbacks):
     webui.shared.opts.token_merging_ratio = 0.5
     listed = callbacks.speed_options()
-    assert "<code>token_merging_ratio</code></td><td>0.5</td><td>0</td><td><b>on</b></td><td>switchable" in listed
+    assert "<code>token_merging_ratio</code></td><td>0.5</td><td>0</td><td><b>on</b>, switchable</td></tr>" in listed
+    assert "title='speed: merges similar tokens" in listed
     outputs = callbacks.run("task(o)", "optimizations", None, [], "", "", "", "", 4, False, "s_min_uncond=14, "
                             "token_merging_ratio", 2, *form())
     seed, gallery, chart, metrics, findings, notes, info = outputs
@@ -164,7 +165,8 @@ def test_cost_of_speed_button_and_the_list_of_options(webui, callbacks):
                           "all measured options on"]
     assert metrics["headers"][:3] == ["option", "value", "time Δ %"] and len(metrics["data"]) == 4
     assert "largest detail loss" in findings and "median of 2 timed run(s)" in notes
-    assert "process peak RSS" in notes and "<b>on</b>" in info and webui.shared.opts.token_merging_ratio == 0.5
+    assert "process peak RSS" in notes and "<b>on</b>, measured" in info and "<th>trades</th>" in info
+    assert webui.shared.opts.token_merging_ratio == 0.5
     refused = callbacks.run("task(x)", "optimizations", None, [], "", "", "", "", 4, False, "tome", 1, *form())
     assert "options[0]" in refused[4] and "unknown option 'tome'" in refused[4]
 
