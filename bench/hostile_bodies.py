@@ -302,6 +302,27 @@ def name_cases() -> List[Tuple[str, str, Any]]:
     return cases
 
 
+def cost_cases() -> List[Tuple[str, Any]]:
+    """(name, body) of /sdfix/v1/diagnose kind "optimizations" that must each be refused naming a field."""
+    kind = {"kind": "optimizations", "payload": CHEAP}
+    fields: List[Tuple[str, Any]] = [
+        ("options", 7), ("options", "token_merging_ratio"), ("options", []), ("options", {}), ("options", [None]),
+        ("options", [123]), ("options", [["token_merging_ratio"]]), ("options", ["tome"]), ("options", ["\x00token"]),
+        ("options", ["token_merging_ratio"] * 2), ("options", [f"token_merging_ratio{i}" for i in range(10_000)]),
+        ("options", {"token_merging_ratio": 2}), ("options", {"token_merging_ratio": -0.1}),
+        ("options", {"token_merging_ratio": "0.5"}), ("options", {"token_merging_ratio": True}),
+        ("options", {"token_merging_ratio": [0.5]}), ("options", {"token_merging_ratio": 1e308}),
+        ("options", {"sd_vae_decode_method": "Approx NN"}), ("options", {"pad_cond_uncond": 1}),
+        ("options", {"cross_attention_optimization": "x" * 10_000}), ("options", {"cross_attention_optimization": ""}),
+        ("options", {"token_merging_ratio": 0.5, "nope": 1}), ("options", {"steps": 0}),
+        ("repeats", 0), ("repeats", 6), ("repeats", -1), ("repeats", 2.5), ("repeats", "3"), ("repeats", True),
+        ("repeats", 10 ** 12), ("repeats", None), ("axis", "steps"), ("values", [1, 2]), ("image", "x"),
+    ]
+    cases = [(f"{field}={str(value)[:40]!r}", {**kind, field: value}) for field, value in fields]
+    cases.append(("payload.steps=0", {**kind, "payload": {**CHEAP, "steps": 0}}))
+    return cases
+
+
 def body_paths(value: Any) -> Set[str]:
     """Every field path in a body, as the validators spell them: ``payload.width``, ``variants[0].name``."""
     paths = {"body"}
@@ -429,6 +450,8 @@ def main() -> None:
 
         bad += run_in_process("name bodies", [(f"{r} {n}", (r, b)) for r, n, b in named], validate,
                               lambda route_body: body_paths(route_body[1]))
+        bad += run_in_process("cost-of-speed bodies", cost_cases(),
+                              lambda b: diagnose.diagnose_request_from_body(b, base, choices=OFFLINE_NAMES), body_paths)
         sys.exit(1 if bad else 0)
 
     def send_script(script_args):
@@ -441,6 +464,9 @@ def main() -> None:
     server_errors += run_http("name bodies", [(f"{r} {n}", (r, b)) for r, n, b in named],
                               lambda rb: post(args.url, rb[0], rb[1], args.auth, args.timeout),
                               lambda rb: body_paths(rb[1]), args.url, args.auth, args.timeout, accepted_fails=True)
+    server_errors += run_http("cost-of-speed bodies", cost_cases(),
+                              lambda b: post(args.url, "/sdfix/v1/diagnose", b, args.auth, args.timeout),
+                              body_paths, args.url, args.auth, args.timeout, accepted_fails=True)
     sys.exit(1 if server_errors else 0)
 
 
