@@ -13,7 +13,15 @@ grid, chart and heatmaps); the precision sweep has two cells and one sampling.
 
 Needs the ``[diffusers]`` extra.
 
-The cost of speed (kind "optimizations") in a running WebUI, ``--url``: the diagnosis as the route runs it
+The cost of speed (kind "optimizations") on the diffusers front, ``--optimizations``: the diagnosis as
+``python -m lib_sdfix diagnose optimizations`` runs it (warm-up, reference, attention slicing, VAE tiling
+-- decode only, sharing the reference's sampling --, channels-last, fewer steps, all on; report written)
+against each of its rows run alone (the row's state on the pipeline, a full sampling and decode), rounds
+alternating.  Target: diagnosis / rows alone <= 1.0.
+
+    python bench/diagnose_cost.py --optimizations [--rounds 3] [--steps 8] [--size 128] [--model DIR] [--device cpu]
+
+The cost of speed in a running WebUI, ``--url``: the diagnosis as the route runs it
 (an untimed warm-up, the reference, each option alone, all on; TAESD sharing the reference's sampling)
 against each of its rows generated alone through ``/sdapi/v1/txt2img`` with that row's options, rounds
 alternating.  The user's options are set for the run (token merging 0.5, NGMS 2, TAESD where the WebUI
@@ -139,6 +147,73 @@ def _webui_cost(args: argparse.Namespace) -> None:
         _call(args, "POST", "/sdapi/v1/options", {k: before[k] for k in mine if k in before})
 
 
+#: What --optimizations measures: one decode-only option (shares the reference's sampling) among others.
+COST_OPTIONS = ("attention_slicing", "vae_tiling", "channels_last", "steps")
+
+
+def _diffusers_cost(args: argparse.Namespace) -> None:
+    """The diffusers front's cost of speed against its rows alone (see the module docstring)."""
+    import functools
+    import tempfile
+
+    from lib_sdfix.cli.ab_run import diffusers_warnings_off
+    from lib_sdfix.cli.diagnose_cost import CostConfig, _both, _Runs, run_optimizations
+    from lib_sdfix.cli.diagnose_run import _Pipeline
+    from lib_sdfix.cli.pipeline_options import Switcher, fewer_steps
+    from lib_sdfix.diagnose.optimizations import UNSET
+
+    diffusers_warnings_off()
+    options = tuple((k, fewer_steps(args.steps) if k == "steps" else UNSET) for k in COST_OPTIONS)
+    with tempfile.TemporaryDirectory(prefix="sdfix-bench-cost-") as out:
+        config = CostConfig(kind="optimizations", out=Path(out), model=args.model, device=args.device, steps=args.steps,
+                            width=args.size, height=args.size, progress=False, repeats=1,
+                            options=options)
+        pipe = _Pipeline(config)
+        first = run_optimizations(config, pipe)  # warm-up of both sides; its plan is what "alone" runs
+        plan = first["plan"]
+
+        def diagnosis() -> float:
+            start = time.perf_counter()
+            run_optimizations(CostConfig(**{**vars(config), "options": options}), pipe)
+            return time.perf_counter() - start
+
+        def alone() -> float:
+            import torch
+
+            runs = _Runs(pipe, config, {"timings": {"runs": []}})
+            total = 0.0
+            threads = torch.get_num_threads()
+            if args.model is None and args.device == "cpu":
+                torch.set_num_threads(1)  # as the command runs the embedded model: the same threads on both sides
+            with tempfile.TemporaryDirectory(prefix="sdfix-bench-alone-") as scratch:
+                switcher = Switcher(pipe.pipe, pipe.device, scratch)
+                for cell in plan.cells:
+                    steps = int(dict(cell.changes).get("steps", args.steps))
+                    start = time.perf_counter()
+                    with switcher.switched(dict(cell.changes)):
+                        functools.partial(_both, runs, steps)()
+                    total += time.perf_counter() - start
+            torch.set_num_threads(threads)
+            return total
+
+        runs = [r["kind"] for r in first["timings"]["runs"]]
+        print(f"diffusers front, {args.model or 'embedded tiny SD1.5'} on {args.device}, {args.size}x{args.size}, "
+              f"{args.steps} steps, options {', '.join(COST_OPTIONS)}, {args.rounds} rounds; target: diagnosis / rows "
+              f"alone <= 1.0")
+        print(f"diagnosis: {len(plan.cells)} rows = {sum('full generation' in k for k in runs)} full generations + "
+              f"{sum('decode only' in k for k in runs)} decode-only runs + a {first['warm_up']['steps']}-step warm-up; "
+              f"rows alone: {len(plan.cells)} full generations")
+        ratios, diag, parts = [], [], []
+        for i in range(args.rounds):
+            d, p = (diagnosis(), alone()) if i % 2 == 0 else tuple(reversed((alone(), diagnosis())))
+            diag.append(d)
+            parts.append(p)
+            ratios.append(d / p)
+        print(f"diagnosis {statistics.median(diag):7.3f} s, rows alone {statistics.median(parts):7.3f} s   ratio "
+              f"{statistics.median(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}; fastest/fastest "
+              f"{min(diag) / min(parts):.3f}]")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -149,9 +224,14 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="a running WebUI with --api and SDFix: measure the cost of speed "
                         "kind there instead of the diffusers front's sweeps")
     parser.add_argument("--auth", default="", help="user:password of the WebUI's --api-auth")
+    parser.add_argument("--optimizations", action="store_true", help="measure the cost-of-speed kind on the "
+                        "diffusers front instead of the sweeps")
     args = parser.parse_args()
     if args.url:
         _webui_cost(args)
+        return
+    if args.optimizations:
+        _diffusers_cost(args)
         return
 
     import torch
