@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from lib_sdfix.cli.ab_run import diffusers_warnings_off, versions
+from lib_sdfix.cli.ab_run import versions
 from lib_sdfix.cli.diagnose_report import write_report
-from lib_sdfix.cli.diagnose_run import DiagnoseConfig, _Pipeline, resolve
+from lib_sdfix.cli.diagnose_run import DiagnoseConfig, _Pipeline, diagnosis_run, resolve
 from lib_sdfix.cli.pipeline_options import Switcher, default_requested, found_options, pipeline_state
 from lib_sdfix.cli.tiny import EMBEDDED
 from lib_sdfix.diagnose.cost import Timed, analyse_cost
@@ -213,21 +213,13 @@ def _notes(plan: CostPlan, pipe: _Pipeline, config: CostConfig) -> List[str]:
 def run_optimizations(config: CostConfig, pipe: Optional[_Pipeline] = None) -> Dict[str, Any]:
     """Measure the plan, write the report into ``config.out``; returns what the report shows.  ``pipe``: a
     pipeline built from ``config`` already (the tests'), left as it was found."""
-    import torch
+    from lib_sdfix.precision import read_flags
 
-    from lib_sdfix.precision import read_flags, restore_flags
-
-    flags_before = read_flags()
-    quiet = diffusers_warnings_off()
-    threads = torch.get_num_threads()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     config.dtype = config.vae_dtype = "fp32"  # the reference: quality settings
     result: Dict[str, Any] = {"kind": "optimizations", "notes": [], "warm_up": None, "timings": {"runs": []}}
-    try:
-        if config.model is None and str(config.device) in ("auto", "cpu") and not torch.cuda.is_available():
-            torch.set_num_threads(1)  # the tiny model's ops are too small to split (as in ab)
+    with diagnosis_run(config) as flags_before:
         pipe = pipe or _Pipeline(config)
         steps = resolve(config).steps
         found = found_options(pipe.device, steps, vae=config.vae, compile_ok=config.compile)
@@ -245,10 +237,6 @@ def run_optimizations(config: CostConfig, pipe: Optional[_Pipeline] = None) -> D
             finally:
                 pipe.pipe.scheduler = scheduler
         result["pipeline_restored"] = pipeline_state(pipe.pipe) == before
-    finally:
-        torch.set_num_threads(threads)
-        quiet()
-        restore_flags(flags_before)
     result["notes"] = plan.notes + _notes(plan, pipe, config) + sorted(set(switcher.notes)) + result["notes"] + \
         [f"{name}: not measured ({why})" for name, why in failed.items()]
     if not result["pipeline_restored"]:

@@ -351,8 +351,10 @@ def _photo(config: DiagnoseConfig) -> Tuple[Image.Image, List[str]]:
     return image, notes + ([crop] if crop else [])
 
 
-def run_diagnose(config: DiagnoseConfig) -> Dict[str, Any]:
-    """Run one diagnosis kind and write the report into ``config.out``; returns what the report shows."""
+@contextlib.contextmanager
+def diagnosis_run(config: DiagnoseConfig) -> Any:
+    """What every diagnosis run holds and gives back: the torch flags as found, diffusers' warnings quiet,
+    one thread for the embedded tiny model on a CPU; yields the flags found (the report compares them)."""
     import torch
 
     from lib_sdfix.precision import read_flags, restore_flags
@@ -360,12 +362,24 @@ def run_diagnose(config: DiagnoseConfig) -> Dict[str, Any]:
     flags_before = read_flags()
     quiet = diffusers_warnings_off()
     threads = torch.get_num_threads()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    Path(config.out).mkdir(parents=True, exist_ok=True)
     try:
         if config.model is None and str(config.device) in ("auto", "cpu") and not torch.cuda.is_available():
             torch.set_num_threads(1)  # the tiny model's ops are too small to split (as in ab)
+        yield flags_before
+    finally:
+        torch.set_num_threads(threads)
+        quiet()
+        restore_flags(flags_before)
+
+
+def run_diagnose(config: DiagnoseConfig) -> Dict[str, Any]:
+    """Run one diagnosis kind and write the report into ``config.out``; returns what the report shows."""
+    from lib_sdfix.precision import read_flags
+
+    out = Path(config.out)
+    start = time.perf_counter()
+    with diagnosis_run(config) as flags_before:
         pipe = _Pipeline(config)
         notes: List[str] = []
         if config.kind == "vae_roundtrip":
@@ -377,10 +391,6 @@ def run_diagnose(config: DiagnoseConfig) -> Dict[str, Any]:
             result = _steps(pipe, config)
         result.setdefault("notes", [])
         result["notes"] = notes + result["notes"]
-    finally:
-        torch.set_num_threads(threads)
-        quiet()
-        restore_flags(flags_before)
     if config.model is None:
         result["notes"].append("Embedded default model: random weights, so images and reconstructions are noise; "
                                "the per-precision differences, mechanics and timings are real.")

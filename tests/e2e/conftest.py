@@ -246,3 +246,17 @@ def screens_folder(tmp_path) -> Path:
     folder = Path(os.environ.get("SDFIX_E2E_SCREENSHOTS", tmp_path))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def open_diagnose_section(page, webui: WebUI, prompt: str, seed: int, **fields: Any) -> None:
+    """Generate once (it becomes "the last txt2img"), open SDFix's tab at Diagnose, and fill its form with
+    *Use last txt2img*."""
+    import re
+
+    webui.txt2img(prompt=prompt, seed=seed, **fields)
+    page.goto(page.sdfix_url, timeout=120_000)
+    page.locator("#tabs button").filter(has_text=re.compile(r"^\s*SDFix\s*$")).first.click(timeout=120_000)
+    page.locator("#sdfix_sections button").filter(has_text="Diagnose").first.click()
+    page.locator("#sdfix_dg_use_last").click()
+    page.wait_for_function(f"() => document.querySelector('#sdfix_dg_prompt textarea').value.includes({prompt!r})",
+                           timeout=60_000)

@@ -173,20 +173,12 @@ def test_a_host_option_that_is_missing_is_listed_not_refused(webui):
 
 
 def test_cost_of_speed_section_in_the_browser(page, tmp_path, webui, user_options):
-    import re
-
-    from .conftest import AUTH, screens_folder
+    from .conftest import AUTH, open_diagnose_section, screens_folder
 
     if AUTH:
         pytest.skip("the UI itself is not behind --api-auth; run this against a WebUI without it")
     user_options(token_merging_ratio=0.5)
-    webui.txt2img(prompt="cost browser portrait", seed=779, steps=2)  # becomes "the last txt2img"
-    page.goto(page.sdfix_url, timeout=120_000)
-    page.locator("#tabs button").filter(has_text=re.compile(r"^\s*SDFix\s*$")).first.click(timeout=120_000)
-    page.locator("#sdfix_sections button").filter(has_text="Diagnose").first.click()
-    page.locator("#sdfix_dg_use_last").click()
-    page.wait_for_function("() => document.querySelector('#sdfix_dg_prompt textarea').value.includes('cost browser')",
-                           timeout=60_000)
+    open_diagnose_section(page, webui, "cost browser portrait", 779, steps=2)
     page.locator("#sdfix_dg_kinds button").filter(has_text="Cost of speed").first.click()
     page.locator("#sdfix_dg_list_options").click()
     page.wait_for_function("() => (document.querySelector('#sdfix_dg_speed_options') || {}).innerText?.includes('token_merging_ratio')",

@@ -12,7 +12,7 @@ import io
 import pytest
 from PIL import Image
 
-from .conftest import AUTH, encode_png, screens_folder
+from .conftest import AUTH, encode_png, open_diagnose_section, screens_folder
 
 PAYLOAD = {"prompt": "a portrait, detailed skin", "negative_prompt": "blurry", "seed": 4321, "steps": 2,
            "width": 64, "height": 64, "cfg_scale": 5, "sampler_name": "Euler"}
@@ -110,17 +110,10 @@ def test_the_route_sits_behind_the_api_auth(webui):
 
 
 def test_diagnose_section_runs_a_sweep_in_the_browser(page, tmp_path, webui):
-    import re
 
     if AUTH:
         pytest.skip("the UI itself is not behind --api-auth; run this against a WebUI without it")
-    webui.txt2img(prompt="diagnose browser portrait", seed=778)  # becomes "the last txt2img"
-    page.goto(page.sdfix_url, timeout=120_000)
-    page.locator("#tabs button").filter(has_text=re.compile(r"^\s*SDFix\s*$")).first.click(timeout=120_000)
-    page.locator("#sdfix_sections button").filter(has_text="Diagnose").first.click()
-    page.locator("#sdfix_dg_use_last").click()
-    page.wait_for_function("() => document.querySelector('#sdfix_dg_prompt textarea').value.includes('diagnose browser')",
-                           timeout=60_000)
+    open_diagnose_section(page, webui, "diagnose browser portrait", 778)
     page.locator("#sdfix_dg_kinds button").filter(has_text="Sweep").first.click()
     page.locator("#sdfix_dg_values textarea, #sdfix_dg_values input").first.fill("3, 7")
     page.locator("#sdfix_dg_run_sweep").click()
