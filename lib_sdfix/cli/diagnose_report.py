@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 from PIL import Image
 
 from lib_sdfix.cli.ab_report import CSS, JSON_NAME, REPORT_NAME, escape
+from lib_sdfix.diagnose.bars import bar_chart_svg
 from lib_sdfix.diagnose.chart import chart_svg
 from lib_sdfix.diagnose.output import diagnosis_json, display_table
 from lib_sdfix.diagnose.plan import AXIS_LABELS
@@ -160,7 +161,8 @@ def _render(kind: str, result: Dict[str, Any], body: List[str]) -> str:
     if panels:
         heading = {"vae_roundtrip": "Metrics per precision", "optimizations": "Metrics per option"}.get(
             kind, "Metrics against the varied value")
-        parts += [f"<h2>{heading}</h2>", f'<div class="chart">{chart_svg(panels, _x_title(kind, config))}</div>']
+        svg = bar_chart_svg(panels) if kind == "optimizations" else chart_svg(panels, _x_title(kind, config))
+        parts += [f"<h2>{heading}</h2>", f'<div class="chart">{svg}</div>']
     headers, rows = display_table(kind, analysis.get("rows", []))
     parts += ["<h2>Metrics</h2>", "<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>"]
     for row in rows:

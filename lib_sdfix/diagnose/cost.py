@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from PIL import Image
 
-from lib_sdfix.diagnose.chart import chart_image, panels_for
+from lib_sdfix.diagnose.bars import BarPanel, bar_chart_image
 from lib_sdfix.diagnose.findings import LIKELY, POSSIBLE, LikelyCause
 from lib_sdfix.diagnose.optimizations import CostPlan
 from lib_sdfix.diagnose.speed_options import option_value_text
@@ -23,14 +23,29 @@ from lib_sdfix.imaging.difference import heatmap
 from lib_sdfix.imaging.grid import compose_grid
 from lib_sdfix.imaging.table import metrics_table
 
-__all__ = ["Timed", "cell_time", "cost_rows", "verdict", "cost_findings", "analyse_cost", "COST_METRICS"]
+__all__ = ["Timed", "cell_time", "cost_rows", "verdict", "cost_findings", "cost_panels", "analyse_cost", "COST_METRICS"]
 
 #: Below these (in %), a time or memory change is noise on a busy machine, not a gain.
 TIME_NOISE_PCT, MEMORY_NOISE_PCT = 3.0, 2.0
 #: Detail ratio (the lower of the Laplacian and high-frequency ratios) under which detail is lost.
 DETAIL_LOSS = 0.97
-COST_METRICS = (("time_delta_pct", "time vs reference (%)"), ("memory_delta_pct", "peak memory vs reference (%)"),
-                ("detail_ratio", "detail ratio vs reference"), ("ssim", "SSIM vs reference"))
+#: (row key, panel title, baseline, number format, whether above the baseline is better) of the chart.
+COST_METRICS = (("time_delta_pct", "time vs reference (%)", 0.0, "+.1f", False),
+                ("memory_delta_pct", "peak memory vs reference (%)", 0.0, "+.1f", False),
+                ("detail_ratio", "detail ratio vs reference (1 = kept)", 1.0, ".3f", True),
+                ("ssim", "SSIM vs reference", 1.0, ".4f", True))
+
+
+def cost_panels(rows: Sequence[Mapping[str, Any]]) -> List[BarPanel]:
+    """One bar panel per metric of :data:`COST_METRICS`, a bar per row (the reference's is its baseline)."""
+    labels = tuple(str(r["label"]) for r in rows)
+    panels = []
+    for key, title, baseline, fmt, higher in COST_METRICS:
+        values = tuple(float(r[key]) if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) else None
+                       for r in rows)
+        if any(v is not None for v in values):
+            panels.append(BarPanel(title, labels, values, baseline, fmt, higher))
+    return panels
 
 
 @dataclass
@@ -215,8 +230,8 @@ def analyse_cost(plan: CostPlan, images: Mapping[str, Image.Image], timed: Mappi
         return result
     result["rows"] = rows
     result["findings"] = cost_findings(rows, plan.listed)
-    result["panels"] = panels_for(rows, [r["label"] for r in rows], None, COST_METRICS)
-    result["chart"] = chart_image(result["panels"], "option") if result["panels"] else None
+    result["panels"] = cost_panels(rows)
+    result["chart"] = bar_chart_image(result["panels"]) if result["panels"] else None
     ref = images[plan.reference.name]
     result["heatmaps"] = {c.name: heatmap(ref, images[c.name], gain) for c in done
                           if c.name != plan.reference.name and images[c.name].size == ref.size}

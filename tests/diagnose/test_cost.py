@@ -258,3 +258,23 @@ def test_peak_memory_on_the_cpu_sees_an_allocation_and_resets_between_runs():
         assert big.peak_bytes - small.peak_bytes > 200_000_000
     else:
         assert big.peak_bytes > 0 and "cannot be reset" in big.kind
+
+
+def test_bar_chart_draws_each_row_from_its_baseline_and_marks_losses():
+    from lib_sdfix.diagnose.bars import bar_chart_svg
+
+    rows = [{"label": "quality settings", "time_delta_pct": 0.0, "detail_ratio": 1.0},
+            {"label": "token merging ratio 0.5, a long label that is cut for the picture", "time_delta_pct": -18.0,
+             "detail_ratio": 0.71},
+            {"label": "pad prompt/negative prompt on", "time_delta_pct": 2.0, "detail_ratio": None}]
+    panels = cost.cost_panels(rows)
+    assert [p.title for p in panels] == ["time vs reference (%)", "detail ratio vs reference (1 = kept)"]
+    svg = bar_chart_svg(panels)
+    assert svg.count("<rect") == 5  # the missing detail ratio has no bar
+    assert "#2ca02c" in svg and "#d62728" in svg  # -18 % time is a gain, detail 0.71 a loss, +2 % time a loss
+    assert "<title>token merging ratio 0.5, a long label that is cut for the picture</title>" in svg
+    assert ">-18.0<" in svg and ">0.710<" in svg and ">–<" in svg
+    from lib_sdfix.diagnose.bars import bar_chart_image
+
+    image = bar_chart_image(panels)
+    assert image.size[0] > 800 and image.getpixel((5, 5)) == (255, 255, 255)
