@@ -129,9 +129,6 @@ def _steps(cell: CostCell, default: int) -> int:
 def _measure(plan: CostPlan, runs: _Runs, switcher: Switcher, repeats: int, steps: int,
              failed: Dict[str, str]) -> Tuple[Dict[str, Any], Dict[str, Timed]]:
     """Every cell of the plan: full runs of each sampling group's first cell, decode-only runs of the group."""
-    groups: Dict[Any, List[CostCell]] = {}
-    for cell in plan.cells:
-        groups.setdefault(plan.sampling_key(cell), []).append(cell)
     images: Dict[str, Any] = {}
     timed: Dict[str, Timed] = {}
     warmed = {plan.cells[-1].name}
@@ -147,7 +144,7 @@ def _measure(plan: CostPlan, runs: _Runs, switcher: Switcher, repeats: int, step
     runs.result["warm_up"] = {"cell": warm.name, "steps": min(WARM_UP_STEPS, _steps(warm, steps)),
                               "time_s": time.perf_counter() - start}
 
-    for cells in groups.values():
+    for cells in plan.sampling_groups():
         donor = cells[0]
         for cell in cells:
             own = timed.setdefault(cell.name, Timed() if cell is donor else Timed(shared_with=donor.name))
@@ -159,8 +156,7 @@ def _measure(plan: CostPlan, runs: _Runs, switcher: Switcher, repeats: int, step
                         for _ in range(repeats):
                             (donor_latents, image), elapsed, peak = runs.timed(
                                 "full generation", cell, functools.partial(_both, runs, _steps(cell, steps)))
-                            own.times.append(elapsed)
-                            own.peak_bytes = max(peak or 0, own.peak_bytes or 0) or None
+                            own.record(elapsed, peak)
                             images.setdefault(cell.name, image)
                         if len(cells) < 2:
                             continue
@@ -168,11 +164,9 @@ def _measure(plan: CostPlan, runs: _Runs, switcher: Switcher, repeats: int, step
                         image, elapsed, peak = runs.timed(f"decode only (sampling shared with {donor.name})", cell,
                                                           functools.partial(runs.decode, donor_latents))
                         if cell is donor:
-                            own.decode_times.append(elapsed)
-                            own.decode_peak = max(peak or 0, own.decode_peak or 0) or None
+                            own.record_decode(elapsed, peak)
                         else:
-                            own.times.append(elapsed)
-                            own.peak_bytes = max(peak or 0, own.peak_bytes or 0) or None
+                            own.record(elapsed, peak)
                             images.setdefault(cell.name, image)
             except Exception as err:  # noqa: BLE001 -- one option failing here (out of memory, no compiler) is a note
                 failed[cell.name] = f"{type(err).__name__}: {err}"

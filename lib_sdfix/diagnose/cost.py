@@ -61,6 +61,20 @@ class Timed:
     decode_peak: Optional[int] = None
     scope: str = "decode"  # what a shared cell's runs did: "decode", or "Hires pass and decode"
 
+    def record(self, elapsed: float, peak: Optional[int]) -> None:
+        """One timed run of the cell: its seconds, and the highest peak of its runs so far."""
+        self.times.append(elapsed)
+        self.peak_bytes = _higher(self.peak_bytes, peak)
+
+    def record_decode(self, elapsed: float, peak: Optional[int]) -> None:
+        """One decode-only run of a donor (the decode its sharers' times are swapped against)."""
+        self.decode_times.append(elapsed)
+        self.decode_peak = _higher(self.decode_peak, peak)
+
+
+def _higher(old: Optional[int], new: Optional[int]) -> Optional[int]:
+    return max(new or 0, old or 0) or None
+
 
 def _median(values: Sequence[float]) -> Optional[float]:
     return statistics.median(values) if values else None

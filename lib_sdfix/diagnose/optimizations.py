@@ -90,6 +90,13 @@ class CostPlan:
     def sampling_key(self, cell: CostCell) -> Changes:
         return sampling_key(cell, self.decode_only_keys)
 
+    def sampling_groups(self) -> List[List[CostCell]]:
+        """The cells by sampling key, in plan order: a group's first cell samples, the others share it."""
+        groups: Dict[Changes, List[CostCell]] = {}
+        for cell in self.cells:
+            groups.setdefault(self.sampling_key(cell), []).append(cell)
+        return list(groups.values())
+
 
 def sampling_key(cell: CostCell, decode_only_keys: Sequence[str]) -> Changes:
     """The cell's changes that reach the sampling: cells with the same key share one."""

@@ -52,10 +52,8 @@ def run_optimizations(request: Any) -> Dict[str, Any]:
         "timings": {"samplings": 0, "unet_steps": 0, "decodes": 0, "runs": []},
     }
     settings = settings_defaults()
-    groups: Dict[Tuple[Tuple[str, Any], ...], List[CostCell]] = {}
-    for cell in plan.cells:
-        groups.setdefault(plan.sampling_key(cell), []).append(cell)
-    shares = sum(len(g) for g in groups.values() if len(g) > 1)  # decode-only runs (the donors' included)
+    groups = plan.sampling_groups()
+    shares = sum(len(g) for g in groups if len(g) > 1)  # decode-only runs (the donors' included)
     shared.state.job_count = 1 + request.repeats * (len(plan.cells) + shares)
     failed: Dict[str, str] = {}
 
@@ -97,7 +95,7 @@ def run_optimizations(request: Any) -> Dict[str, Any]:
     images: Dict[str, Any] = {}
     infotexts: Dict[str, str] = {}
     timed: Dict[str, Timed] = {}
-    for cells in groups.values():
+    for cells in groups:
         donor, outputs = cells[0], None
         timed[donor.name] = Timed()
         for _ in range(request.repeats):
@@ -106,8 +104,7 @@ def run_optimizations(request: Any) -> Dict[str, Any]:
             processed, run, elapsed, peak = generate(donor, [], "full generation")
             if processed is None or shared.state.interrupted or not processed.images:
                 break
-            timed[donor.name].times.append(elapsed)
-            timed[donor.name].peak_bytes = max(peak or 0, timed[donor.name].peak_bytes or 0) or None
+            timed[donor.name].record(elapsed, peak)
             if donor.name not in images:
                 images[donor.name], infotexts[donor.name] = first_image(processed)
                 outputs = run.outputs
@@ -126,11 +123,9 @@ def run_optimizations(request: Any) -> Dict[str, Any]:
                 if processed is None or shared.state.interrupted or not processed.images:
                     break
                 if cell is donor:
-                    own.decode_times.append(elapsed)
-                    own.decode_peak = max(peak or 0, own.decode_peak or 0) or None
+                    own.record_decode(elapsed, peak)
                     continue
-                own.times.append(elapsed)
-                own.peak_bytes = max(peak or 0, own.peak_bytes or 0) or None
+                own.record(elapsed, peak)
                 if cell.name not in images:
                     images[cell.name], infotexts[cell.name] = first_image(processed)
         if shared.state.interrupted:
