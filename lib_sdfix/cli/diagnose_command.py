@@ -9,7 +9,6 @@ bad one is a usage error naming it (exit 2); a non-empty ``--out`` needs ``--for
 from __future__ import annotations
 
 import argparse
-import difflib
 from pathlib import Path
 from typing import Any, List
 
@@ -44,6 +43,7 @@ from lib_sdfix.diagnose.plan import AXES
 from lib_sdfix.diagnose.roundtrip import VARIANTS
 from lib_sdfix.diagnose.speed_options import DIFFUSERS, check_option_value, known_option, options_for
 from lib_sdfix.image_input import ImageModeError, to_rgb8
+from lib_sdfix.limits.values import closest_names
 from lib_sdfix.settings import SettingsError
 
 __all__ = ["add_parser", "run", "config_from_args", "KIND_NAMES"]
@@ -281,9 +281,9 @@ def parse_options(text: str, steps: int, *, vae: Any = None, compile_ok: bool = 
         name, where = name.strip(), f"options[{index}]"
         option = known_option(name, DIFFUSERS)
         if option is None or DIFFUSERS not in option.hosts:
-            near = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+            near = closest_names(name, known)
             other = " (a WebUI option; this front has its own)" if option is not None else ""
-            raise ValueError(f"{where}: unknown option {name!r}{other}" + (f"; did you mean {', '.join(near)}?" if near else "")
+            raise ValueError(f"{where}: unknown option {name!r}{other}" + (f"; did you mean {near}?" if near else "")
                              + f" -- known: {', '.join(known)}")
         if any(name == key for key, _ in out):
             raise ValueError(f"{where}: duplicate option {name!r}")

@@ -15,12 +15,12 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tup
 from lib_sdfix.diagnose.optimizations import MAX_OPTIONS, MAX_REPEATS, UNSET
 from lib_sdfix.diagnose.plan import AXES, DEFAULT_VALUES, Cell, sweep_cells, value_text
 from lib_sdfix.diagnose.roundtrip import VARIANTS
-from lib_sdfix.diagnose.speed_options import check_option_value, known_option
+from lib_sdfix.diagnose.speed_options import OPTION_NAMES, check_option_value, known_option
 from lib_sdfix.image_input import ImageModeError, to_rgb8
 from lib_sdfix.imaging.difference import valid_heatmap_gain
 from lib_sdfix.limits.images import decode_image_field
 from lib_sdfix.limits.txt2img import PAYLOAD_RULES, check_txt2img_payload
-from lib_sdfix.limits.values import MAX_SIDE, MIN_SIDE, check_text
+from lib_sdfix.limits.values import MAX_SIDE, MIN_SIDE, check_text, closest_names
 from lib_sdfix.names import Names, canonical_name
 from lib_sdfix.seeds import resolve_payload_seeds
 from lib_sdfix.settings import SDFixSettings, SettingsError, describe
@@ -132,7 +132,8 @@ def check_options(value: Any) -> Optional[Tuple[Tuple[str, Any], ...]]:
     for path, name, item in items:
         option = known_option(name)
         if option is None:
-            problems[path] = f"unknown option {describe(name)}" + _closest(name)
+            near = closest_names(name, OPTION_NAMES)
+            problems[path] = f"unknown option {describe(name)}" + (f"; did you mean {near}?" if near else "")
             continue
         if any(name == key for key, _ in out):
             problems[path] = f"duplicate option {name!r}"
@@ -149,15 +150,6 @@ def check_options(value: Any) -> Optional[Tuple[Tuple[str, Any], ...]]:
     if problems:
         raise SettingsError(problems)
     return tuple(out)
-
-
-def _closest(name: Any) -> str:
-    import difflib
-
-    from lib_sdfix.diagnose.speed_options import SPEED_OPTIONS
-
-    near = difflib.get_close_matches(str(name)[:64], sorted({o.key for o in SPEED_OPTIONS}), n=3, cutoff=0.5)
-    return f"; did you mean {near}?" if near else ""
 
 
 def check_repeats(value: Any) -> int:

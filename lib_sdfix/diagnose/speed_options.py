@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from lib_sdfix.settings import describe
 
-__all__ = ["SpeedOption", "SPEED_OPTIONS", "SWITCHABLE", "options_for", "known_option", "check_option_value",
+__all__ = ["SpeedOption", "SPEED_OPTIONS", "OPTION_NAMES", "SWITCHABLE", "options_for", "known_option", "check_option_value",
            "option_value_text"]
 
 #: How an option can be switched for one generation (see the module docstring).
@@ -161,6 +161,8 @@ SPEED_OPTIONS: Tuple[SpeedOption, ...] = (
        "speed or memory: another VAE (TAESD, fp16-fix) decodes; its own detail and colour", decode_only=True),
 )
 
+#: Every name of the table, sorted (an unknown one is a 422 with the nearest of these).
+OPTION_NAMES: Tuple[str, ...] = tuple(sorted({o.key for o in SPEED_OPTIONS}))
 _BY_KEY: Dict[str, Tuple[SpeedOption, ...]] = {}
 for _option in SPEED_OPTIONS:
     _BY_KEY[_option.key] = _BY_KEY.get(_option.key, ()) + (_option,)

@@ -142,7 +142,7 @@ def test_request_defaults_and_both_option_forms():
 
 
 @pytest.mark.parametrize("fields, where, what", [
-    ({"options": ["token_merging"]}, "options[0]", "unknown option 'token_merging'; did you mean ['token_merging_ratio"),
+    ({"options": ["token_merging"]}, "options[0]", "unknown option 'token_merging'; did you mean token_merging_ratio"),
     ({"options": {"token_merging_ratio": 2}}, "options.token_merging_ratio", "must be 0.0-0.9"),
     ({"options": {"sd_vae_decode_method": "Approx NN"}}, "options.sd_vae_decode_method", "must be one of"),
     ({"options": ["s_min_uncond", "s_min_uncond"]}, "options[1]", "duplicate option"),
