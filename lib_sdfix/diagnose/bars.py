@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image
 
+from lib_sdfix.diagnose.chart import grid_shape, svg_color, svg_open
 from lib_sdfix.imaging.grid import latin1
 
 __all__ = ["BarPanel", "bar_chart_image", "bar_chart_svg"]
@@ -18,7 +19,6 @@ __all__ = ["BarPanel", "bar_chart_image", "bar_chart_svg"]
 _LABEL_W, _BAR_W, _VALUE_W = 210, 170, 56
 _W = _LABEL_W + _BAR_W + _VALUE_W
 _ROW, _TOP, _PAD = 18, 24, 10
-_COLUMNS = 2
 _GAIN, _LOSS, _BASE, _TEXT = (44, 160, 44), (214, 39, 40), (90, 90, 90), (20, 20, 20)
 
 
@@ -64,15 +64,13 @@ def bar_chart_image(panels: Sequence[BarPanel]) -> Image.Image:
     """The panels in two columns, as one RGB picture."""
     from PIL import ImageDraw, ImageFont
 
-    heights = [_height(p) for p in panels] or [_TOP]
-    row_h = max(heights)
-    rows = max(1, math.ceil(len(panels) / _COLUMNS))
-    columns = min(_COLUMNS, max(1, len(panels)))
+    row_h = max([_height(p) for p in panels] or [_TOP])
+    columns, rows = grid_shape(len(panels))
     image = Image.new("RGB", (_W * columns, row_h * rows), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     for index, panel in enumerate(panels):
-        ox, oy = (index % _COLUMNS) * _W, (index // _COLUMNS) * row_h
+        ox, oy = (index % columns) * _W, (index // columns) * row_h
         draw.text((ox + 6, oy + 6), latin1(panel.title), fill=_TEXT, font=font)
         bars = _bars(panel)
         base_x = ox + _LABEL_W + (bars[0][0] if bars else 0)
@@ -91,16 +89,12 @@ def bar_chart_image(panels: Sequence[BarPanel]) -> Image.Image:
 def bar_chart_svg(panels: Sequence[BarPanel]) -> str:
     """The same panels as inline SVG markup (for the HTML report)."""
     row_h = max([_height(p) for p in panels] or [_TOP])
-    rows = max(1, math.ceil(len(panels) / _COLUMNS))
-    columns = min(_COLUMNS, max(1, len(panels)))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W * columns}" height="{row_h * rows}" '
-             f'viewBox="0 0 {_W * columns} {row_h * rows}" font-family="sans-serif" font-size="11" role="img">']
-
-    def rgb(color: Tuple[int, int, int]) -> str:
-        return "#%02x%02x%02x" % color
+    columns, rows = grid_shape(len(panels))
+    parts = [svg_open(_W * columns, row_h * rows)]
+    rgb = svg_color
 
     for index, panel in enumerate(panels):
-        ox, oy = (index % _COLUMNS) * _W, (index // _COLUMNS) * row_h
+        ox, oy = (index % columns) * _W, (index // columns) * row_h
         bars = _bars(panel)
         parts.append(f'<g transform="translate({ox},{oy})"><text x="6" y="16" font-weight="bold">'
                      f"{html.escape(panel.title)}</text>")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from lib_sdfix.imaging.grid import latin1
 
-__all__ = ["Panel", "panels_for", "chart_image", "chart_svg", "METRICS"]
+__all__ = ["Panel", "panels_for", "chart_image", "chart_svg", "METRICS", "grid_shape", "svg_open", "svg_color"]
 
 #: (row key, panel title) charted by default.
 METRICS = (("high_frequency_energy", "high-frequency energy"), ("laplacian_variance", "Laplacian variance"),
@@ -96,12 +96,26 @@ def _label_dy(index: int, xticks: Sequence[Tuple[float, str]]) -> int:
     return 11 if index % 2 and max(len(t) for _, t in xticks) * 6 > room else 0
 
 
+def grid_shape(count: int) -> Tuple[int, int]:
+    """(columns, rows) of ``count`` panels laid out in two columns (at least one of each)."""
+    return min(_COLUMNS, max(1, count)), max(1, math.ceil(count / _COLUMNS))
+
+
+def svg_open(width: int, height: int) -> str:
+    """The opening tag of a chart's inline SVG."""
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img">')
+
+
+def svg_color(color: Tuple[int, int, int]) -> str:
+    return "#%02x%02x%02x" % color
+
+
 def chart_image(panels: Sequence[Panel], x_title: str = "") -> Image.Image:
     """The panels in a grid of two columns, as one RGB picture."""
     from PIL import ImageDraw, ImageFont
 
-    rows = max(1, math.ceil(len(panels) / _COLUMNS))
-    columns = min(_COLUMNS, max(1, len(panels)))
+    columns, rows = grid_shape(len(panels))
     image = Image.new("RGB", (_W * columns, _H * rows), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
@@ -133,13 +147,9 @@ def chart_image(panels: Sequence[Panel], x_title: str = "") -> Image.Image:
 
 def chart_svg(panels: Sequence[Panel], x_title: str = "") -> str:
     """The same panels as inline SVG markup (for the HTML report)."""
-    rows = max(1, math.ceil(len(panels) / _COLUMNS))
-    columns = min(_COLUMNS, max(1, len(panels)))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W * columns}" height="{_H * rows}" '
-             f'viewBox="0 0 {_W * columns} {_H * rows}" font-family="sans-serif" font-size="11" role="img">']
-
-    def rgb(color: Tuple[int, int, int]) -> str:
-        return "#%02x%02x%02x" % color
+    columns, rows = grid_shape(len(panels))
+    parts = [svg_open(_W * columns, _H * rows)]
+    rgb = svg_color
 
     for index, panel in enumerate(panels):
         ox, oy = (index % _COLUMNS) * _W, (index // _COLUMNS) * _H
