@@ -81,6 +81,22 @@ def _parts(pipe, config) -> float:
     return total
 
 
+def _side_by_side(rounds: int, diagnosis, alone, digits: int) -> None:
+    """``rounds`` alternating rounds (the order flipped every round); prints the medians and their ratio."""
+    ratios, diag, parts = [], [], []
+    for i in range(rounds):
+        if i % 2 == 0:
+            d, p = diagnosis(), alone()
+        else:
+            p, d = alone(), diagnosis()
+        diag.append(d)
+        parts.append(p)
+        ratios.append(d / p)
+    print(f"diagnosis {statistics.median(diag):7.{digits}f} s, rows alone {statistics.median(parts):7.{digits}f} s   ratio "
+          f"{statistics.median(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}; fastest/fastest "
+          f"{min(diag) / min(parts):.3f}]")
+
+
 def _call(args: argparse.Namespace, method: str, path: str, body=None):
     import base64
     import json
@@ -131,18 +147,7 @@ def _webui_cost(args: argparse.Namespace) -> None:
         print(f"diagnosis: {len(cells)} rows = {runs.count('full generation')} full generations + "
               f"{sum(k.startswith('decode only') for k in runs)} decode-only runs + a {answer['warm_up']['steps']}-step "
               f"warm-up; rows alone: {len(cells)} full generations")
-        ratios, diag, parts = [], [], []
-        for i in range(args.rounds):
-            if i % 2 == 0:
-                d, p = diagnosis(), alone()
-            else:
-                p, d = alone(), diagnosis()
-            diag.append(d)
-            parts.append(p)
-            ratios.append(d / p)
-        print(f"diagnosis {statistics.median(diag):7.2f} s, rows alone {statistics.median(parts):7.2f} s   ratio "
-              f"{statistics.median(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}; fastest/fastest "
-              f"{min(diag) / min(parts):.3f}]")
+        _side_by_side(args.rounds, diagnosis, alone, digits=2)
     finally:
         _call(args, "POST", "/sdapi/v1/options", {k: before[k] for k in mine if k in before})
 
@@ -203,15 +208,7 @@ def _diffusers_cost(args: argparse.Namespace) -> None:
         print(f"diagnosis: {len(plan.cells)} rows = {sum('full generation' in k for k in runs)} full generations + "
               f"{sum('decode only' in k for k in runs)} decode-only runs + a {first['warm_up']['steps']}-step warm-up; "
               f"rows alone: {len(plan.cells)} full generations")
-        ratios, diag, parts = [], [], []
-        for i in range(args.rounds):
-            d, p = (diagnosis(), alone()) if i % 2 == 0 else tuple(reversed((alone(), diagnosis())))
-            diag.append(d)
-            parts.append(p)
-            ratios.append(d / p)
-        print(f"diagnosis {statistics.median(diag):7.3f} s, rows alone {statistics.median(parts):7.3f} s   ratio "
-              f"{statistics.median(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}; fastest/fastest "
-              f"{min(diag) / min(parts):.3f}]")
+        _side_by_side(args.rounds, diagnosis, alone, digits=3)
 
 
 def main() -> None:
