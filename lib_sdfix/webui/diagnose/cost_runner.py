@@ -31,12 +31,6 @@ __all__ = ["run_optimizations", "check_against_host", "WARM_UP_STEPS"]
 WARM_UP_STEPS = 2
 
 
-def _device() -> Any:
-    from modules import devices
-
-    return getattr(devices, "device", None)
-
-
 def run_optimizations(request: Any) -> Dict[str, Any]:
     """Measure the plan of a validated OptimizationsRequest; the caller holds the queue lock and job state."""
     shared = current().shared
@@ -44,7 +38,7 @@ def run_optimizations(request: Any) -> Dict[str, Any]:
     found = found_options(request.payload)
     by_key = {f.key: f for f in found}
     plan = plan_cost(found, request.options)
-    device = _device()
+    device = current().device()
     result: Dict[str, Any] = {
         "kind": "optimizations", "complete": False, "seed": fields.get("seed"), "cells": [], "analysis": {},
         "notes": list(plan.notes), "saved": None, "options": plan.listed, "repeats": request.repeats,

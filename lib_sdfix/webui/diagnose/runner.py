@@ -32,9 +32,7 @@ __all__ = ["request_from_body", "run_diagnosis", "save_result", "api_response", 
 
 
 def vae_device() -> Any:
-    from modules import devices
-
-    return getattr(devices, "device", "cpu")
+    return current().device()
 
 
 def request_from_body(body: Any) -> Any:

@@ -46,6 +46,12 @@ class Host:
     def cmd_opt(self, name: str, default: Any = None) -> Any:
         return getattr(self.shared.cmd_opts, name, default)
 
+    def device(self) -> Any:
+        """The device generations run on (``modules.devices.device``)."""
+        from modules import devices
+
+        return getattr(devices, "device", "cpu")
+
     # -- the VAE ------------------------------------------------------------------------------------
 
     def vae_wrapper(self, sd_model: Any = None) -> Any:
