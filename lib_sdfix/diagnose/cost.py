@@ -115,7 +115,7 @@ def cost_rows(plan: CostPlan, images: Mapping[str, Image.Image], timed: Mapping[
         row["options"] = {k: v for k, v in cell.measured}
         row["value"] = ", ".join(option_value_text(v) for _, v in cell.measured) if cell.measured else "quality settings"
         row["repeats"] = len(own.times)
-        row["time_delta_pct"] = 0.0 if cell.name == reference else _pct(row["time_s"], row_time(rows, reference))
+        row["time_delta_pct"] = 0.0 if cell.name == reference else _pct(row["time_s"], times[reference])
         if own.shared_with is None:
             row["memory_scope"], row["peak_bytes"] = "generation", own.peak_bytes
             row["memory_delta_pct"] = 0.0 if cell.name == reference else _pct(own.peak_bytes, ref.peak_bytes)
@@ -128,13 +128,6 @@ def cost_rows(plan: CostPlan, images: Mapping[str, Image.Image], timed: Mapping[
         row["detail_ratio"] = min(lap, hf) if isinstance(lap, float) and isinstance(hf, float) else None
         row["verdict"] = verdict(row)
     return rows
-
-
-def row_time(rows: Sequence[Mapping[str, Any]], name: str) -> Optional[float]:
-    for row in rows:
-        if row["name"] == name:
-            return row.get("time_s")
-    return None
 
 
 def _gain(row: Mapping[str, Any]) -> List[str]:

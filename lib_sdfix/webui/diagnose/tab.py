@@ -47,7 +47,7 @@ class DiagnoseCallbacks:
     interrupt: Callable[[], None]
     #: the variants a round trip runs when none are named (ticked at start); None: all of ``variants``
     default_variants: Optional[Callable[[], List[str]]] = None
-    #: the speed and memory options this WebUI has, as a Markdown table (the "Cost of speed" tab's list)
+    #: the speed and memory options this WebUI has, as an HTML table (the "Cost of speed" tab's list)
     speed_options: Optional[Callable[[], str]] = None
 
 
@@ -324,11 +324,11 @@ def host_callbacks(ab: TabCallbacks) -> DiagnoseCallbacks:
         run=call_queue.wrap_gradio_gpu_call(run, extra_outputs=[gr.update(), [], None, None, "", ""]),
         interrupt=lambda: shared.state.interrupt(),
         default_variants=lambda: list(default_variants(runner.vae_device())),
-        speed_options=speed_options_markdown,
+        speed_options=speed_options_html,
     )
 
 
-def speed_options_markdown() -> str:
+def speed_options_html() -> str:
     """The "List my speed options" answer: what this WebUI has, with the user's values."""
     from lib_sdfix.diagnose.optimizations import listing
 
